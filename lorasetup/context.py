@@ -1,0 +1,81 @@
+"""One run's shared state: the Target, memoized computations and probes, background prefetch."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Mapping, TypeVar
+
+from lorasetup.probe import run_probe
+from lorasetup.target import Target
+from lorasetup.trainargs import TrainArgs, load_train_args
+
+T = TypeVar("T")
+
+
+class Context:
+    """What checks see: `target`, plus `memo`/`probe` caches that live for one run.
+
+    Results of expensive work (a parsed file, an AST scan, a probe of the training interpreter) are
+    computed once per run and shared by every check that asks, including from background threads.
+    """
+
+    def __init__(self, target: Target, verbose: bool = False) -> None:
+        self.target = target
+        self.verbose = verbose
+        self._futures: dict[str, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lorasetup")
+
+    def memo(self, key: str, fn: Callable[[], T]) -> T:
+        """Compute `fn()` once per run under `key`; exceptions are cached and re-raised too."""
+        with self._lock:
+            future = self._futures.get(key)
+            owner = future is None
+            if owner:
+                future = self._futures[key] = Future()
+        if owner:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - cached and re-raised to every caller
+                future.set_exception(exc)
+        return future.result()
+
+    def prefetch(self, key: str, fn: Callable[[], Any]) -> None:
+        """Start `fn` in the background; a later `memo(key, ...)` waits for it instead of recomputing."""
+        with self._lock:
+            if key in self._futures:
+                return
+            self._futures[key] = self._pool.submit(fn)
+
+    def probe(self, key: str, code: str, timeout: float = 60.0, env: Mapping[str, str] | None = None,
+              background: bool = False) -> dict[str, Any] | None:
+        """Run a snippet in the training interpreter once per run (see lorasetup.probe)."""
+        def call() -> dict[str, Any]:
+            return run_probe(self.target.python_exe, code, timeout=timeout, env=env)
+        if background:
+            self.prefetch(f"probe:{key}", call)
+            return None
+        return self.memo(f"probe:{key}", call)
+
+    @property
+    def train_args(self) -> TrainArgs:
+        """The merged training arguments (raises TrainArgsError for an unreadable config file)."""
+        return self.memo("train_args", lambda: load_train_args(self.target.train_config,
+                                                              self.target.train_args))
+
+    def path_setting(self, field: str, arg: str) -> Path | None:
+        """A path from the Target, else from the training arguments (e.g. base_model vs
+        `pretrained_model_name_or_path`); relative paths resolve from the working directory, as in sd-scripts."""
+        value = getattr(self.target, field)
+        if value is not None:
+            return value
+        raw = self.train_args.get(arg)
+        if not raw or not isinstance(raw, str):
+            return None
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else (Path.cwd() / path)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,81 @@
+"""The bridge to the training interpreter: run a short snippet there, read one JSON object back.
+
+lorasetup itself never imports torch, accelerate or sd-scripts. A snippet assigns the dict `RESULT`;
+whatever it prints goes to stderr, so import noise cannot corrupt the answer. A crash, a hang or garbage
+becomes a ProbeError naming the interpreter and what it printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any, Mapping
+
+MARKER = "@@LORASETUP-PROBE@@"
+WRAPPER = f"""
+import json as _json, sys as _sys
+_out, _sys.stdout = _sys.stdout, _sys.stderr
+RESULT = {{}}
+exec(compile(_sys.argv[1], "<lorasetup probe>", "exec"))
+_out.write("\\n{MARKER}" + _json.dumps(RESULT, default=str) + "\\n")
+_out.flush()
+"""
+
+
+class ProbeError(Exception):
+    """The training interpreter could not answer; the message says which one and what it printed."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
+
+
+def tail(text: str, lines: int = 8) -> str:
+    """The last non-empty lines of some output, for messages."""
+    kept = [line for line in text.strip().splitlines() if line.strip()]
+    return "\n".join(kept[-lines:])
+
+
+def run_probe(python: Path, code: str, timeout: float = 60.0, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None) -> dict[str, Any]:
+    """Run `code` in `python` and return its RESULT dict, or raise ProbeError."""
+    full_env = dict(os.environ if env is None else env)
+    full_env.setdefault("PYTHONIOENCODING", "utf-8")
+    try:
+        proc = subprocess.Popen([str(python), "-c", WRAPPER, code], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                                cwd=str(cwd) if cwd else None, start_new_session=True,
+                                encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ProbeError(f"the training interpreter {python} cannot be started: {exc.strerror or exc}") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        out, err = proc.communicate()
+        raise ProbeError(f"the training interpreter {python} did not answer within {timeout:.0f} s "
+                         f"(a hang while importing?). Last output:\n{tail(err + out)}", err + out) from None
+    for line in reversed(out.splitlines()):
+        if line.startswith(MARKER):
+            try:
+                value = json.loads(line[len(MARKER):])
+            except json.JSONDecodeError:
+                break
+            if isinstance(value, dict):
+                return value
+    if proc.returncode != 0:
+        raise ProbeError(f"the training interpreter {python} crashed (exit {proc.returncode}):\n"
+                         f"{tail(err + out)}", err + out)
+    raise ProbeError(f"the training interpreter {python} answered with no readable result:\n"
+                     f"{tail(out + err)}", out + err)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """Kill a child started with start_new_session=True, and everything it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

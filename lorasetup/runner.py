@@ -1,0 +1,97 @@
+"""Run checks in dependency order: blocked dependents skip, crashes become `error`, everything is timed."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Iterable
+
+from lorasetup.context import Context
+from lorasetup.model import Check, CheckFailed, Result, Status
+from lorasetup.probe import ProbeError
+
+
+def select(checks: list[Check], only: Iterable[str] = (), skip: Iterable[str] = (),
+           tags: Iterable[str] = ("preflight",)) -> list[Check]:
+    """Checks named by `only` (ids or whole gates), else those carrying any of `tags`; minus `skip`."""
+    only, skip, tags = set(only), set(skip), set(tags)
+    known = {c.id for c in checks} | {c.gate for c in checks}
+    unknown = sorted((only | skip) - known)
+    if unknown:
+        raise ValueError(f"unknown check id(s): {', '.join(unknown)}; see `lorasetup list-checks`")
+
+    def named(c: Check, names: set[str]) -> bool:
+        return c.id in names or c.gate in names
+    chosen = [c for c in checks if named(c, only)] if only else [c for c in checks if c.tags & tags]
+    return [c for c in chosen if not named(c, skip)]
+
+
+class Runner:
+    """Computes each check's result once, requirements first."""
+
+    def __init__(self, ctx: Context, checks: list[Check]) -> None:
+        self.ctx = ctx
+        self.checks = {c.id: c for c in checks}
+        self.results: dict[str, Result] = {}
+
+    def order(self, wanted: Iterable[Check]) -> list[Check]:
+        """`wanted` plus their requirements (when registered and not skipped), requirements first."""
+        seen: dict[str, Check] = {}
+
+        def visit(c: Check) -> None:
+            if c.id in seen:
+                return
+            for req in c.requires:
+                if req in self.checks:
+                    visit(self.checks[req])
+            seen[c.id] = c
+        for c in wanted:
+            visit(c)
+        return list(seen.values())
+
+    def start_prefetch(self, checks: Iterable[Check]) -> None:
+        """Start slow work (probes of the training interpreter) in the background."""
+        for c in checks:
+            if c.prefetch is not None:
+                try:
+                    c.prefetch(self.ctx)
+                except Exception:  # noqa: BLE001 - the check itself will report the problem
+                    pass
+
+    def run(self, wanted: Iterable[Check]) -> list[Result]:
+        ordered = self.order(wanted)
+        self.start_prefetch(ordered)
+        return [self.result(c.id) for c in ordered]
+
+    def result(self, check_id: str) -> Result:
+        if check_id not in self.results:
+            c = self.checks[check_id]
+            for req in c.requires:
+                if req in self.checks and self.result(req).status.blocking:
+                    blocked = self.result(req)
+                    self.results[check_id] = Result.skip(
+                        f"blocked by {req} ({blocked.status.value})").with_meta(c, 0.0)
+                    break
+            else:
+                self.results[check_id] = run_one(self.ctx, c)
+        return self.results[check_id]
+
+
+def run_one(ctx: Context, c: Check) -> Result:
+    """Run one check; a CheckFailed is a `fail`, a ProbeError or any other exception an `error`."""
+    start = time.perf_counter()
+    try:
+        result = c.func(ctx)
+        if not isinstance(result, Result):
+            raise TypeError(f"check {c.id} returned {type(result).__name__}, not Result")
+    except CheckFailed as exc:
+        result = Result.fail(exc.summary, exc.details, hint=exc.hint)
+    except ProbeError as exc:
+        result = Result(Status.ERROR, str(exc).splitlines()[0], str(exc).splitlines()[1:],
+                        hint="run the command with -v to see the whole output of the training interpreter",
+                        traceback=exc.output)
+    except Exception as exc:  # noqa: BLE001 - a crashing check must not crash the doctor
+        result = Result(Status.ERROR, f"the check itself crashed: {type(exc).__name__}: {exc}",
+                        hint="this is a lorasetup bug; run with -v and report the traceback",
+                        traceback=traceback.format_exc())
+    return result.with_meta(c, time.perf_counter() - start)

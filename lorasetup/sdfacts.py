@@ -1,0 +1,70 @@
+"""Facts that sd-scripts hard-codes, in one place, each naming the sd-scripts file it comes from.
+
+Everything else is read from the checkout itself (requirement pins, argparse options, entry scripts).
+"""
+
+from __future__ import annotations
+
+# Import name -> distribution name, where they differ (sd-scripts requirements.txt and its optional
+# imports). A module that neither a requirement file pins nor this table knows is never guessed.
+MODULE_TO_DIST: dict[str, str] = {
+    "cv2": "opencv-python",
+    "PIL": "Pillow",
+    "prodigyplus": "prodigy-plus-schedule-free",
+    "lion_pytorch": "lion-pytorch",
+    "huggingface_hub": "huggingface-hub",
+    "pytorch_optimizer": "pytorch-optimizer",
+    "lycoris": "lycoris-lora",
+    "yaml": "PyYAML",
+    "google.protobuf": "protobuf",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "bs4": "beautifulsoup4",
+    "dateutil": "python-dateutil",
+    "attr": "attrs",
+    "pillow_avif": "pillow-avif-plugin",
+    "pillow_jxl": "pillow-jxl-plugin",
+    "open_clip": "open-clip-torch",
+}
+
+
+def optimizer_module(optimizer_type: str) -> str | None:
+    """The top-level module an `--optimizer_type` needs (library/train_util.py get_optimizer).
+
+    None means plain torch. Dotted names (`pytorch_optimizer.CAME`) name their module.
+    """
+    name = (optimizer_type or "").strip()
+    lower = name.lower()
+    if "." in name:
+        return name.rsplit(".", 1)[0].split(".")[0]
+    if lower.endswith("8bit") or lower.startswith("paged"):
+        return "bitsandbytes"
+    if lower == "lion":
+        return "lion_pytorch"
+    if lower.startswith("dadapt"):
+        return "dadaptation"
+    if lower == "prodigy":
+        return "prodigyopt"
+    if lower == "adafactor":
+        return "transformers"
+    if lower.endswith("schedulefree"):
+        return "schedulefree"
+    return None
+
+
+def needs_bitsandbytes(optimizer_type: str) -> bool:
+    """8-bit and paged optimizers need a working bitsandbytes build (none exists for MPS)."""
+    return optimizer_module(optimizer_type) == "bitsandbytes"
+
+
+def bucket_divisor(script: str) -> int:
+    """bucket_reso_steps must be divisible by this (library/train_util.py, per model family):
+    64 for the SD1/2 scripts, 32 for SDXL, SD3 and FLUX (inferred from their *_train_util modules)."""
+    name = script.rsplit("/", 1)[-1]
+    return 32 if name.startswith(("sdxl_", "sd3_", "flux_", "lumina_", "anima_", "hunyuan_")) else 64
+
+
+# Image extensions sd-scripts picks up (library/train_util.py IMAGE_EXTENSIONS): lower and ALL-UPPER case.
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(
+    ext for base in (".png", ".jpg", ".jpeg", ".webp", ".bmp") for ext in (base, base.upper()))
+DEFAULT_CAPTION_EXTENSION = ".caption"  # library/config_util.py / train_util.py default
