@@ -5,6 +5,9 @@ Everything else is read from the checkout itself (requirement pins, argparse opt
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 # Import name -> distribution name, where they differ (sd-scripts requirements.txt and its optional
 # imports). A module that neither a requirement file pins nor this table knows is never guessed.
 MODULE_TO_DIST: dict[str, str] = {
@@ -57,11 +60,15 @@ def needs_bitsandbytes(optimizer_type: str) -> bool:
     return optimizer_module(optimizer_type) == "bitsandbytes"
 
 
-def bucket_divisor(script: str) -> int:
-    """bucket_reso_steps must be divisible by this (library/train_util.py, per model family):
-    64 for the SD1/2 scripts, 32 for SDXL, SD3 and FLUX (inferred from their *_train_util modules)."""
-    name = script.rsplit("/", 1)[-1]
-    return 32 if name.startswith(("sdxl_", "sd3_", "flux_", "lumina_", "anima_", "hunyuan_")) else 64
+def bucket_divisor(script_path: Path) -> int | None:
+    """The divisor the entry script demands of bucket_reso_steps, read from its own
+    `verify_bucket_reso_steps(N)` call (64 in train_network.py, 32 in sdxl_train_network.py, ...).
+    None when the script makes no such call."""
+    try:
+        found = re.search(r"verify_bucket_reso_steps\((\d+)\)", script_path.read_text(errors="replace"))
+    except OSError:
+        return None
+    return int(found.group(1)) if found else None
 
 
 # Image extensions sd-scripts picks up (library/train_util.py IMAGE_EXTENSIONS): lower and ALL-UPPER case.
