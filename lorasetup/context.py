@@ -21,9 +21,10 @@ class Context:
     computed once per run and shared by every check that asks, including from background threads.
     """
 
-    def __init__(self, target: Target, verbose: bool = False) -> None:
+    def __init__(self, target: Target, verbose: bool = False, pip_args: list[str] | None = None) -> None:
         self.target = target
         self.verbose = verbose
+        self.pip_args = list(pip_args or [])  # passed through to every `pip install` a fix runs
         self._futures: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lorasetup")
