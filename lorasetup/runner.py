@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Iterable
+from typing import Callable, Iterable
 
 from lorasetup.context import Context
 from lorasetup.model import Check, CheckFailed, Result, Status
@@ -58,10 +58,16 @@ class Runner:
                 except Exception:  # noqa: BLE001 - the check itself will report the problem
                     pass
 
-    def run(self, wanted: Iterable[Check]) -> list[Result]:
+    def run(self, wanted: Iterable[Check], on_result: Callable[[Result], None] | None = None) -> list[Result]:
+        """Run `wanted` and their requirements; `on_result` sees each result as soon as it is known."""
         ordered = self.order(wanted)
         self.start_prefetch(ordered)
-        return [self.result(c.id) for c in ordered]
+        results = []
+        for c in ordered:
+            results.append(self.result(c.id))
+            if on_result is not None:
+                on_result(results[-1])
+        return results
 
     def result(self, check_id: str) -> Result:
         if check_id not in self.results:

@@ -198,8 +198,11 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
 
 
 def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
-                environ: Mapping[str, str] | None = None, config: Path | None = None) -> Target:
-    """Build the Target from discovery, config file, environment and flags (rising priority)."""
+                environ: Mapping[str, str] | None = None, config: Path | None = None,
+                settings: Mapping[str, Any] | None = None) -> Target:
+    """Build the Target from discovery, config file, environment and flags (rising priority).
+
+    `settings` (pytest ini keys) rank with the config file: above it, below the environment."""
     cwd = (cwd or Path.cwd()).resolve()
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -223,6 +226,9 @@ def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
         path, raw = found
         for name, value in _flatten_config(path, raw).items():
             put(name, value, str(path), path.parent)
+    for name, value in (settings or {}).items():
+        if value not in (None, [], ""):
+            put(name, value, "pytest ini", cwd)
     for name in FIELD_NAMES:
         env_value = environ.get(f"LORASETUP_{name.upper()}")
         if env_value not in (None, ""):

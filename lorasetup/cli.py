@@ -1,0 +1,226 @@
+"""The `lorasetup` command line: doctor, bootstrap, smoke, train, env, list-checks.
+
+Exit codes: 0 no required check failed (warnings allowed), 1 a check failed or errored, 2 usage or
+config error. `--json` writes only JSON to stdout; human text goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from lorasetup import __version__
+from lorasetup.checks import all_checks
+from lorasetup.context import Context
+from lorasetup.fixer import bootstrap, needs_you
+from lorasetup.report import err, exit_code, render_result, summary_line, to_json, use_color
+from lorasetup.runner import Runner, select
+from lorasetup.target import ConfigError, Target, load_target
+
+TARGET_FLAGS = {
+    "kohya_root": "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout",
+    "python": "the training interpreter (default: <root>/venv, <root>/.venv, else this Python)",
+    "script": "entry script (default train_network.py)",
+    "dataset_config": "dataset TOML (sd-scripts --dataset_config)",
+    "train_config": "training-args TOML (sd-scripts --config_file)",
+    "base_model": "base model .safetensors or diffusers folder",
+    "output_dir": "where the real run writes its LoRA",
+    "device": "expected device: auto, mps, cuda, xpu or cpu",
+    "accelerate_config": "accelerate config file (default: accelerate's own lookup)",
+}
+
+
+class UsageError(Exception):
+    """Bad command line: exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def add_target_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target (also: lorasetup.toml, [tool.lorasetup], LORASETUP_<FIELD>)")
+    for name, help_text in TARGET_FLAGS.items():
+        g.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
+    g.add_argument("--config", type=Path, help="a lorasetup.toml to use instead of searching for one")
+    g.add_argument("-v", "--verbose", action="store_true", help="details, probe output, per-check timings")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="lorasetup", description="Will this LoRA training setup survive an hour-long run? "
+                    "Arguments after `--` are passed to sd-scripts.")
+    parser.add_argument("--version", action="version", version=f"lorasetup {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    doctor = sub.add_parser("doctor", help="run the checks and report")
+    add_target_flags(doctor)
+    doctor.add_argument("--only", nargs="+", action="extend", default=[], metavar="ID",
+                        help="run only these checks or gates (their requirements run too)")
+    doctor.add_argument("--skip", nargs="+", action="extend", default=[], metavar="ID", help="skip these checks")
+    doctor.add_argument("--smoke", action="store_true", help="also run the 5-step smoke training run")
+    doctor.add_argument("--json", action="store_true", help="only JSON on stdout")
+    doctor.add_argument("--strict", action="store_true", help="warnings fail too")
+
+    boot = sub.add_parser("bootstrap", help="show the repair plan; with --fix apply it and re-check")
+    add_target_flags(boot)
+    boot.add_argument("--fix", action="store_true", help="apply the safe fixes")
+    boot.add_argument("--yes", action="store_true", help="also apply fixes that need consent")
+    boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    boot.add_argument("--pip-args", default="", metavar="ARGS",
+                      help="extra pip arguments, e.g. '--no-index --find-links ./wheels'")
+    boot.add_argument("--json", action="store_true", help="only JSON on stdout")
+
+    smoke = sub.add_parser("smoke", help="a real short training run (default 5 steps) with finite loss")
+    add_target_flags(smoke)
+    smoke.add_argument("--steps", type=int, help="training steps (default 5)")
+    smoke.add_argument("--keep", action="store_true", help="keep the temporary output folder")
+    smoke.add_argument("--json", action="store_true", help="only JSON on stdout")
+
+    train = sub.add_parser("train", help="preflight, smoke run, then the real run")
+    add_target_flags(train)
+    train.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
+    train.add_argument("--force", action="store_true", help="start even when a gate fails")
+
+    env = sub.add_parser("env", help="a paste-ready description of this machine and setup")
+    add_target_flags(env)
+
+    sub.add_parser("list-checks", help="every check id, its markers and what it needs")
+    return parser
+
+
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
+    """lorasetup's own arguments, and the sd-scripts arguments after the first `--`."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
+def make_target(args: argparse.Namespace, extra: list[str]) -> Target:
+    flags: dict[str, Any] = {name: getattr(args, name) for name in TARGET_FLAGS}
+    if getattr(args, "steps", None) is not None:
+        flags["smoke_steps"] = args.steps
+    target = load_target(flags, config=args.config)
+    target.train_args = [*target.train_args, *extra]
+    return target
+
+
+def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
+    checks = all_checks()
+    tags = {"preflight", "smoke"} if args.smoke else {"preflight"}
+    try:
+        wanted = select(checks, only=args.only, skip=args.skip, tags=tags)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    color = use_color(sys.stderr)
+    ctx = Context(target, verbose=args.verbose)
+    start = time.perf_counter()
+    try:
+        skipped = {c.id for c in checks if c not in wanted} if args.skip else set()
+        runner = Runner(ctx, [c for c in checks if c.id not in skipped])
+        results = runner.run(wanted, on_result=lambda r: err(render_result(r, args.verbose, color)))
+    finally:
+        ctx.close()
+    elapsed = time.perf_counter() - start
+    err("\n" + summary_line(results, elapsed))
+    if args.json:
+        print(json.dumps(to_json(target, results, elapsed_s=round(elapsed, 3)), indent=2))
+    return exit_code(results, strict=args.strict)
+
+
+def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
+    checks = all_checks()
+    wanted = select(checks, tags={"preflight"})
+    apply = args.fix and not args.dry_run
+    pip_args = shlex.split(args.pip_args)
+    results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args), checks,
+                                  wanted, apply=apply, yes=args.yes)
+    color = use_color(sys.stderr)
+    for r in results:
+        err(render_result(r, args.verbose, color))
+    err("")
+    heading = "fixes" if apply else ("plan (dry run: nothing changed)" if args.fix else
+                                     "plan (run again with --fix to apply the safe fixes)")
+    err(f"{heading}:" if outcomes else "nothing to fix automatically")
+    for o in outcomes:
+        err(f"  [{o.state}] {o.check_id}: {o.description}")
+        for cmd in o.commands:
+            err(f"      $ {cmd}")
+        if o.message:
+            err("      " + o.message.replace("\n", "\n      "))
+    manual = needs_you(results, outcomes)
+    states = [o.state for o in outcomes]
+    err(f"\n{states.count('fixed')} fixed, {states.count('still failing') + states.count('fix failed')} still "
+        f"failing, {len(manual) + states.count('needs --yes')} need you"
+        + ("" if apply else f", {states.count('planned')} planned"))
+    for r in manual:
+        err(f"  {r.check_id}: {r.hint or r.summary}")
+    if args.json:
+        print(json.dumps(to_json(target, results, fixes=[o.to_dict() for o in outcomes]), indent=2))
+    return exit_code(results)
+
+
+def cmd_list_checks(_: argparse.Namespace) -> int:
+    for c in all_checks():
+        needs = f"  (needs {', '.join(c.requires)})" if c.requires else ""
+        print(f"{c.id:<22} [{', '.join(sorted(c.tags))}] {c.title}{needs}")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace, target: Target) -> int:
+    from lorasetup.envinfo import render_env
+    ctx = Context(target, verbose=args.verbose)
+    try:
+        print(render_env(ctx))
+    finally:
+        ctx.close()
+    return 0
+
+
+def cmd_smoke(args: argparse.Namespace, target: Target) -> int:
+    from lorasetup.launch import smoke_command
+    ctx = Context(target, verbose=args.verbose)
+    try:
+        return smoke_command(ctx, keep=args.keep, as_json=args.json)
+    finally:
+        ctx.close()
+
+
+def cmd_train(args: argparse.Namespace, target: Target) -> int:
+    from lorasetup.launch import train_command
+    ctx = Context(target, verbose=args.verbose)
+    try:
+        return train_command(ctx, no_smoke=args.no_smoke, force=args.force)
+    finally:
+        ctx.close()
+
+
+COMMANDS: dict[str, Callable[..., int]] = {
+    "doctor": cmd_doctor, "bootstrap": cmd_bootstrap, "env": cmd_env, "smoke": cmd_smoke, "train": cmd_train,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    own, extra = split_passthrough(list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = build_parser().parse_args(own)
+        if args.command == "list-checks":
+            return cmd_list_checks(args)
+        target = make_target(args, extra)
+        return COMMANDS[args.command](args, target)
+    except (UsageError, ConfigError) as exc:
+        err(f"lorasetup: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        err("lorasetup: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Plan, apply, re-check: the engine behind `lorasetup bootstrap`.
+
+Each round applies the fixes of the failing checks (safe ones; unsafe ones only with `yes`), then re-runs
+each fixed check and everything that depends on it in a fresh context. Checks that were blocked before may
+now run and offer fixes of their own, so up to MAX_ROUNDS rounds are made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from lorasetup.context import Context
+from lorasetup.model import Check, FixError, Result, Status
+from lorasetup.runner import Runner
+
+MAX_ROUNDS = 3
+FAILING = (Status.FAIL, Status.ERROR)
+
+
+@dataclass
+class Outcome:
+    """What happened to one fix: planned, fixed, still failing, fix failed, or needs you."""
+
+    check_id: str
+    description: str
+    commands: list[str]
+    safe: bool
+    state: str
+    message: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.check_id, "description": self.description, "commands": self.commands,
+                "safe": self.safe, "outcome": self.state, "message": self.message}
+
+
+def dependents(checks: list[Check], ids: set[str]) -> set[str]:
+    """`ids` and every check that requires one of them, transitively."""
+    out = set(ids)
+    changed = True
+    while changed:
+        changed = False
+        for c in checks:
+            if c.id not in out and out.intersection(c.requires):
+                out.add(c.id)
+                changed = True
+    return out
+
+
+def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected: list[Check], *,
+              apply: bool, yes: bool) -> tuple[list[Result], list[Outcome]]:
+    """Run the selected checks, fix what may be fixed, re-check; return final results and outcomes."""
+    ctx = new_context()
+    try:
+        results = {r.check_id: r for r in Runner(ctx, checks).run(selected)}
+    finally:
+        ctx.close()
+    outcomes: dict[str, Outcome] = {}
+    for _ in range(MAX_ROUNDS if apply else 1):
+        todo = [r for r in results.values() if r.status in FAILING and r.fix and r.check_id not in outcomes]
+        for r in todo:
+            assert r.fix is not None
+            outcomes[r.check_id] = Outcome(r.check_id, r.fix.description, list(r.fix.commands), r.fix.safe,
+                                           "planned" if r.fix.safe or yes else "needs --yes")
+        if not apply:
+            break
+        applied: set[str] = set()
+        for r in todo:
+            outcome = outcomes[r.check_id]
+            if outcome.state != "planned":
+                continue
+            try:
+                r.fix.apply()  # type: ignore[union-attr]
+                applied.add(r.check_id)
+            except FixError as exc:
+                outcome.state, outcome.message = "fix failed", str(exc)
+        if not applied:
+            break
+        recheck = dependents(checks, applied)
+        ctx = new_context()
+        try:
+            runner = Runner(ctx, checks)
+            fresh = {r.check_id: r for r in runner.run([c for c in checks if c.id in recheck])}
+        finally:
+            ctx.close()
+        results.update(fresh)
+        for check_id in applied:
+            after = results[check_id]
+            outcomes[check_id].state = "fixed" if after.status in (Status.OK, Status.WARN) else "still failing"
+            if outcomes[check_id].state == "still failing":
+                outcomes[check_id].message = after.summary
+    order = {c.id: i for i, c in enumerate(checks)}
+    return sorted(results.values(), key=lambda r: order[r.check_id]), list(outcomes.values())
+
+
+def needs_you(results: list[Result], outcomes: list[Outcome]) -> list[Result]:
+    """Failing checks that no fix covers: the person must act (the hint says how)."""
+    covered = {o.check_id for o in outcomes if o.state in ("fixed", "planned")}
+    return [r for r in results if r.status in FAILING and r.check_id not in covered]

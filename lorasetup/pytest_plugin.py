@@ -1,0 +1,113 @@
+"""The pytest plugin: target options, markers, and the fixtures the validation gates use.
+
+`pytest validation -m preflight` runs the same registry as `lorasetup doctor`, through the same Runner,
+so both always agree.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lorasetup.checks import MARKERS, all_checks
+from lorasetup.context import Context
+from lorasetup.model import Status
+from lorasetup.report import render_result
+from lorasetup.runner import Runner
+from lorasetup.target import FIELD_NAMES, ConfigError, Target, load_target
+
+OPTION_FIELDS = ("kohya_root", "python", "script", "dataset_config", "train_config", "base_model",
+                 "output_dir", "device", "accelerate_config", "smoke_steps")
+SELECTED = pytest.StashKey[set]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lorasetup", "lorasetup: the training setup under test")
+    for name in OPTION_FIELDS:
+        group.addoption("--" + name.replace("_", "-"), dest=f"lorasetup_{name}", default=None,
+                        help=f"lorasetup target {name} (ini: lorasetup_{name})")
+    group.addoption("--train-args", dest="lorasetup_train_args", default=None,
+                    help="extra sd-scripts arguments, one shell-quoted string")
+    group.addoption("--lorasetup-config", dest="lorasetup_config", default=None,
+                    help="a lorasetup.toml (default: searched from the working directory upward)")
+    for name in FIELD_NAMES:
+        parser.addini(f"lorasetup_{name}", f"lorasetup target {name}", default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, description in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {description}")
+
+
+def gate_params(gate: str) -> list[Any]:
+    """One pytest param per check of `gate`: id = check id, markers = its tags, a pytest-timeout."""
+    return [pytest.param(c.id, id=c.id, marks=[*(getattr(pytest.mark, t) for t in sorted(c.tags)),
+                                               pytest.mark.timeout(c.timeout_s)])
+            for c in all_checks() if c.gate == gate]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Remember which checks survived -m/-k selection, so their slow probes can start at once."""
+    config.stash[SELECTED] = {item.callspec.params["check_id"] for item in items
+                              if hasattr(item, "callspec") and "check_id" in item.callspec.params}
+
+
+def target_from_config(config: pytest.Config) -> Target:
+    flags = {name: config.getoption(f"lorasetup_{name}") for name in OPTION_FIELDS}
+    extra = config.getoption("lorasetup_train_args")
+    if extra:
+        flags["train_args"] = shlex.split(extra)
+    settings = {name: config.getini(f"lorasetup_{name}") for name in FIELD_NAMES}
+    config_file = config.getoption("lorasetup_config")
+    return load_target(flags, settings=settings, config=Path(config_file) if config_file else None)
+
+
+class GateResults:
+    """Runs each check once per session, requirements first; gate tests assert on it."""
+
+    def __init__(self, runner: Runner, verbose: bool) -> None:
+        self.runner = runner
+        self.verbose = verbose
+
+    def assert_passes(self, check_id: str) -> None:
+        result = self.runner.result(check_id)
+        text = render_result(result, verbose=True)
+        if result.status is Status.SKIP:
+            pytest.skip(f"{check_id}: {result.summary}")
+        if result.status in (Status.FAIL, Status.ERROR):
+            pytest.fail(text, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def target(request: pytest.FixtureRequest) -> Target:
+    """The training setup under test, from discovery, lorasetup.toml, LORASETUP_*, ini keys and flags."""
+    try:
+        return target_from_config(request.config)
+    except ConfigError as exc:
+        pytest.exit(f"lorasetup: {exc}", returncode=2)
+
+
+@pytest.fixture(scope="session")
+def lorasetup_results(request: pytest.FixtureRequest, target: Target) -> Any:
+    checks = all_checks()
+    ctx = Context(target, verbose=request.config.getoption("verbose") > 0)
+    runner = Runner(ctx, checks)
+    selected = request.config.stash.get(SELECTED, set())
+    runner.start_prefetch(runner.order(c for c in checks if c.id in selected))
+    yield GateResults(runner, ctx.verbose)
+    ctx.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    if not config.stash.get(SELECTED, None) and not any(
+            config.getoption(f"lorasetup_{n}") for n in OPTION_FIELDS):
+        return None
+    try:
+        t = target_from_config(config)
+    except ConfigError:
+        return None
+    return [f"lorasetup target: {t.kohya_root} ({t.layout}), python {t.python_exe}, script {t.script}"]
