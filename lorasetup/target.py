@@ -101,7 +101,10 @@ def _read(path: Path) -> str:
 def discover_root(cwd: Path) -> Path | None:
     """The first kohya_ss or sd-scripts checkout at cwd or a parent, else in the usual places."""
     for candidate in (cwd, *cwd.parents):
-        if detect_layout(candidate):
+        layout = detect_layout(candidate)
+        if layout == "sd-scripts" and detect_layout(candidate.parent) == "kohya_ss":
+            return candidate.parent  # inside a kohya_ss checkout's sd-scripts submodule
+        if layout:
             return candidate
     for name in DISCOVERY_DIRS:
         candidate = (cwd / Path(name).expanduser()).resolve()

@@ -1,0 +1,113 @@
+"""Fixtures shared by lorasetup's own tests: real git repositories with real submodules on file:// URLs.
+
+The file protocol for submodules is allowed only inside these tests (through GIT_CONFIG_* variables).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "lorasetup tests", "GIT_AUTHOR_EMAIL": "tests@lorasetup.invalid",
+    "GIT_COMMITTER_NAME": "lorasetup tests", "GIT_COMMITTER_EMAIL": "tests@lorasetup.invalid",
+    "GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "protocol.file.allow", "GIT_CONFIG_VALUE_0": "always",
+    "GIT_CONFIG_KEY_1": "init.defaultBranch", "GIT_CONFIG_VALUE_1": "main",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+SD_SCRIPTS_FILES = {
+    "train_network.py": "import library.train_util\nfrom networks import lora\nprint('training')\n",
+    "sdxl_train_network.py": "import library.train_util\n",
+    "library/__init__.py": "",
+    "library/train_util.py": "import os\n",
+    "networks/__init__.py": "",
+    "networks/lora.py": "import math\n",
+    "requirements.txt": "packaging\n-e .\n",
+    "setup.py": "from setuptools import setup\nsetup(name='library', packages=['library', 'networks'])\n",
+}
+
+
+def git(cwd: Path, *args: str) -> str:
+    """Run git with the test identity and the file protocol allowed; fail loudly."""
+    proc = subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True,
+                          env={**os.environ, **GIT_ENV})
+    assert proc.returncode == 0, f"git {' '.join(args)} failed: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+def write_tree(root: Path, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@pytest.fixture(autouse=True)
+def _git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every lorasetup subprocess it starts) sees the test git settings."""
+    for key, value in GIT_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture(scope="session")
+def sd_scripts_origin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An sd-scripts-like repository with two commits (the second is the one kohya_ss pins)."""
+    origin = tmp_path_factory.mktemp("origin") / "sd-scripts"
+    origin.mkdir()
+    git(origin, "init", "-q")
+    write_tree(origin, SD_SCRIPTS_FILES)
+    git(origin, "add", "-A")
+    git(origin, "commit", "-qm", "first")
+    (origin / "networks" / "lora.py").write_text("import math\nRANK = 4\n")
+    git(origin, "commit", "-qam", "second")
+    return origin
+
+
+@pytest.fixture(scope="session")
+def kohya_origin(sd_scripts_origin: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kohya_ss-like repository with sd-scripts as a submodule over a file:// URL."""
+    origin = tmp_path_factory.mktemp("origin") / "kohya_ss"
+    origin.mkdir()
+    git(origin, "init", "-q")
+    write_tree(origin, {"kohya_gui.py": "print('gui')\n", "requirements.txt": "packaging\n"})
+    subprocess.run(["git", "-C", str(origin), "submodule", "add", "-q", sd_scripts_origin.as_uri(), "sd-scripts"],
+                   check=True, env={**os.environ, **GIT_ENV}, capture_output=True)
+    git(origin, "add", "-A")
+    git(origin, "commit", "-qm", "kohya_ss with sd-scripts")
+    return origin
+
+
+@pytest.fixture
+def make_kohya(kohya_origin: Path, sd_scripts_origin: Path, tmp_path: Path) -> Callable[[str], Path]:
+    """Build a fresh checkout in one of the states people end up in; returns its root."""
+    def make(state: str) -> Path:
+        if state == "bare":
+            root = tmp_path / "sd-scripts"
+            git(tmp_path, "clone", "-q", sd_scripts_origin.as_uri(), str(root))
+            return root
+        root = tmp_path / "kohya_ss"
+        git(tmp_path, "clone", "-q", kohya_origin.as_uri(), str(root))
+        sub = root / "sd-scripts"
+        if state == "never-initialised":
+            return root
+        if state == "zip":
+            zipped = tmp_path / "kohya_ss-main"
+            shutil.copytree(root, zipped, ignore=shutil.ignore_patterns(".git"))
+            return zipped
+        git(root, "submodule", "update", "--init", "--recursive")
+        if state == "deinitialised":
+            git(root, "submodule", "deinit", "-f", "sd-scripts")
+        elif state == "other-commit":
+            git(sub, "checkout", "-q", "HEAD~1")
+        elif state == "dirty":
+            (sub / "networks" / "lora.py").write_text("import math\nRANK = 8  # my local edit\n")
+            (sub / "my_notes.txt").write_text("do not lose me\n")
+        elif state != "populated":
+            raise ValueError(state)
+        return root
+    return make

@@ -1,0 +1,104 @@
+"""The runner and the probe bridge: ordering, blocked dependents, crashes, hangs, garbage."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lorasetup.context import Context
+from lorasetup.model import Check, CheckFailed, Result, Status
+from lorasetup.probe import ProbeError, run_probe
+from lorasetup.runner import Runner, select
+from lorasetup.target import Target
+
+PY = Path(sys.executable)
+
+
+def mk(check_id, func, requires=(), tags=("preflight",)):
+    return Check(check_id, check_id, func, frozenset(tags), tuple(requires))
+
+
+def boom(ctx):
+    raise RuntimeError("kaboom")
+
+
+def test_order_blocking_crash_and_bad_input():
+    checks = [
+        mk("repo.c", lambda ctx: Result.ok("c"), requires=("repo.b",)),
+        mk("repo.b", lambda ctx: Result.fail("b broke"), requires=("repo.a",)),
+        mk("repo.a", lambda ctx: Result.ok("a")),
+        mk("deps.x", boom),
+        mk("deps.y", lambda ctx: Result.ok("y"), requires=("deps.x",)),
+        mk("deps.z", lambda ctx: (_ for _ in ()).throw(CheckFailed("bad file", hint="fix it"))),
+    ]
+    results = Runner(Context(Target()), checks).run(checks)
+    assert [r.check_id for r in results] == ["repo.a", "repo.b", "repo.c", "deps.x", "deps.y", "deps.z"]
+    by_id = {r.check_id: r for r in results}
+    assert by_id["repo.c"].status is Status.SKIP and by_id["repo.c"].summary == "blocked by repo.b (fail)"
+    assert by_id["deps.x"].status is Status.ERROR and "RuntimeError: kaboom" in by_id["deps.x"].summary
+    assert "Traceback" in by_id["deps.x"].traceback
+    assert by_id["deps.y"].summary == "blocked by deps.x (error)"
+    assert (by_id["deps.z"].status, by_id["deps.z"].hint) == (Status.FAIL, "fix it")
+    assert all(r.duration_s >= 0 for r in results)
+
+
+def test_select_by_tags_only_and_skip():
+    checks = [mk("repo.a", boom), mk("smoke.run", boom, tags=("smoke",)), mk("deps.deep", boom)]
+    assert [c.id for c in select(checks)] == ["repo.a", "deps.deep"]
+    assert [c.id for c in select(checks, tags={"preflight", "smoke"}, skip={"deps.deep"})] == ["repo.a", "smoke.run"]
+    assert [c.id for c in select(checks, only={"smoke"})] == ["smoke.run"]
+    with pytest.raises(ValueError, match="unknown check id"):
+        select(checks, only={"smoke.rnu"})
+
+
+def test_probe_returns_result_and_keeps_noise_out():
+    got = run_probe(PY, "print('noise from an import')\nRESULT['answer'] = 42")
+    assert got == {"answer": 42}
+
+
+def test_probe_crash_names_interpreter_and_output():
+    with pytest.raises(ProbeError) as info:
+        run_probe(PY, "import no_such_module_here")
+    assert str(PY) in str(info.value) and "crashed (exit 1)" in str(info.value)
+    assert "ModuleNotFoundError: No module named 'no_such_module_here'" in str(info.value)
+
+
+def test_probe_hang_is_killed_with_its_children(tmp_path):
+    marker = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time\n"
+            f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(marker)!r}, 'w').write(str(p.pid))\n"
+            "time.sleep(60)")
+    start = time.monotonic()
+    with pytest.raises(ProbeError, match="did not answer within 2 s"):
+        run_probe(PY, code, timeout=2)
+    assert time.monotonic() - start < 10
+    child = int(marker.read_text())
+    time.sleep(0.2)
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(child)], capture_output=True, text=True).stdout.strip()
+    assert state in ("", "Z"), f"grandchild {child} survived: {state}"
+
+
+def test_probe_garbage_and_missing_interpreter(tmp_path):
+    with pytest.raises(ProbeError, match="no readable result"):
+        run_probe(PY, "import os, sys; sys.stderr.write('garbage'); os._exit(0)")
+    with pytest.raises(ProbeError, match="cannot be started"):
+        run_probe(tmp_path / "missing" / "python", "pass")
+
+
+def test_probe_error_becomes_error_result():
+    check = mk("deps.p", lambda ctx: Result.ok(str(ctx.probe("p", "raise SystemExit(3)"))))
+    result = Runner(Context(Target(python=PY)), [check]).run([check])[0]
+    assert result.status is Status.ERROR and "crashed (exit 3)" in result.summary
+
+
+def test_memo_runs_once_across_threads():
+    ctx = Context(Target())
+    calls = []
+    ctx.prefetch("k", lambda: calls.append(1) or "v")
+    assert ctx.memo("k", lambda: calls.append(2) or "other") == "v"
+    assert calls == [1]
