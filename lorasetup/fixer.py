@@ -94,6 +94,6 @@ def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected:
 
 
 def needs_you(results: list[Result], outcomes: list[Outcome]) -> list[Result]:
-    """Failing checks that no fix covers: the person must act (the hint says how)."""
-    covered = {o.check_id for o in outcomes if o.state in ("fixed", "planned")}
-    return [r for r in results if r.status in FAILING and r.check_id not in covered]
+    """Failing checks that offer no automatic fix: the person must act (the hint says how)."""
+    offered = {o.check_id for o in outcomes}
+    return [r for r in results if r.status in FAILING and r.check_id not in offered]

@@ -123,3 +123,13 @@ def test_discovery_finds_the_checkout_from_inside_it(make_kohya):
     target = load_target(cwd=root / "sd-scripts" / "networks", environ={})
     assert target.kohya_root == root and target.layout == "kohya_ss"
     assert target.sd_scripts == root / "sd-scripts"
+
+
+def test_failing_git_is_reported_with_its_cause(make_kohya, tmp_path):
+    root = make_kohya("never-initialised")
+    git(root, "config", "-f", ".gitmodules", "submodule.sd-scripts.url", (tmp_path / "gone").as_uri())
+    results, outcomes = bootstrap(lambda: Context(Target(kohya_root=root)), REPO, REPO, apply=True, yes=False)
+    assert outcomes[0].state == "fix failed"
+    assert outcomes[0].message.startswith("git submodule update failed (exit 1): fatal:")
+    assert "gone" in outcomes[0].message
+    assert {r.check_id: r.status for r in results}["repo.submodule"] is Status.FAIL

@@ -43,6 +43,13 @@ def local_changes(path: Path) -> list[str]:
     return [line[3:] for line in git(path, "status", "--porcelain").stdout.splitlines() if line.strip()]
 
 
+def first_error(stderr: str) -> str:
+    """git's first `fatal:`/`error:` line (the cause), else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else
+                "no output")
+
+
 def submodule_fix(root: Path) -> Fix:
     """`git submodule update --init --recursive sd-scripts`, refused when it could lose local work."""
     command = ["submodule", "update", "--init", "--recursive", SUBMODULE]
@@ -56,8 +63,7 @@ def submodule_fix(root: Path) -> Fix:
                            f"`git -C {root} {' '.join(command)}` yourself.")
         proc = git(root, *command)
         if proc.returncode != 0:
-            raise FixError(f"git submodule update failed (exit {proc.returncode}): "
-                           f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+            raise FixError(f"git submodule update failed (exit {proc.returncode}): {first_error(proc.stderr)}")
     return Fix(f"populate the {SUBMODULE} submodule at the commit kohya_ss pins",
                [f"git -C {root} {' '.join(command)}"], apply, safe=True)
 
