@@ -5,6 +5,7 @@ Everything else is read from the checkout itself (requirement pins, argparse opt
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -61,14 +62,22 @@ def needs_bitsandbytes(optimizer_type: str) -> bool:
 
 
 def bucket_divisor(script_path: Path) -> int | None:
-    """The divisor the entry script demands of bucket_reso_steps, read from its own
-    `verify_bucket_reso_steps(N)` call (64 in train_network.py, 32 in sdxl_train_network.py, ...).
+    """The divisor the entry script demands of bucket_reso_steps, read from its own uncommented
+    `verify_bucket_reso_steps(N)` calls (64 in train_network.py, 32 in sdxl_train_network.py, ...).
+    A trainer that also calls `super().assert_extra_args(...)` inherits its parent module's check too
+    (flux_train_network.py: 32 and train_network.py's 64), so the result is the least common multiple.
     None when the script makes no such call."""
     try:
-        found = re.search(r"verify_bucket_reso_steps\((\d+)\)", script_path.read_text(errors="replace"))
+        code = "\n".join(line for line in script_path.read_text(errors="replace").splitlines()
+                         if not line.lstrip().startswith("#"))
     except OSError:
         return None
-    return int(found.group(1)) if found else None
+    divisors = [int(n) for n in re.findall(r"verify_bucket_reso_steps\((\d+)\)", code)]
+    parent = re.search(r"^class \w+\((\w+)\.\w+\)", code, re.M)
+    if parent and "super().assert_extra_args(" in code and parent.group(1) != script_path.stem:
+        inherited = bucket_divisor(script_path.with_name(parent.group(1) + ".py"))
+        divisors += [inherited] if inherited else []
+    return math.lcm(*divisors) if divisors else None
 
 
 # Image extensions sd-scripts picks up (library/train_util.py IMAGE_EXTENSIONS): lower and ALL-UPPER case.
