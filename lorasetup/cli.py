@@ -18,6 +18,7 @@ from lorasetup import __version__
 from lorasetup.checks import all_checks
 from lorasetup.context import Context
 from lorasetup.fixer import bootstrap, needs_you
+from lorasetup.model import Check, Result
 from lorasetup.report import err, exit_code, render_result, summary_line, to_json, use_color
 from lorasetup.runner import Runner, select
 from lorasetup.target import ConfigError, Target, load_target
@@ -124,7 +125,18 @@ def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
     try:
         skipped = {c.id for c in checks if c not in wanted} if args.skip else set()
         runner = Runner(ctx, [c for c in checks if c.id not in skipped])
-        results = runner.run(wanted, on_result=lambda r: err(render_result(r, args.verbose, color)))
+        live = sys.stderr.isatty()
+
+        def started(c: Check) -> None:
+            if live:  # name the slow ones while they run; the result line overwrites this
+                sys.stderr.write(f"\r… {c.id:<20} {c.title}\033[K\r")
+                sys.stderr.flush()
+
+        def finished(r: Result) -> None:
+            if live:
+                sys.stderr.write("\033[K")
+            err(render_result(r, args.verbose, color))
+        results = runner.run(wanted, on_result=finished, on_start=started)
     finally:
         ctx.close()
     elapsed = time.perf_counter() - start

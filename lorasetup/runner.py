@@ -58,12 +58,16 @@ class Runner:
                 except Exception:  # noqa: BLE001 - the check itself will report the problem
                     pass
 
-    def run(self, wanted: Iterable[Check], on_result: Callable[[Result], None] | None = None) -> list[Result]:
-        """Run `wanted` and their requirements; `on_result` sees each result as soon as it is known."""
+    def run(self, wanted: Iterable[Check], on_result: Callable[[Result], None] | None = None,
+            on_start: Callable[[Check], None] | None = None) -> list[Result]:
+        """Run `wanted` and their requirements; `on_start` sees each check as it starts, `on_result` each
+        result as soon as it is known."""
         ordered = self.order(wanted)
         self.start_prefetch(ordered)
         results = []
         for c in ordered:
+            if on_start is not None:
+                on_start(c)
             results.append(self.result(c.id))
             if on_result is not None:
                 on_result(results[-1])
