@@ -1,0 +1,1066 @@
+"""The args gate: the training arguments are options of THIS checkout's script, their values have the type
+and choices sd-scripts expects, their combinations are ones sd-scripts accepts, and the run has somewhere to
+write its results.
+
+sd-scripts merges `--config_file X.toml` into its arguments without argparse's checks: an unknown key is
+dropped silently and a value of the wrong type gets through (`mixed_precision = "fp32"`, `resolution = 512`),
+and many combinations are asserted only after the model is loaded. The options are read statically from the
+checkout (lorasetup.argspec); the rules quote the assertion sd-scripts would stop with.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from lorasetup import sdfacts
+from lorasetup.argspec import ArgSpec, Option, load_argspec
+from lorasetup.checks import check
+from lorasetup.context import Context
+from lorasetup.model import CheckFailed, Fix, FixError, Result
+from lorasetup.target import tomllib
+
+REQUIRES = ("repo.present",)
+NO_ARGS_HINT = ("pass the training config with `--train-config config.toml` (sd-scripts' --config_file) and "
+                "any extra sd-scripts arguments after `--`")
+
+
+# --- what sd-scripts will see --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TomlItem:
+    """One key of the `--config_file` TOML, sections flattened one level as sd-scripts does."""
+
+    key: str
+    value: Any
+    place: str
+
+
+@dataclass(frozen=True)
+class CliFlag:
+    """One option after `--`, as typed: `--network_dim 16`, `--flip_aug`, `--network_args a=1 b=2`."""
+
+    token: str
+    name: str
+    values: tuple[str, ...]
+    inline: bool  # `--name=value`
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    place: str
+    source: str  # "toml", "cli" or "default"
+
+
+@dataclass
+class Args:
+    """The namespace sd-scripts ends up with: command line over TOML over argparse defaults."""
+
+    spec: ArgSpec
+    toml: list[TomlItem]
+    cli: list[CliFlag]
+    stray: list[str]          # tokens after `--` before any flag
+    config_file: Path | None
+    values: dict[str, Setting] = field(default_factory=dict)
+
+    def setting(self, name: str) -> Setting | None:
+        return self.values.get(name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        found = self.values.get(name)
+        return default if found is None or found.value is None else found.value
+
+    def given(self, name: str) -> bool:
+        found = self.values.get(name)
+        return found is not None and found.source != "default"
+
+    def place(self, name: str) -> str:
+        found = self.values.get(name)
+        return found.place if found and found.source != "default" else f"{name} (default)"
+
+    def on(self, name: str) -> bool:
+        """Truthiness as sd-scripts tests it (`if args.flag:`), whatever the value's type."""
+        return bool(self.get(name))
+
+
+def _spec(ctx: Context) -> ArgSpec:
+    return ctx.memo("args.spec", lambda: _load_spec(ctx))
+
+
+def _load_spec(ctx: Context) -> ArgSpec:
+    root = ctx.target.sd_scripts
+    if root is None:
+        raise CheckFailed("no sd-scripts checkout to read the script's options from",
+                          hint="point lorasetup at the checkout with --kohya-root")
+    return load_argspec(root, ctx.target.script)
+
+
+def _prefetch(ctx: Context) -> None:
+    if ctx.target.sd_scripts is not None:
+        ctx.prefetch("args.spec", lambda: _load_spec(ctx))
+
+
+def scan_cli(tokens: Iterable[str]) -> tuple[list[CliFlag], list[str]]:
+    """Split extra arguments into flags with their values (and tokens before the first flag)."""
+    flags: list[CliFlag] = []
+    stray: list[str] = []
+    current: list[Any] | None = None
+    for token in tokens:
+        if token.startswith("-") and len(token) > 1 and not re.match(r"^-\.?\d", token):
+            if current is not None:
+                flags.append(CliFlag(*current[:2], tuple(current[2]), current[3]))
+            name, eq, value = token.partition("=")
+            current = [token, name, [value] if eq else [], bool(eq)]
+        elif current is None:
+            stray.append(token)
+        else:
+            current[2].append(token)
+    if current is not None:
+        flags.append(CliFlag(*current[:2], tuple(current[2]), current[3]))
+    return flags, stray
+
+
+def toml_items(path: Path) -> list[TomlItem]:
+    """Every key of the training TOML in file order, flattened like train_util.read_config_from_file."""
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    items: list[TomlItem] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            items += [TomlItem(sub, subval, f"{path.name} [{key}] {sub}") for sub, subval in value.items()]
+        else:
+            items.append(TomlItem(key, value, f"{path.name} {key}"))
+    return items
+
+
+def convert(opt: Option, text: str) -> Any:
+    """What argparse's `type` makes of a command-line string; raises ValueError like argparse would."""
+    if opt.type == "int":
+        return int(text)
+    if opt.type == "float":
+        return float(text)
+    if opt.type == "bool":
+        return bool(text)
+    return text
+
+
+def _args(ctx: Context) -> Args:
+    return ctx.memo("args.namespace", lambda: build_args(ctx))
+
+
+def build_args(ctx: Context) -> Args:
+    spec = _spec(ctx)
+    config_file = ctx.train_args.config_file  # raises a clear TrainArgsError for a missing or broken file
+    items = toml_items(config_file) if config_file is not None else []
+    cli, stray = scan_cli(ctx.target.train_args)
+    args = Args(spec, items, cli, stray, config_file)
+    for opt in spec.options.values():
+        default = opt.default
+        if isinstance(default, str) and opt.type in ("int", "float") and opt.takes_value:
+            try:  # argparse runs `type` over a string default
+                default = convert(opt, default)
+            except ValueError:
+                pass
+        args.values[opt.dest] = Setting(default, f"{opt.dest} (default)", "default")
+    for item in items:
+        args.values[item.key] = Setting(item.value, item.place, "toml")
+    for flag in cli:
+        matches = spec.match_flag(flag.name)
+        if len(matches) != 1 or flag.name == "--config_file":
+            continue
+        opt = matches[0]
+        args.values[opt.dest] = Setting(_cli_value(opt, flag), flag.token, "cli")
+    return args
+
+
+def _cli_value(opt: Option, flag: CliFlag) -> Any:
+    if opt.action == "store_true":
+        return True
+    if opt.action == "store_false":
+        return False
+    if not opt.takes_value:
+        return True
+    try:
+        converted = [convert(opt, v) for v in flag.values]
+    except ValueError:
+        converted = list(flag.values)
+    if opt.is_list:
+        return converted
+    return converted[0] if converted else None
+
+
+# --- args.known ------------------------------------------------------------------------------------------
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _toml_repr(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_repr(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_repr(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = _toml_repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _scalar_problem(opt: Option, value: Any) -> str | None:
+    """Why a TOML scalar does not fit the option's type and choices (None when it does)."""
+    kind = opt.type or "str"
+    if isinstance(value, dict):
+        return f"is a table; expected {opt.describe()}"
+    if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        if isinstance(value, float) and value.is_integer():
+            return f"is the float {_short(value)}; expected an integer: write {int(value)}"
+        return f"is {_kind(value)}; expected an integer (sd-scripts does not convert TOML values)"
+    if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        hint = ""
+        if isinstance(value, str):
+            try:
+                hint = f": write {float(value)!r} without quotes"
+            except ValueError:
+                pass
+        return f"is {_kind(value)}; expected a number{hint} (sd-scripts does not convert TOML values; " \
+               f"arithmetic on it fails mid-run)"
+    if kind in ("str", "path") and not isinstance(value, str):
+        if opt.dest == "resolution":
+            return (f"is {_kind(value)}; sd-scripts expects the string \"W,H\": it stops with "
+                    f"\"'{type(value).__name__}' object has no attribute 'split'\". Write resolution = \"512,512\"")
+        return f"is {_kind(value)}; expected a string: write {opt.dest} = {json.dumps(_toml_repr(value))}"
+    if kind == "bool" and not isinstance(value, bool):
+        return f"is {_kind(value)}; expected true or false"
+    if opt.choices is not None and value not in opt.choices:
+        shown = ", ".join("none" if c is None else json.dumps(c) if isinstance(c, str) else str(c)
+                          for c in opt.choices)
+        close = difflib.get_close_matches(str(value).lower(), [str(c) for c in opt.choices if c is not None], n=1)
+        suggestion = f"; did you mean {json.dumps(close[0])}?" if close else ""
+        return f"is not one of {shown} (argparse checks this only on the command line){suggestion}"
+    return None
+
+
+def toml_value_problem(opt: Option, value: Any) -> str | None:
+    """Why a value from the TOML would misbehave in sd-scripts, which uses it as is."""
+    if opt.action in ("store_true", "store_false"):
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, str):
+            return (f"is the string {_short(value)}: any non-empty string counts as true, so \"false\" turns "
+                    f"it ON. Write {opt.dest} = true or false, without quotes")
+        return f"is {_kind(value)}; expected true or false"
+    if not opt.takes_value:
+        return None
+    if opt.type not in (None, "int", "float", "str", "path", "bool"):
+        return f"is {_kind(value)}; expected a plain value" if isinstance(value, dict) else None
+    if opt.is_list:
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                problem = _scalar_problem(opt, item)
+                if problem:
+                    return f"item {i} ({_short(item)}) {problem}"
+            return None
+        if isinstance(value, str) and opt.type in (None, "str", "path"):
+            example = _toml_repr(value.split())
+            return (f"is a single string; expected a list of strings: sd-scripts walks it one character at a "
+                    f"time (for {opt.dest} that fails with \"not enough values to unpack\"). "
+                    f"Write {opt.dest} = {example}")
+        return _scalar_problem(opt, value)
+    if isinstance(value, list):
+        if opt.dest == "resolution":
+            return (f"is a list; sd-scripts expects the string \"W,H\" here (lists are for the dataset config): it "
+                    f"stops with \"'list' object has no attribute 'split'\". Write resolution = "
+                    f"\"{','.join(str(v) for v in value)}\"")
+        return f"is a list; expected {opt.describe()}"
+    return _scalar_problem(opt, value)
+
+
+def cli_problem(opt: Option, flag: CliFlag) -> str | None:
+    """argparse's own error for this flag and its values (None when it parses)."""
+    if opt.action in ("store_true", "store_false", "store_const", "count", "append_const", "help", "version"):
+        if flag.inline:
+            return f"argument {flag.name}: ignored explicit argument '{flag.values[0]}'"
+        if flag.values:
+            return f"unrecognized arguments: {' '.join(flag.values)} ({flag.name} takes no value)"
+        return None
+    n = len(flag.values)
+    nargs = opt.nargs
+    if nargs is None and n != 1:
+        return f"argument {flag.name}: expected one argument" if n == 0 else \
+            f"unrecognized arguments: {' '.join(flag.values[1:])} ({flag.name} takes one value)"
+    if nargs == "+" and n == 0:
+        return f"argument {flag.name}: expected at least one argument"
+    if nargs == "?" and n > 1:
+        return f"unrecognized arguments: {' '.join(flag.values[1:])}"
+    if isinstance(nargs, int) and n != nargs:
+        return f"argument {flag.name}: expected {nargs} arguments"
+    for text in flag.values:
+        try:
+            value = convert(opt, text)
+        except ValueError:
+            return f"argument {flag.name}: invalid {opt.type} value: '{text}'"
+        if opt.choices is not None and value not in opt.choices:
+            shown = ", ".join(repr(c) for c in opt.choices)
+            return f"argument {flag.name}: invalid choice: '{text}' (choose from {shown})"
+    return None
+
+
+@check("args.known", "every training argument is an option of this checkout's script, with a valid value",
+       requires=REQUIRES, prefetch=_prefetch)
+def known(ctx: Context) -> Result:
+    args = _args(ctx)
+    spec = args.spec
+    script = ctx.target.script
+    if args.config_file is None and not args.cli and not args.stray:
+        return Result.skip("no training arguments given", hint=NO_ARGS_HINT)
+    problems: list[str] = []
+    unknown = 0
+    for item in args.toml:
+        opt = spec.get(item.key)
+        if opt is None:
+            unknown += 1
+            suggestion = spec.suggest(item.key)
+            mean = f" Did you mean `{suggestion}`?" if suggestion else ""
+            problems.append(f"{item.place}: `{item.key}` is not an option of {script}; sd-scripts drops it "
+                            f"silently.{mean}")
+            continue
+        problem = toml_value_problem(opt, item.value)
+        if problem:
+            problems.append(f"{item.place}: `{item.key} = {_short(item.value)}` {problem}")
+    for token in args.stray:
+        problems.append(f"`{token}` (after --, before any flag): argparse stops with \"unrecognized arguments: "
+                        f"{token}\"")
+    for flag in args.cli:
+        if flag.name in ("-h", "--help"):
+            problems.append(f"{flag.token}: prints the options and exits without training")
+            continue
+        matches = spec.match_flag(flag.name)
+        if not matches:
+            unknown += 1
+            suggestion = spec.suggest(flag.name)
+            mean = f" Did you mean `--{suggestion}`?" if suggestion else ""
+            dashes = " (sd-scripts' options use underscores)" if "-" in flag.name.lstrip("-") else ""
+            problems.append(f"{flag.token}: argparse stops at start with \"unrecognized arguments: "
+                            f"{flag.name}\"{dashes}.{mean}")
+        elif len(matches) > 1:
+            names = ", ".join(m.flags[0] for m in matches[:6]) + (", ..." if len(matches) > 6 else "")
+            problems.append(f"{flag.token}: argparse stops with \"ambiguous option: {flag.name} could match "
+                            f"{names}\"; spell the option out")
+        else:
+            problem = cli_problem(matches[0], flag)
+            if problem:
+                problems.append(f"{flag.token}: argparse stops with \"{problem}\"")
+    where = f"{len(spec)} options of {script}" + (f" at {spec.commit[:8]}" if spec.commit else "")
+    checked = f"{len(args.toml)} config key(s) and {len(args.cli)} flag(s)"
+    if not problems:
+        return Result.ok(f"{checked}: all known options with valid values ({where})",
+                         data={"options": len(spec), "cached": spec.from_cache})
+    bad = len(problems) - unknown
+    parts = [f"{unknown} unknown" if unknown else "", f"{bad} with a bad value" if bad else ""]
+    target = f" in {args.config_file}" if args.config_file else ""
+    return Result.fail(
+        f"{' and '.join(p for p in parts if p)} training argument(s){target}",
+        problems + [f"checked against the {where}"],
+        hint=f"fix the keys and values listed (TOML keys are option names without `--`); the run otherwise "
+             f"trains with settings you did not ask for or dies mid-run. All options: "
+             f"`{ctx.target.python_exe} {ctx.target.sd_scripts / script} --help`",
+        data={"options": len(spec), "cached": spec.from_cache})
+
+
+# --- args.rules ------------------------------------------------------------------------------------------
+
+@dataclass
+class Finding:
+    fail: bool
+    text: str
+    fix: Fix | None = None
+
+
+@dataclass
+class ScriptText:
+    """The code that runs for this entry script: the script and the trainer modules beside it (`chain`),
+    plus the library modules it reads its options from (`library`). Comment lines are dropped."""
+
+    chain: str
+    library: str
+
+    def asserts(self, message: str, caller: str | None = None) -> bool:
+        """True when the script's code still makes this assertion; for one inside a library function, when
+        the library has it and the script calls that function (`caller`)."""
+        if caller is None:
+            return message in self.chain
+        return (message in self.chain or message in self.library) and caller in self.chain
+
+
+def _script_text(ctx: Context) -> ScriptText:
+    def read() -> ScriptText:
+        root = ctx.target.sd_scripts
+        chain, library = [], []
+        for rel in sorted(_spec(ctx).files):
+            try:
+                text = (root / rel).read_text(errors="replace")
+            except OSError:
+                continue
+            code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+            (library if "/" in rel else chain).append(code)
+        return ScriptText("\n".join(chain), "\n".join(library))
+    return ctx.memo("args.script_text", read)
+
+
+class Scope:
+    """A value lookup as config_util's BlueprintGenerator does it: subset, dataset, [general], then the
+    training arguments."""
+
+    def __init__(self, layers: list[tuple[Mapping[str, Any], str]], args: Args) -> None:
+        self.layers, self.args = layers, args
+
+    def lookup(self, key: str) -> tuple[Any, str, bool]:
+        """(value, place, from_training_args)."""
+        for table, prefix in self.layers:
+            if key in table:
+                return table[key], f"{prefix}.{key}", False
+        setting = self.args.setting(key)
+        if setting is None:
+            return None, f"{key} (default)", False
+        return setting.value, setting.place if setting.source != "default" else f"{key} (default)", \
+            setting.source != "default"
+
+
+def _dataset_config(ctx: Context) -> tuple[Path, Mapping[str, Any]] | None:
+    """The dataset config as data, or None when there is none or it does not parse (dataset.schema says why)."""
+    def read() -> tuple[Path, Mapping[str, Any]] | None:
+        path = ctx.path_setting("dataset_config", "dataset_config")
+        if path is None:
+            return None
+        try:
+            if path.suffix == ".json":
+                data = json.loads(path.read_text(encoding="utf-8"))
+            else:
+                with path.open("rb") as fh:
+                    data = tomllib.load(fh)
+        except (OSError, ValueError, tomllib.TOMLDecodeError):
+            return None
+        return (path, data) if isinstance(data, dict) else None
+    return ctx.memo("args.dataset_config", read)
+
+
+def _scopes(ctx: Context, args: Args) -> tuple[list[Scope], list[Scope]]:
+    """(dataset scopes, subset scopes); one of each from the training arguments alone without a config."""
+    found = _dataset_config(ctx)
+    if found is None:
+        return [Scope([], args)], [Scope([], args)]
+    path, data = found
+    general = data.get("general") if isinstance(data.get("general"), dict) else {}
+    general_layer = (general, f"{path.name} [general]")
+    datasets, subsets = [], []
+    for i, dataset in enumerate(d for d in data.get("datasets", []) or [] if isinstance(d, dict)):
+        layer = (dataset, f"{path.name} datasets[{i}]")
+        datasets.append(Scope([layer, general_layer], args))
+        for j, subset in enumerate(s for s in dataset.get("subsets", []) or [] if isinstance(s, dict)):
+            subsets.append(Scope([(subset, f"{path.name} datasets[{i}].subsets[{j}]"), layer, general_layer], args))
+    return datasets, subsets
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _rule_caching(ctx: Context, args: Args, text: ScriptText) -> list[Finding]:
+    out: list[Finding] = []
+    _, subsets = _scopes(ctx, args)
+    latents_msg = "when caching latents, either color_aug or random_crop cannot be used"
+    # verify_training_args turns cache_latents on when cache_latents_to_disk is set (library/train_util.py)
+    caching = [n for n in ("cache_latents", "cache_latents_to_disk") if args.on(n)]
+    if caching and text.asserts(latents_msg):
+        offenders = sorted({place for s in subsets for key in ("color_aug", "random_crop")
+                            for value, place, _ in [s.lookup(key)] if value})
+        if offenders:
+            out.append(Finding(True, f"{args.place(caching[0])} with {', '.join(offenders)}: sd-scripts stops after "
+                                     f"loading the dataset with \"{latents_msg}\". Remove color_aug/random_crop "
+                                     f"there, or turn latent caching off (slower steps)"))
+    te_msg = "when caching Text Encoder output, either caption_dropout_rate, shuffle_caption, token_warmup_step " \
+             "or caption_tag_dropout_rate cannot be used"
+    # the SDXL/SD3/FLUX trainers turn cache_text_encoder_outputs on when ..._to_disk is set
+    te_caching = [n for n in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk") if args.on(n)]
+    if te_caching and text.asserts(te_msg):
+        offenders = set()
+        for s in subsets:
+            for key in ("caption_dropout_rate", "token_warmup_step", "caption_tag_dropout_rate"):
+                value, place, _ = s.lookup(key)
+                if (_number(value) or 0) > 0:
+                    offenders.add(place)
+            value, place, _ = s.lookup("shuffle_caption")
+            if value:
+                offenders.add(place)
+        if offenders:
+            out.append(Finding(True, f"{args.place(te_caching[0])} with {', '.join(sorted(offenders))}: sd-scripts "
+                                     f"stops with \"{te_msg}\". Turn those off, or stop caching Text Encoder "
+                                     f"outputs"))
+    train_te_msg = "network for Text Encoder cannot be trained with caching Text Encoder outputs"
+    if te_caching and text.asserts(train_te_msg) and not args.on("network_train_unet_only"):
+        out.append(Finding(True, f"{args.place(te_caching[0])} without network_train_unet_only: sd-scripts stops "
+                                 f"with \"{train_te_msg}\". Add network_train_unet_only = true"))
+    return out
+
+
+def _rule_precision(args: Args, text: ScriptText) -> list[Finding]:
+    out: list[Finding] = []
+    precision = args.get("mixed_precision", "no")
+    where = args.place("mixed_precision")
+    # train_network.py: `if args.full_fp16: assert ... elif args.full_bf16: assert ...`
+    fp16_msg = "full_fp16 requires mixed precision='fp16'"
+    bf16_msg = "full_bf16 requires mixed precision='bf16'"
+    if args.on("full_fp16") and precision != "fp16" and text.asserts(fp16_msg):
+        out.append(Finding(True, f"{args.place('full_fp16')} with {where} = {_short(precision)}: sd-scripts stops "
+                                 f"with \"{fp16_msg}\". Set mixed_precision = \"fp16\" or drop full_fp16"))
+    elif args.on("full_bf16") and not args.on("full_fp16") and precision != "bf16" and text.asserts(bf16_msg):
+        out.append(Finding(True, f"{args.place('full_bf16')} with {where} = {_short(precision)}: sd-scripts stops "
+                                 f"with \"{bf16_msg}\". Set mixed_precision = \"bf16\" or drop full_bf16"))
+    fp8_msg = "fp8_base requires mixed precision='fp16' or 'bf16'"
+    fp8 = [n for n in ("fp8_base", "fp8_base_unet") if args.on(n)]
+    if fp8 and precision == "no" and text.asserts(fp8_msg):
+        out.append(Finding(True, f"{args.place(fp8[0])} with {where} = \"no\": sd-scripts stops with "
+                                 f"\"{fp8_msg}\". Set mixed_precision = \"bf16\" (or \"fp16\")"))
+    return out
+
+
+def _rule_verify(args: Args, text: ScriptText) -> list[Finding]:
+    """library/train_util.py verify_training_args, sdxl_train_util.verify_sdxl_training_args and the option
+    conflicts get_optimizer asserts, in their own words."""
+    out: list[Finding] = []
+    checks = [
+        ("adaptive_noise_scale requires noise_offset", "verify_training_args(",
+         args.get("adaptive_noise_scale") is not None and args.get("noise_offset") is None,
+         ["adaptive_noise_scale"], "set noise_offset (e.g. 0.05) or drop adaptive_noise_scale"),
+        ("scale_v_pred_loss_like_noise_pred can be enabled only with v_parameterization", "verify_training_args(",
+         args.on("scale_v_pred_loss_like_noise_pred") and not args.on("v_parameterization"),
+         ["scale_v_pred_loss_like_noise_pred"], "drop it, or train a v-prediction model with v_parameterization"),
+        ("v_pred_like_loss cannot be enabled with v_parameterization", "verify_training_args(",
+         args.on("v_pred_like_loss") and args.on("v_parameterization"),
+         ["v_pred_like_loss", "v_parameterization"], "drop one of them"),
+        ("v2 cannot be enabled in SDXL training", "verify_sdxl_training_args(", args.on("v2"), ["v2"],
+         "drop v2 (it is for SD 2.x models)"),
+        ("both option use_8bit_adam and use_lion_optimizer are specified", "get_optimizer(",
+         args.on("use_8bit_adam") and args.on("use_lion_optimizer"), ["use_8bit_adam", "use_lion_optimizer"],
+         "keep one; better, use optimizer_type"),
+        ("both option use_8bit_adam and optimizer_type are specified", "get_optimizer(",
+         args.on("use_8bit_adam") and bool(args.get("optimizer_type")), ["use_8bit_adam", "optimizer_type"],
+         "drop use_8bit_adam and set optimizer_type = \"AdamW8bit\""),
+        ("both option use_lion_optimizer and optimizer_type are specified", "get_optimizer(",
+         args.on("use_lion_optimizer") and not args.on("use_8bit_adam") and bool(args.get("optimizer_type")),
+         ["use_lion_optimizer", "optimizer_type"], "drop use_lion_optimizer and set optimizer_type = \"Lion\""),
+        ("fused_backward_pass currently only works with optimizer_type Adafactor", "get_optimizer(",
+         args.on("fused_backward_pass") and _optimizer(args) != "adafactor", ["fused_backward_pass", "optimizer_type"],
+         "drop fused_backward_pass or use optimizer_type = \"Adafactor\""),
+        ("fused_backward_pass does not work with gradient_accumulation_steps > 1", "get_optimizer(",
+         args.on("fused_backward_pass") and _optimizer(args) == "adafactor"
+         and args.get("gradient_accumulation_steps", 1) != 1,
+         ["fused_backward_pass", "gradient_accumulation_steps"], "drop one of them"),
+    ]
+    for message, caller, violated, names, remedy in checks:
+        if violated and text.asserts(message, caller):
+            places = ", ".join(args.place(n) for n in names)
+            out.append(Finding(True, f"{places}: sd-scripts stops with \"{message}\"; {remedy}"))
+    return out
+
+
+def _optimizer(args: Args) -> str:
+    """The optimizer name get_optimizer ends up with, lower-cased (library/train_util.py)."""
+    if args.on("use_8bit_adam"):
+        return "adamw8bit"
+    if args.on("use_lion_optimizer"):
+        return "lion"
+    name = args.get("optimizer_type")
+    return name.lower() if isinstance(name, str) and name else "adamw"
+
+
+def _kv_problem(token: Any, literal: bool) -> str | None:
+    """What `key, value = arg.split("=")` (+ ast.literal_eval) makes of one token."""
+    if not isinstance(token, str):
+        return f"is {_kind(token)}, not a `key=value` string"
+    parts = token.split("=", 1 if not literal else -1)
+    if len(parts) < 2:
+        return "has no `=`: sd-scripts stops with \"not enough values to unpack (expected 2, got 1)\""
+    if len(parts) > 2:
+        return "has more than one `=`: sd-scripts stops with \"too many values to unpack (expected 2)\""
+    if literal:
+        try:
+            ast.literal_eval(parts[1])
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
+            reason = "malformed node or string" if isinstance(exc, ValueError) else type(exc).__name__
+            return (f"has a value that is not a Python literal: sd-scripts' ast.literal_eval stops with "
+                    f"\"{reason}\". Quote strings ({parts[0]}='{parts[1]}') and write booleans as True/False")
+    return None
+
+
+def _rule_kv(args: Args) -> list[Finding]:
+    out: list[Finding] = []
+    # train_network.py: `key, value = net_arg.split("=", 1)` (values stay strings);
+    # library/train_util.py get_optimizer / get_scheduler_fix: `key, value = arg.split("=")` then
+    # `ast.literal_eval(value)`.
+    for name, literal in (("network_args", False), ("optimizer_args", True), ("lr_scheduler_args", True)):
+        value = args.get(name)
+        if name not in args.spec or not isinstance(value, list):
+            continue  # a plain string here is reported by args.known
+        for token in value:
+            problem = _kv_problem(token, literal)
+            if problem:
+                out.append(Finding(True, f"{args.place(name)}: `{_short(token, 40)}` {problem}"))
+    return out
+
+
+def _rule_buckets(ctx: Context, args: Args) -> list[Finding]:
+    out: list[Finding] = []
+    datasets, _ = _scopes(ctx, args)
+    steps_setting = args.setting("bucket_reso_steps")
+    divisor = sdfacts.bucket_divisor(ctx.target.sd_scripts / ctx.target.script)
+    steps_value = steps_setting.value if steps_setting else None
+    used = [s for s in datasets if s.lookup("bucket_reso_steps")[2]]
+    if (divisor and args.given("bucket_reso_steps") and used and isinstance(steps_value, int)
+            and not isinstance(steps_value, bool) and (steps_value < 1 or steps_value % divisor)):
+        message = f"bucket_reso_steps is {steps_value}. it must be divisible by {divisor}."
+        fix = _bucket_fix(args, steps_value, divisor) if steps_setting.source == "toml" else None
+        how = "" if fix else f" Pass --bucket_reso_steps {divisor}."
+        out.append(Finding(True, f"{steps_setting.place} = {steps_value}: {ctx.target.script} stops after loading "
+                                 f"the dataset with \"{message}\"{how}", fix))
+    resolution = args.setting("resolution")
+    if resolution and resolution.source != "default" and isinstance(resolution.value, str):
+        problem = _resolution_problem(resolution.value)
+        if problem:
+            out.append(Finding(True, f"{resolution.place} = {_short(resolution.value)}: {problem}. Write "
+                                     f"resolution = \"512\" or \"768,512\""))
+    for scope in datasets:
+        out += _bucket_range(scope)
+    return out
+
+
+def _resolution_problem(text: str) -> str | None:
+    """library/train_util.py prepare_dataset_args: `tuple(int(r) for r in resolution.split(","))`, 1 or 2."""
+    try:
+        sizes = [int(r) for r in text.split(",")]
+    except ValueError:
+        return "sd-scripts stops with \"invalid literal for int()\" reading it"
+    if len(sizes) not in (1, 2):
+        return "sd-scripts stops with \"resolution must be 'size' or 'width,height'\""
+    if min(sizes) <= 0:
+        return "a size must be positive"
+    return None
+
+
+def _bucket_range(scope: Scope) -> list[Finding]:
+    """train_util.BaseDataset.adjust_min_max_bucket_reso_by_steps, for what the training arguments set."""
+    enable, _, enable_from_args = scope.lookup("enable_bucket")
+    raw, reso_place, reso_from_args = scope.lookup("resolution")
+    low, low_place, low_from_args = scope.lookup("min_bucket_reso")
+    high, high_place, high_from_args = scope.lookup("max_bucket_reso")
+    steps, _, _ = scope.lookup("bucket_reso_steps")
+    if not enable or not any((enable_from_args, reso_from_args, low_from_args, high_from_args)):
+        return []
+    if isinstance(raw, str):
+        reso = None if _resolution_problem(raw) else [int(r) for r in raw.split(",")]
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        reso = [raw]
+    elif isinstance(raw, list) and len(raw) == 2 and all(isinstance(r, int) for r in raw):
+        reso = list(raw)
+    else:
+        reso = None
+    numbers = [v for v in (low, high, steps) if isinstance(v, int) and not isinstance(v, bool)]
+    if reso is None or len(numbers) != 3 or steps <= 0:
+        return []
+    low = low - low % steps
+    high = high + (steps - high % steps) % steps
+    out = []
+    if min(reso) < low:
+        out.append(Finding(True, f"{low_place} = {low} with {reso_place} = {_short(raw)}: sd-scripts stops with "
+                                 f"\"min_bucket_reso must be equal or less than resolution\". Lower min_bucket_reso"))
+    if max(reso) > high:
+        out.append(Finding(True, f"{high_place} = {high} with {reso_place} = {_short(raw)}: sd-scripts stops with "
+                                 f"\"max_bucket_reso must be equal or greater than resolution\". Raise "
+                                 f"max_bucket_reso"))
+    return out
+
+
+def _rule_network(ctx: Context, args: Args) -> list[Finding]:
+    out: list[Finding] = []
+    if "network_module" not in args.spec:
+        return out
+    root = ctx.target.sd_scripts
+    module = args.get("network_module")
+    if not module:
+        family = ctx.target.script.split("_train_network")[0] if "_train_network" in ctx.target.script else ""
+        suggestion = f"networks.lora_{family}" if family and _module_file(root, f"networks.lora_{family}") \
+            else "networks.lora"
+        out.append(Finding(True, f"network_module is not set (it has no default): {ctx.target.script} loads the "
+                                 f"model, then crashes with \"'NoneType' object has no attribute 'startswith'\" "
+                                 f"in importlib.import_module. Add network_module = \"{suggestion}\""))
+    elif isinstance(module, str) and module.split(".")[0] == "networks" and _module_file(root, module) is None:
+        present = sorted(p.stem for p in (root / "networks").glob("*.py") if p.stem != "__init__")
+        close = difflib.get_close_matches(module.split(".", 1)[-1], present, n=1)
+        mean = f" Did you mean \"networks.{close[0]}\"?" if close else ""
+        out.append(Finding(True, f"{args.place('network_module')} = \"{module}\": no such file in {root / 'networks'}; "
+                                 f"sd-scripts stops with \"No module named '{module}'\".{mean}"))
+    dim, alpha = args.get("network_dim"), args.get("network_alpha")
+    dim = 4 if dim is None else dim  # networks/lora.py create_network: network_dim None -> 4
+    alpha = 1.0 if alpha is None else alpha  # ... and network_alpha None -> 1.0
+    if _number(dim) and _number(alpha) is not None and alpha > dim:
+        out.append(Finding(False, f"{args.place('network_alpha')} = {alpha} > {args.place('network_dim')} = {dim}: "
+                                  f"LoRA updates are scaled by alpha/dim = {alpha / dim:g}, so the effective learning "
+                                  f"rate is multiplied; alpha <= dim is usual (e.g. alpha = dim / 2)"))
+    return out
+
+
+def _rule_adaptive(args: Args) -> list[Finding]:
+    """library/train_util.py get_optimizer warns for D-Adaptation and Prodigy with lr <= 0.1."""
+    optimizer = _optimizer(args)
+    if not (optimizer.startswith("dadapt") or optimizer == "prodigy"):
+        return []
+    base = args.get("learning_rate")
+    unet = args.get("unet_lr", base)
+    te = args.get("text_encoder_lr", base)
+    te = te[0] if isinstance(te, list) and te else (base if isinstance(te, list) else te)
+    lrs = {"unet_lr" if args.given("unet_lr") else "learning_rate": unet}
+    if not args.on("network_train_unet_only"):
+        lrs["text_encoder_lr" if args.given("text_encoder_lr") else "learning_rate"] = te
+    out = []
+    low = {name: lr for name, lr in lrs.items() if _number(lr) is not None and lr <= 0.1}
+    if low:
+        shown = ", ".join(f"{args.place(n)} = {lr:g}" for n, lr in low.items())
+        out.append(Finding(False, f"optimizer_type {args.get('optimizer_type')!r} adapts its own step size and "
+                                  f"expects lr around 1.0, but {shown}: sd-scripts warns \"learning rate is too low. "
+                                  f"If using D-Adaptation or Prodigy, set learning rate around 1.0\" and the LoRA "
+                                  f"barely trains"))
+    numeric = {lr for lr in lrs.values() if _number(lr) is not None}
+    if len(numeric) > 1:
+        out.append(Finding(False, f"different learning rates for U-Net and Text Encoder with {optimizer}: sd-scripts "
+                                  f"warns \"when multiple learning rates are specified with dadaptation (e.g. for "
+                                  f"Text Encoder and U-Net), only the first one will take effect\""))
+    return out
+
+
+def _module_file(root: Path, dotted: str) -> Path | None:
+    base = root.joinpath(*dotted.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _bucket_fix(args: Args, old: int, new: int) -> Fix | None:
+    path = args.config_file
+    if path is None:
+        return None
+    return toml_value_fix(path, "bucket_reso_steps", old, new,
+                          f"set bucket_reso_steps = {new} in {path} (the divisor the script demands)")
+
+
+def replace_toml_value(text: str, key: str, new: str) -> str | None:
+    """Replace the value of every `key = ...` line, keeping indentation, spacing and trailing comments."""
+    quoted = re.escape(key)
+    pattern = re.compile(rf"^(?P<pre>[ \t]*(?:{quoted}|\"{quoted}\"|'{quoted}')[ \t]*=[ \t]*)"
+                         rf"(?P<value>[^#\r\n]*?)(?P<post>[ \t]*(?:#[^\r\n]*)?)(?=\r?$)", re.M)
+    if not pattern.search(text):
+        return None
+    return pattern.sub(lambda m: m.group("pre") + new + m.group("post"), text)
+
+
+def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def toml_value_fix(path: Path, key: str, old: Any, new: int, description: str) -> Fix:
+    """A safe, targeted edit of one value in a TOML file: backup next to it, refused if the file changed."""
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        digest = ""
+
+    def apply() -> None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise FixError(f"cannot read {path}: {exc.strerror}") from None
+        if hashlib.sha256(raw).hexdigest() != digest:
+            raise FixError(f"{path} changed since it was checked; run lorasetup again before fixing")
+        text = raw.decode("utf-8", errors="replace")
+        edited = replace_toml_value(text, key, str(new))
+        try:
+            same_otherwise = edited is not None and \
+                _flatten(tomllib.loads(edited)) == {**_flatten(tomllib.loads(text)), key: new}
+        except tomllib.TOMLDecodeError:
+            same_otherwise = False
+        if not same_otherwise:
+            raise FixError(f"could not edit `{key}` in {path} safely (it is not a plain `{key} = ...` line); "
+                           f"set {key} = {new} there by hand")
+        backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        n = 1
+        while backup.exists():
+            backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            n += 1
+        shutil.copy2(path, backup)
+        tmp = path.with_name(f".{path.name}.lorasetup-tmp")
+        tmp.write_bytes(edited.encode("utf-8"))
+        os.replace(tmp, path)
+    return Fix(description, [f"edit {path}: {key} = {_toml_repr(old)} -> {new} (backup {path.name}.bak-<time>)"],
+               apply, safe=True)
+
+
+@check("args.rules", "the argument combinations pass the checks sd-scripts makes only after loading the model",
+       requires=REQUIRES, prefetch=_prefetch)
+def rules(ctx: Context) -> Result:
+    args = _args(ctx)
+    if args.config_file is None and not args.cli:
+        return Result.skip("no training arguments given", hint=NO_ARGS_HINT)
+    text = _script_text(ctx)
+    findings = (_rule_caching(ctx, args, text) + _rule_precision(args, text) + _rule_verify(args, text)
+                + _rule_kv(args) + _rule_buckets(ctx, args) + _rule_network(ctx, args) + _rule_adaptive(args))
+    fails = [f for f in findings if f.fail]
+    warns = [f for f in findings if not f.fail]
+    fix = next((f.fix for f in findings if f.fix), None)
+    details = [f.text for f in fails] + [f"warning: {f.text}" for f in warns]
+    if fails:
+        return Result.fail(f"{len(fails)} argument combination(s) sd-scripts rejects after loading the model",
+                           details, fix=fix,
+                           hint="each line says what to change; without it the run dies in its first minutes, "
+                                "after the model has loaded" + (" (`lorasetup bootstrap --fix` applies the safe one)"
+                                                                if fix else ""))
+    if warns:
+        return Result.warn(f"{len(warns)} questionable setting(s)", details,
+                           hint="the run starts, but may not learn what you expect; see each line")
+    return Result.ok("caching, precision, key=value args, buckets, resolution and network settings are consistent")
+
+
+# --- args.output -----------------------------------------------------------------------------------------
+
+# LoRA parameters per unit of rank: the sum of in+out features over the Linear (and 1x1 conv) layers
+# networks/lora*.py wraps, from each architecture's published shapes. U-Net / DiT first, text encoders second.
+# SD1: 16 transformer blocks, 32*C + 2*768 each (C = 320/640/1280) -> 423,936; CLIP-L 12 layers x 13,824.
+# SD2: context 1024 -> 432,128; OpenCLIP-H 23 layers x 18,432. SDXL: 70 transformer layers at 640/1280 with
+# context 2048 -> 2,659,840; CLIP-L + OpenCLIP-bigG (32 x 23,040). FLUX.1: 19 double + 38 single blocks at
+# 3072 -> 4,786,176; CLIP-L. Conv layers (conv_dim in network_args) are not counted.
+PARAMS_PER_RANK: dict[str, tuple[int, int]] = {
+    "sd1": (423_936, 165_888),
+    "sd2": (432_128, 423_936),
+    "sdxl": (2_659_840, 903_168),
+    "flux": (4_786_176, 165_888),
+}
+STATE_BYTES_PER_PARAM = 12  # a saved state: fp32 weights + two fp32 AdamW moments (estimate)
+
+
+def _family(script: str, args: Args) -> str | None:
+    if script.startswith("sdxl_"):
+        return "sdxl"
+    if script.startswith("flux_"):
+        return "flux"
+    if script == "train_network.py":
+        return "sd2" if args.on("v2") else "sd1"
+    return None
+
+
+def _positive_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def save_counts(args: Args) -> tuple[int, int, list[str]]:
+    """(model files kept, state folders kept, what cannot be counted before the dataset is), following
+    train_network.py's save schedule and library/train_util.py get_remove_*_no / save_and_remove_state_*."""
+    epochs = _positive_int(args.get("max_train_epochs"))
+    steps = None if epochs else _positive_int(args.get("max_train_steps"))
+    save_state = args.on("save_state")
+    files, states = 1, 1 if (save_state or args.on("save_state_on_train_end")) else 0
+    unknown: list[str] = []
+    schedules = []
+    every_steps = _positive_int(args.get("save_every_n_steps"))
+    if every_steps:
+        schedules.append((steps // every_steps if steps else None, lambda last, n=every_steps: last // n + 1,
+                          "save_last_n_steps", f"every {every_steps} steps", "step"))
+    every_epochs = _positive_int(args.get("save_every_n_epochs"))
+    ratio = _positive_int(args.get("save_n_epoch_ratio"))
+    if ratio and epochs:  # train_network.py: save_every_n_epochs = floor(epochs / save_n_epoch_ratio) or 1
+        every_epochs = epochs // ratio or 1
+    if every_epochs or ratio:
+        made = (epochs - 1) // every_epochs if epochs and every_epochs else ratio
+        schedules.append((made, lambda last: last, "save_last_n_epochs", f"every {every_epochs} epochs", "epoch"))
+    for made, keep, last_name, label, unit in schedules:
+        for is_state in (False, True) if save_state else (False,):
+            last = (_positive_int(args.get(f"{last_name}_state")) if is_state else None) or \
+                _positive_int(args.get(last_name))
+            kept = made if not last else keep(last) if made is None else min(made, keep(last))
+            if kept is None:
+                unknown.append(f"one {'state' if is_state else 'file'} {label} (the {unit} count depends on the "
+                               f"dataset: see dataset.steps)")
+            elif is_state:
+                states += kept
+            else:
+                files += kept
+    return files, states, unknown
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(path.anchor or "/")
+
+
+def _dir_problem(path: Path, what: str) -> str | None:
+    """Why sd-scripts' os.makedirs(path) and writes into it would fail (None when they would not)."""
+    if path.exists():
+        if not path.is_dir():
+            return f"{what} {path} exists but is not a folder"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{what} {path} is not writable: the first save fails with \"Permission denied\""
+        return None
+    base = _nearest_existing(path)
+    if not base.is_dir():
+        return f"{what} {path} cannot be created: {base} is a file"
+    if not os.access(base, os.W_OK | os.X_OK):
+        return f"{what} {path} cannot be created: {base} is not writable (\"Permission denied\")"
+    return None
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+
+def _arg_path(args: Args, name: str) -> Path | None:
+    value = args.get(name)
+    if not isinstance(value, str) or not value:
+        return None
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path.cwd() / path
+
+
+@check("args.output", "output and log folders are writable, with disk space for the checkpoints",
+       requires=REQUIRES, prefetch=_prefetch)
+def output(ctx: Context) -> Result:
+    args = _args(ctx)
+    if args.config_file is None and not args.cli and ctx.target.output_dir is None:
+        return Result.skip("no training arguments given", hint=NO_ARGS_HINT)
+    fails: list[str] = []
+    warns: list[str] = []
+    info: list[str] = []
+    out_dir = ctx.path_setting("output_dir", "output_dir")
+    if out_dir is None:
+        fails.append("output_dir is not set: the whole run trains, then crashes at the first save in "
+                     "os.makedirs(args.output_dir) (inferred from train_network.py save_model)")
+    else:
+        problem = _dir_problem(out_dir, "output_dir")
+        if problem:
+            fails.append(problem)
+        else:
+            info.append(f"output_dir {out_dir} ({'exists' if out_dir.exists() else 'will be created'})")
+            fails += _disk(ctx, args, out_dir, info)
+    fails += _logging(args, ctx, info)
+    prompts_fail, prompts_warn = _prompts(args)
+    fails += prompts_fail
+    warns += prompts_warn
+    if fails:
+        return Result.fail(fails[0] if len(fails) == 1 else f"{len(fails)} problems with where the run writes",
+                           fails + [f"warning: {w}" for w in warns] + info,
+                           hint="set output_dir (and logging_dir) to folders you can write to, on a disk with room "
+                                "for the checkpoints; otherwise the run dies at its first save or log write")
+    if warns:
+        return Result.warn(warns[0] if len(warns) == 1 else f"{len(warns)} warnings about outputs", warns + info)
+    return Result.ok(info[0] if info else "outputs are writable", info[1:])
+
+
+def _disk(ctx: Context, args: Args, out_dir: Path, info: list[str]) -> list[str]:
+    family = _family(ctx.target.script, args)
+    if family is None:
+        info.append(f"checkpoint size not estimated for {ctx.target.script}")
+        return []
+    dim = args.get("network_dim")
+    dim = 4 if dim is None else dim  # networks/lora.py create_network
+    if not _positive_int(dim):
+        return []
+    unet, te = PARAMS_PER_RANK[family]
+    params = dim * ((0 if args.on("network_train_text_encoder_only") else unet)
+                    + (0 if args.on("network_train_unet_only") else te))
+    precision = args.get("save_precision")
+    width = 2 if precision in ("fp16", "bf16") or (precision is None and
+                                                   (args.on("full_fp16") or args.on("full_bf16"))) else 4
+    file_bytes, state_bytes = params * width, params * STATE_BYTES_PER_PARAM
+    files, states, unknown = save_counts(args)
+    needed = files * file_bytes + states * state_bytes
+    free = shutil.disk_usage(_nearest_existing(out_dir)).free
+    plan = f"{files} LoRA file(s) of about {_mb(file_bytes)} ({family}, rank {dim})" + \
+        (f" and {states} saved state(s) of about {_mb(state_bytes)}" if states else "")
+    info.append(f"saves: {plan}; {_mb(needed)} needed, {_mb(free)} free")
+    info += [f"plus {u}" for u in unknown]
+    if free < needed:
+        return [f"not enough disk for the checkpoints in {out_dir}: {plan} need about {_mb(needed)}, "
+                f"{_mb(free)} free; the run dies with \"No space left on device\" at a save"]
+    return []
+
+
+def _logging(args: Args, ctx: Context, info: list[str]) -> list[str]:
+    log_with = args.get("log_with")
+    logging_dir = _arg_path(args, "logging_dir")
+    required = "logging_dir is required when log_with is tensorboard"
+    if log_with in ("tensorboard", "all") and logging_dir is None and required in _script_text(ctx).library:
+        return [f"{args.place('log_with')} = \"{log_with}\" without logging_dir: sd-scripts stops at start with "
+                f"\"{required}\". Set logging_dir = \"logs\""]
+    if logging_dir is not None:
+        problem = _dir_problem(logging_dir, "logging_dir")
+        if problem:
+            return [problem]
+        info.append(f"logging_dir {logging_dir} ({log_with or 'tensorboard'})")
+    return []
+
+
+def _prompts(args: Args) -> tuple[list[str], list[str]]:
+    """library/train_util.py sample_images_common: a schedule without a prompt file crashes (os.path.isfile(None));
+    a missing file only logs "No prompt file"; an extension other than .txt/.toml/.json crashes."""
+    schedule = [n for n in ("sample_every_n_steps", "sample_every_n_epochs") if _positive_int(args.get(n))]
+    schedule += ["sample_at_first"] if args.on("sample_at_first") else []
+    if "sample_prompts" not in args.spec:
+        return [], []
+    prompts = _arg_path(args, "sample_prompts")
+    if not schedule:
+        return [], []
+    when = args.place(schedule[0])
+    if prompts is None:
+        return [f"{when} schedules sample images but sample_prompts is not set: the run crashes at the first sample "
+                f"with \"stat: path should be string, bytes, os.PathLike or integer, not NoneType\""], []
+    if prompts.suffix not in (".txt", ".toml", ".json"):
+        return [f"{args.place('sample_prompts')} = {prompts}: sd-scripts reads only .txt, .toml or .json prompt "
+                f"files; any other name crashes at the first sample (UnboundLocalError: 'prompts')"], []
+    if not prompts.is_file():
+        return [], [f"{args.place('sample_prompts')}: {prompts} does not exist: sd-scripts logs \"No prompt file\" "
+                    f"and trains without sample images"]
+    return [], []
