@@ -1,0 +1,699 @@
+"""The device gate: torch can use the expected device, accelerate reports that device, the mixed precision
+fits it, and the training args ask nothing the device cannot do.
+
+Facts come from the one shared training-interpreter process (lorasetup.stackprobe); where the answer does not
+depend on them (fp16 with `device = "cpu"`, `--xformers` off CUDA) a check answers at once without waiting.
+Fixes: an accelerate config that matches the machine (safe when none exists; an existing file is backed up
+and rewritten only with --yes), and training-args edits of the `--config_file` TOML, with a backup, only with
+--yes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from packaging.version import InvalidVersion, Version
+
+from lorasetup import accelconfig, stackprobe
+from lorasetup.checks import check
+from lorasetup.context import Context
+from lorasetup.model import Fix, FixError, Result, Status
+from lorasetup.probe import ProbeError
+from lorasetup.sdfacts import needs_bitsandbytes
+from lorasetup.target import tomllib
+
+PROBED = ("preflight", "probe")
+GIB = 1024 ** 3
+TORCH_INSTALL = "https://pytorch.org/get-started/locally/"
+OPTIMIZER_TIMEOUT_S = 90.0
+# accelerate >= 1.11 lets fp16/bf16 run on MPS (accelerator.py); fp16 there needs torch >= 2.5, bf16 needs
+# torch >= 2.6 and macOS >= 14 (utils/imports.py is_bf16_available).
+MPS_AMP_ACCELERATE = Version("1.11")
+MPS_FP16_TORCH = Version("2.5")
+MPS_BF16_TORCH = Version("2.6")
+
+
+# --- facts ------------------------------------------------------------------------------------------------
+
+def facts(ctx: Context) -> dict[str, Any]:
+    """The stack probe's answer (raises ProbeError when the training interpreter could not answer)."""
+    return stackprobe.result(ctx)
+
+
+def torch_facts(found: dict[str, Any]) -> dict[str, Any]:
+    return found.get("torch") or {}
+
+
+def version(text: str | None) -> Version | None:
+    try:
+        return Version(str(text).split("+")[0]) if text else None
+    except InvalidVersion:
+        return None
+
+
+def rosetta(found: dict[str, Any]) -> bool:
+    """An x86_64 Python translated by Rosetta on an Apple Silicon Mac: torch there has no MPS."""
+    py = found.get("python") or {}
+    return py.get("sys_platform") == "darwin" and py.get("machine") == "x86_64" and (
+        py.get("proc_translated") == "1" or py.get("arm64_hardware") == "1")
+
+
+def smi_gpus(found: dict[str, Any]) -> list[dict[str, Any]]:
+    return ((found.get("nvidia_smi") or {}).get("gpus")) or []
+
+
+def available(found: dict[str, Any], device: str) -> bool:
+    t = torch_facts(found)
+    return device == "cpu" or bool(t.get(f"{device}_available"))
+
+
+def best_available(found: dict[str, Any]) -> str:
+    """The device accelerate picks when nothing forces the CPU: MPS, then CUDA, then XPU (state.py)."""
+    return next((d for d in ("mps", "cuda", "xpu") if available(found, d)), "cpu")
+
+
+def machine_offers(found: dict[str, Any]) -> str:
+    """The best device this machine has, even when torch cannot use it (what `device = "auto"` asks for)."""
+    best = best_available(found)
+    if best != "cpu":
+        return best
+    py = found.get("python") or {}
+    if smi_gpus(found) or torch_facts(found).get("cuda_device_count_machine"):
+        return "cuda"
+    if py.get("sys_platform") == "darwin" and (py.get("machine") == "arm64" or rosetta(found)):
+        return "mps"
+    return "cpu"
+
+
+def wanted(ctx: Context, found: dict[str, Any] | None) -> str | None:
+    """The device training must use: the target's, or for `auto` the best the machine offers (None:
+    unknown without the probe)."""
+    if ctx.target.device != "auto":
+        return ctx.target.device
+    return machine_offers(found) if found is not None else None
+
+
+def build_label(t: dict[str, Any]) -> str:
+    if t.get("hip"):
+        return f"ROCm {t['hip']} build"
+    if t.get("cuda"):
+        return f"CUDA {t['cuda']} build"
+    if t.get("mps_built"):
+        return "build with MPS"
+    if t.get("xpu_available"):
+        return "XPU build"
+    return "CPU-only build"
+
+
+def device_lines(found: dict[str, Any]) -> list[str]:
+    """What the probe saw, one fact a line, for details and `lorasetup env`."""
+    t, py = torch_facts(found), found.get("python") or {}
+    lines = [f"python {py.get('version')} {py.get('machine')} at {py.get('executable')}"]
+    if py.get("sys_platform") == "darwin":
+        lines.append(f"macOS {py.get('mac_ver')}; Rosetta: {'yes' if rosetta(found) else 'no'}")
+    if not t:
+        return lines + [f"torch: cannot be imported: {found.get('torch_error')}"]
+    lines.append(f"torch {t.get('version')} ({build_label(t)})"
+                 + (f", torchvision {t['torchvision']}" if t.get("torchvision") else ""))
+    count = t.get("cuda_device_count") or 0
+    lines.append(f"cuda available: {yes(t.get('cuda_available'))}, {count} device(s)")
+    for i, d in enumerate(t.get("cuda_devices") or []):
+        cap = d.get("capability") or [0, 0]
+        lines.append(f"  cuda:{i} {d.get('name')}, sm_{cap[0]}{cap[1]}, "
+                     f"{(d.get('total_memory') or 0) / GIB:.1f} GiB")
+    if t.get("cuda_arch_list"):
+        lines.append(f"  torch built for: {' '.join(t['cuda_arch_list'])}")
+    mem = t.get("mps_recommended_max_memory")
+    lines.append(f"mps built: {yes(t.get('mps_built'))}, available: {yes(t.get('mps_available'))}"
+                 + (f", recommended max memory {mem / GIB:.1f} GiB" if mem else ""))
+    if t.get("xpu_available"):
+        lines.append(f"xpu available: {', '.join(t.get('xpu_devices') or []) or 'yes'}")
+    smi = found.get("nvidia_smi")
+    if smi:
+        gpus = [f"{g['name']} ({g['memory_mib']} MiB, sm {g['capability']}, driver {g['driver']})"
+                for g in smi.get("gpus") or []]
+        lines.append(f"nvidia-smi: {'; '.join(gpus) or smi.get('error') or 'no GPU listed'}")
+    lines += [f"torch warned: {w.splitlines()[0]}" for w in t.get("warnings") or []]
+    return lines
+
+
+def yes(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+# --- device.torch -----------------------------------------------------------------------------------------
+
+def why_unavailable(found: dict[str, Any], device: str) -> tuple[str, str]:
+    """Why torch cannot use `device` here, and what to do: (reason, hint)."""
+    t, py = torch_facts(found), found.get("python") or {}
+    tv = t.get("version", "?")
+    python = py.get("executable", "python")
+    if device == "mps":
+        if rosetta(found):
+            reason = (f"{python} is an x86_64 Python running under Rosetta on an Apple Silicon Mac: torch "
+                      "there has no MPS, and training runs on the CPU")
+            hint = ("recreate the venv from an arm64 Python (`python3 -c 'import platform; "
+                    "print(platform.machine())'` must print arm64; e.g. /opt/homebrew/bin/python3.10 -m venv "
+                    "venv), then reinstall the requirements")
+        elif py.get("sys_platform") != "darwin":
+            reason = f"MPS exists only on Apple Silicon Macs; this is {py.get('platform')}"
+            hint = ("set the expected device to what this machine has: `--device cuda` or `--device cpu` "
+                    "(device = ... in lorasetup.toml)")
+        elif not t.get("mps_built"):
+            reason = f"torch {tv} was built without MPS"
+            hint = (f"reinstall torch from the macOS arm64 wheels: {python} -m pip install --force-reinstall "
+                    f"torch=={tv.split('+')[0]} (see {TORCH_INSTALL})")
+        else:
+            reason = (f"torch {tv} has MPS built in but cannot use it on macOS {py.get('mac_ver')} (MPS "
+                      "needs Apple Silicon and macOS 12.3 or newer)")
+            hint = "update macOS, or train with `--device cpu` (many times slower)"
+        return reason, hint
+    if device == "cuda":
+        gpus = smi_gpus(found)
+        seen = f"; nvidia-smi lists {', '.join(g['name'] for g in gpus)}" if gpus else ""
+        if not t.get("cuda"):
+            kind = f"a ROCm {t['hip']} build" if t.get("hip") else "a CPU-only build"
+            hint = (f"install a CUDA build of torch into the training venv: {python} -m pip install "
+                    f"--force-reinstall torch=={tv.split('+')[0]} torchvision --index-url "
+                    f"https://download.pytorch.org/whl/cu<XYZ> with the cu<XYZ> your driver supports "
+                    f"(see {TORCH_INSTALL})")
+            return f"torch {tv} is {kind}{seen}", hint
+        if t.get("cuda_device_count_machine") and not t.get("cuda_device_count"):
+            launch = (found.get("accelerate") or {}).get("launch") or {}
+            shown = launch.get("env", {}).get("CUDA_VISIBLE_DEVICES")
+            return (f"accelerate's gpu_ids hide every GPU (CUDA_VISIBLE_DEVICES={shown})",
+                    "set gpu_ids to an existing GPU (e.g. 0) or `all` in the accelerate config")
+        said = "; torch says: " + t["warnings"][0].splitlines()[0] if t.get("warnings") else ""
+        if found.get("nvidia_smi") is None:
+            reason = (f"torch {tv} ({build_label(t)}) finds no GPU and there is no NVIDIA driver "
+                      f"(nvidia-smi is not on PATH){said}")
+            return reason, "train on a machine with an NVIDIA GPU, or use `--device cpu`"
+        smi_error = (found.get("nvidia_smi") or {}).get("error")
+        if smi_error:
+            return (f"nvidia-smi fails: {smi_error.splitlines()[0]}{said}",
+                    "repair the NVIDIA driver until `nvidia-smi` lists the GPU")
+        return (f"torch {tv} ({build_label(t)}) cannot use the GPU{seen}{said}",
+                f"install a torch build whose CUDA version your driver supports (see {TORCH_INSTALL})")
+    return (f"torch {tv} cannot use {device} (torch.{device}.is_available() is False)",
+            f"install the torch build for {device} (see {TORCH_INSTALL}) or pick another device")
+
+
+def unsupported_gpus(t: dict[str, Any]) -> list[str]:
+    """GPUs whose major compute capability torch has no kernels for (torch/cuda/__init__.py _check_cubins)."""
+    majors = set()
+    for arch in t.get("cuda_arch_list") or []:
+        if arch.startswith("sm_"):
+            digits = re.sub(r"\D", "", arch.split("_", 1)[1])
+            if digits:
+                majors.add(int(digits) // 10)
+    if not majors:
+        return []
+    out = []
+    for d in t.get("cuda_devices") or []:
+        cap = d.get("capability") or [0, 0]
+        if cap[0] not in majors:
+            out.append(f"{d.get('name')} is sm_{cap[0]}{cap[1]}; torch {t.get('version')} has kernels for "
+                       f"{' '.join(t.get('cuda_arch_list') or [])}")
+    return out
+
+
+@check("device.torch", "torch in the training venv can use the expected device", tags=PROBED,
+       prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
+def torch_device(ctx: Context) -> Result:
+    found = facts(ctx)
+    details = device_lines(found)
+    python = (found.get("python") or {}).get("executable", str(ctx.target.python_exe))
+    if found.get("torch_error"):
+        return Result.fail(f"torch cannot be imported in {python}: {found['torch_error']}", details,
+                           hint="the run dies on its first line; see deps.* for the fix, or reinstall the "
+                                "checkout's pinned torch")
+    t = torch_facts(found)
+    device = wanted(ctx, found)
+    assert device is not None
+    asked = f"device = {ctx.target.device}" + (f" -> {device}" if ctx.target.device == "auto" else "")
+    if rosetta(found):
+        reason, hint = why_unavailable(found, "mps")
+        return Result.fail(reason, details, hint=hint)
+    if not available(found, device):
+        reason, hint = why_unavailable(found, device)
+        return Result.fail(f"{asked}, but {reason}", details, hint=hint)
+    broken = (t.get("device_ops") or {}).get(device)
+    if broken:
+        return Result.fail(f"a tiny matmul on {device} fails: {broken}", details,
+                           hint=f"torch {t.get('version')} does not work with this {device} device; install "
+                                f"a build that supports it (see {TORCH_INSTALL})")
+    if device == "cuda":
+        bad = unsupported_gpus(t)
+        if bad:
+            return Result.fail(f"torch {t.get('version')} has no kernels for this GPU: {bad[0]}", details,
+                               hint=f"install a torch build made for this GPU (see {TORCH_INSTALL}); the run "
+                                    "would die at the first CUDA operation")
+    label = f"torch {t.get('version')} ({build_label(t)}) can use {device}"
+    if device == "cpu" and ctx.target.device == "auto":
+        return Result.warn(f"{label}: this machine offers no GPU, so training runs on the CPU (many times "
+                           "slower than a GPU)", details,
+                           hint="if that is intended, say so with `--device cpu` (device = \"cpu\")")
+    return Result.ok(label, details)
+
+
+# --- device.accelerate ------------------------------------------------------------------------------------
+
+def accelerate_fix(ctx: Context, device: str, location: accelconfig.ConfigLocation) -> Fix:
+    """Write a config for one process on `device`; an existing file is backed up and needs --yes."""
+    values = accelconfig.machine_config(device)
+    seen = accelconfig.digest(location.path)
+    path = location.path
+    compact = json.dumps(values, sort_keys=True)
+    commands = ([f"cp {path} {path}.bak-<timestamp>"] if seen else []) + [f"write {path}: {compact}"]
+
+    def apply() -> None:
+        accelconfig.write_config(path, values, seen)
+    what = "rewrite" if seen else "write"
+    return Fix(f"{what} the accelerate config for one process on {device}", commands, apply,
+               safe=seen is None)
+
+
+@check("device.accelerate", "accelerate launch puts training on the expected device", tags=PROBED,
+       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
+def accelerate_device(ctx: Context) -> Result:
+    found = facts(ctx)
+    location = accelconfig.find_config(ctx.target)
+    acc = found.get("accelerate")
+    if acc is None:
+        return Result.fail(f"accelerate cannot be imported: {found.get('accelerate_error')}",
+                           hint="sd-scripts imports it first thing; see deps.* for the fix")
+    device = wanted(ctx, found)
+    assert device is not None
+    state = "exists" if location.exists else "does not exist"
+    details = [f"accelerate {acc.get('version')}; config {location.path} ({location.origin}) {state}"]
+    if acc.get("config"):
+        details.append("config: " + ", ".join(f"{k}={v}" for k, v in sorted(acc["config"].items())
+                                                 if not isinstance(v, (dict, list))))
+    launch = acc.get("launch") or {}
+    if launch:
+        details.append(f"accelerate launch: {launch.get('launcher')} launcher, {launch.get('num_processes')} "
+                       f"process(es), gpu_ids {launch.get('gpu_ids')}, use_cpu {launch.get('use_cpu')}")
+    report = acc.get("accelerator") or {}
+    if report:
+        how = "under that launch" if launch else "(launch's environment unknown)"
+        details.append(f"Accelerator() {how}: device {report.get('device')}, mixed_precision "
+                       f"{report.get('mixed_precision')}, distributed_type {report.get('distributed_type')}, "
+                       f"num_processes {report.get('num_processes')}")
+    fix = accelerate_fix(ctx, device, location)
+    if location.explicit and not location.exists:
+        return Result.fail(f"the accelerate config {location.path} does not exist", details,
+                           hint="accelerate launch --config_file stops at once on a missing file; fix the "
+                                "path or let lorasetup write one", fix=fix)
+    if acc.get("config_error") or acc.get("launch_error"):
+        error = acc.get("config_error") or acc.get("launch_error")
+        return Result.fail(f"accelerate launch stops before training: {error}", details,
+                           hint=f"repair or replace {location.path}", fix=fix)
+    precision, _ = accelconfig.effective_mixed_precision(ctx.train_args)
+    if launch.get("mixed_precision") not in (None, precision):
+        details.append(f"note: accelerate launch would use mixed_precision {launch['mixed_precision']}, but "
+                       f"sd-scripts passes its own ({precision}) to Accelerator(), which wins")
+    got = str(report.get("device", "")).split(":")[0]
+    if launch.get("use_cpu") and device != "cpu":
+        return Result.fail(
+            f"use_cpu is true in {location.path}: training runs on the CPU although {device} is available",
+            details, hint="`accelerate config default` writes use_cpu: true on Macs (it knows no MPS), and "
+                          "accelerate launch then trains on the CPU for hours; write a config for "
+                          f"{device}", fix=fix)
+    visible = torch_facts(found).get("cuda_device_count") or 0
+    processes = launch.get("num_processes") or 1
+    if launch.get("launcher") == "multi_gpu" and processes > visible:
+        return Result.fail(
+            f"{location.path} asks for a multi-GPU launch with {processes} processes, but torch sees "
+            f"{visible} GPU(s)", details,
+            hint=f"each process needs its own GPU; write a single-process config for {device}", fix=fix)
+    machine_gpus = torch_facts(found).get("cuda_device_count_machine") or len(smi_gpus(found))
+    ids = str(launch.get("gpu_ids") or "all")
+    if device == "cuda" and ids != "all":
+        missing = [i for i in ids.split(",") if i.strip().isdigit() and int(i) >= machine_gpus]
+        if missing:
+            return Result.fail(f"gpu_ids {ids} in {location.path} name GPU(s) {', '.join(missing)}, but this "
+                               f"machine has {machine_gpus}", details,
+                               hint="set gpu_ids to existing GPUs (0 is the first) or `all`", fix=fix)
+    if report and got != device:
+        return Result.fail(f"Accelerator() reports device {got}, expected {device}", details,
+                           hint=f"write an accelerate config for {device}", fix=fix)
+    if not report:
+        return Result.fail(f"Accelerator() cannot start: {acc.get('accelerator_error_no')}", details,
+                           hint=f"repair or replace {location.path}", fix=fix)
+    if not location.exists and launch.get("launcher") == "multi_gpu":
+        return Result.warn(f"no accelerate config: accelerate launch will start {processes} processes, one "
+                           "per GPU", details, hint="if one GPU is intended, write a single-GPU config")
+    source = "its config" if location.exists else "defaults (no config file)"
+    return Result.ok(f"accelerate {acc.get('version')} with {source} runs on {report.get('device')}", details)
+
+
+# --- training-args edits ----------------------------------------------------------------------------------
+
+def toml_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)
+
+
+def edit_toml_text(text: str, edits: dict[str, Any]) -> str:
+    """Set each key's value where it is (every occurrence; sd-scripts flattens sections, the last wins);
+    keys that are absent go right after the first edited line, so they land in the same section."""
+    lines = text.splitlines(keepends=True)
+    pattern = {key: re.compile(rf"^(\s*){re.escape(key)}\s*=") for key in edits}
+    first_edit: int | None = None
+    present = set()
+    for i, line in enumerate(lines):
+        for key, rx in pattern.items():
+            found = rx.match(line)
+            if found:
+                newline = "\n" if line.endswith("\n") else ""
+                lines[i] = f"{found.group(1)}{key} = {toml_literal(edits[key])}{newline}"
+                present.add(key)
+                first_edit = i if first_edit is None else first_edit
+    added = [f"{key} = {toml_literal(value)}\n" for key, value in edits.items() if key not in present]
+    if added:
+        at = len(lines) if first_edit is None else first_edit + 1
+        if at == len(lines) and lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines[at:at] = added
+    return "".join(lines)
+
+
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
+    """sd-scripts' read_config_from_file: sections flattened one level, later wins."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(value)
+        else:
+            out[key] = value
+    return out
+
+
+def edit_train_config(path: Path, edits: dict[str, Any], seen: dict[str, Any]) -> Path:
+    """Apply `edits` to the training TOML after checking the keys still hold what the check saw; back it up
+    first. Returns the backup's path."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        current = flatten(tomllib.loads(text))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise FixError(f"cannot read {path}: {exc}") from None
+    changed = [k for k in seen if current.get(k) != seen[k]]
+    if changed:
+        raise FixError(f"{path} changed since the check read it ({', '.join(changed)}); not touching it. "
+                       "Run the check again.")
+    new_text = edit_toml_text(text, edits)
+    try:
+        result = flatten(tomllib.loads(new_text))
+    except tomllib.TOMLDecodeError as exc:
+        raise FixError(f"editing {path} would break its TOML ({exc}); edit it by hand: "
+                       + ", ".join(f"{k} = {toml_literal(v)}" for k, v in edits.items())) from None
+    wrong = [k for k, v in edits.items() if result.get(k) != v]
+    if wrong:
+        raise FixError(f"could not set {', '.join(wrong)} in {path} safely; edit it by hand")
+    saved = accelconfig.backup(path)
+    try:
+        path.write_text(new_text, encoding="utf-8")
+    except OSError as exc:
+        raise FixError(f"cannot write {path}: {exc.strerror} (backup at {saved})") from None
+    return saved
+
+
+def args_fix(ctx: Context, edits: dict[str, Any], description: str) -> Fix | None:
+    """A --yes fix that edits the `--config_file` TOML; None when a value comes from the command line (the
+    person changes their command) or there is no TOML."""
+    args = ctx.train_args
+    path = args.config_file
+    if path is None or any(k in args and args.place(k).startswith("--") for k in edits):
+        return None
+    seen = {k: args.get(k) for k in edits if k in args}
+    commands = [f"cp {path} {path}.bak-<timestamp>"] + [f"set {k} = {toml_literal(v)} in {path}"
+                                                         for k, v in edits.items()]
+
+    def apply() -> None:
+        edit_train_config(path, edits, seen)
+    return Fix(description, commands, apply, safe=False)
+
+
+def change_hint(ctx: Context, edits: dict[str, Any]) -> str:
+    """How to make the change by hand: in the TOML unless the value comes from the command line."""
+    args = ctx.train_args
+    parts = []
+    for key, value in edits.items():
+        on_cli = key in args and args.place(key).startswith("--")
+        if args.config_file is not None and not on_cli:
+            parts.append(f"{key} = {toml_literal(value)} in {args.config_file}")
+        elif value is True:
+            parts.append(f"add --{key} to the training command")
+        elif value is False:
+            parts.append(f"remove --{key} from the training command")
+        else:
+            parts.append(f"--{key}={value} in the training command")
+    return "; ".join(parts)
+
+
+# --- device.precision -------------------------------------------------------------------------------------
+
+class NeedsFacts(Exception):
+    """The answer depends on what the training interpreter reports."""
+
+
+def precision_rules(mp: str, device: str, found: dict[str, Any] | None) -> tuple[Status, str] | None:
+    """What `mp` does on `device`: None when fine, else (status, why). Raises NeedsFacts when the answer
+    depends on the probe's facts and `found` is None."""
+    if mp == "no" or device == "xpu":
+        return None
+    if device == "cpu":
+        if mp == "fp16":
+            return Status.FAIL, ("fp16 on the CPU: accelerate starts without complaint, then the run dies at "
+                                 "the first training step, after loading the model")
+        return Status.WARN, ("bf16 on the CPU runs through CPU autocast: it works, but is slow on CPUs "
+                             "without bf16 instructions")
+    if found is None:
+        raise NeedsFacts(device)
+    t = torch_facts(found)
+    acc_v = version((found.get("accelerate") or {}).get("version"))
+    torch_v = version(t.get("version"))
+    if device == "mps":
+        if acc_v is not None and acc_v < MPS_AMP_ACCELERATE:
+            said = ("fp16 mixed precision requires a GPU (not 'mps')." if mp == "fp16" else
+                    "bf16 mixed precision requires PyTorch >= 1.10 and a supported device.")
+            return Status.FAIL, (f'accelerate {acc_v} refuses {mp} on MPS ("{said}"); accelerate >= 1.11 '
+                                 "allows it")
+        if mp == "fp16" and torch_v is not None and torch_v < MPS_FP16_TORCH:
+            return Status.FAIL, f"fp16 on MPS needs torch >= 2.5; this is torch {torch_v}"
+        if mp == "bf16" and torch_v is not None and torch_v < MPS_BF16_TORCH:
+            return Status.FAIL, f"bf16 on MPS needs torch >= 2.6; this is torch {torch_v}"
+        if mp == "bf16" and t.get("mps_macos14") is False:
+            mac = (found.get("python") or {}).get("mac_ver")
+            return Status.FAIL, f"bf16 on MPS needs macOS 14 or newer; this is macOS {mac}"
+        return None
+    if device == "cuda":
+        names = [d.get("name", "") for d in t.get("cuda_devices") or []]
+        gpu = names[0] if names else "this GPU"
+        if mp == "bf16" and t.get("cuda_bf16") is False:
+            return Status.FAIL, (f"{gpu} has no bf16 (that needs compute capability 8.0, Ampere, or newer): "
+                                 '"bf16 mixed precision requires PyTorch >= 1.10 and a supported device."')
+        if mp == "fp16" and any(re.search(r"GTX 16\d\d", n) for n in names):
+            return Status.WARN, (f"fp16 on {gpu}: GTX 16xx cards produce NaN or near-empty LoRAs in fp16, "
+                                 "and have no bf16, so `no` is the safe choice")
+    return None
+
+
+def precision_edits(ctx: Context) -> dict[str, Any]:
+    """mixed_precision -> no, and the flags that need a mixed precision turned off with it."""
+    edits: dict[str, Any] = {"mixed_precision": "no"}
+    edits.update({flag: False for flag in ("full_fp16", "full_bf16", "fp8_base")
+                  if ctx.train_args.flag(flag)})
+    return edits
+
+
+def skipped(exc: ProbeError) -> Result:
+    return Result.skip(f"needs the training interpreter's answer, which failed: {str(exc).splitlines()[0]}",
+                       hint="see device.torch")
+
+
+@check("device.precision", "the mixed precision fits the device and the installed versions", tags=PROBED,
+       timeout_s=stackprobe.TIMEOUT_S + 10)
+def precision(ctx: Context) -> Result:
+    args = ctx.train_args
+    mp, place = accelconfig.effective_mixed_precision(args)
+    if mp not in accelconfig.PRECISIONS:
+        edits = precision_edits(ctx)
+        return Result.fail(f"mixed_precision = {mp!r} ({place}) is not one of no, fp16, bf16",
+                           hint='Accelerator() stops at start with "Unknown mixed_precision mode"; change: '
+                                + change_hint(ctx, edits),
+                           fix=args_fix(ctx, edits, 'set mixed_precision = "no"'))
+    for flag, needs in (("full_fp16", ("fp16",)), ("full_bf16", ("bf16",)), ("fp8_base", ("fp16", "bf16"))):
+        if args.flag(flag) and mp not in needs:
+            return Result.fail(f"{flag} ({args.place(flag)}) requires mixed precision {' or '.join(needs)}, "
+                               f"but it is {mp} ({place})",
+                               hint=f'sd-scripts stops with "{flag} requires mixed precision=..." after '
+                                    f"loading the model; change: {change_hint(ctx, {flag: False})}",
+                               fix=args_fix(ctx, {flag: False}, f"turn off {flag}"))
+    device, found = ctx.target.device, None
+    try:
+        if device == "auto" and mp != "no":
+            raise NeedsFacts(device)
+        verdict = precision_rules(mp, device, None)
+    except NeedsFacts:
+        try:
+            found = facts(ctx)
+        except ProbeError as exc:
+            return skipped(exc)
+        device = wanted(ctx, found) or device
+        verdict = precision_rules(mp, device, found)
+        acc = found.get("accelerate") or {}
+        ran_on = str((acc.get("accelerator") or {}).get("device", "")).split(":")[0]
+        if acc.get("accelerator_error") and ran_on == device:
+            verdict = Status.FAIL, f"accelerate {acc.get('version')} refuses it: {acc['accelerator_error']}"
+    if verdict is None:
+        where = "runs on any device" if device == "auto" else f"fits {device}"
+        return Result.ok(f"mixed precision {mp} ({place}) {where}")
+    status, why = verdict
+    edits = precision_edits(ctx)
+    hint = (f"change: {change_hint(ctx, edits)}; sd-scripts passes its own --mixed_precision to "
+            "Accelerator(), so a value in the accelerate config does not help")
+    if status is Status.WARN:
+        return Result.warn(f"mixed precision {mp} ({place}) on {device}: {why}", hint=hint)
+    also = [k for k in edits if k != "mixed_precision"]
+    turn_off = f" and turn off {', '.join(also)}" if also else ""
+    fix = args_fix(ctx, edits, f'set mixed_precision = "no"{turn_off}')
+    return Result.fail(f"mixed precision {mp} ({place}) on {device}: {why}", hint=hint, fix=fix)
+
+
+# --- device.features --------------------------------------------------------------------------------------
+
+OPTIMIZER_PROBE = r'''
+import importlib, json, time, traceback
+P = json.loads(PARAMS)
+
+
+def errline(exc):
+    lines = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
+RESULT.update(device=None, bitsandbytes=None, optimizer_class=None, step_s=None, finite=None, error=None)
+try:
+    import torch
+    dev = P["device"]
+    if dev == "auto":
+        dev = ("mps" if torch.backends.mps.is_available() else "cuda" if torch.cuda.is_available() else
+               "xpu" if hasattr(torch, "xpu") and torch.xpu.is_available() else "cpu")
+    RESULT["device"] = dev
+    usable = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
+              "xpu": hasattr(torch, "xpu") and torch.xpu.is_available()}
+    if not usable.get(dev, False):
+        raise RuntimeError("torch cannot use " + dev + " here")
+    import bitsandbytes as bnb
+    RESULT["bitsandbytes"] = getattr(bnb, "__version__", "unknown")
+    name, kwargs = P["optimizer"], {}
+    if "." in name:
+        module, attr = name.rsplit(".", 1)
+        space = importlib.import_module(module)
+    else:
+        space, attr = bnb.optim, name
+    if attr.lower() == "sgdnesterov8bit":  # library/train_util.py get_optimizer: SGD8bit with nesterov
+        attr, kwargs = "SGD8bit", {"momentum": 0.9, "nesterov": True}
+    klass = next((getattr(space, n) for n in dir(space) if n.lower() == attr.lower()), None)
+    if klass is None:
+        raise AttributeError("bitsandbytes " + RESULT["bitsandbytes"] + " has no optimizer " + attr)
+    RESULT["optimizer_class"] = klass.__module__ + "." + klass.__name__
+    param = torch.nn.Parameter(torch.randn(4096, device=dev))  # 8-bit state needs >= 4096 elements
+    opt = klass([param], lr=1e-3, **kwargs)
+    start = time.perf_counter()
+    (param * param).sum().backward()
+    opt.step()
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    elif dev == "mps":
+        torch.mps.synchronize()
+    RESULT["step_s"] = round(time.perf_counter() - start, 4)
+    RESULT["finite"] = bool(torch.isfinite(param.detach()).all().item())
+except (Exception, SystemExit) as exc:
+    RESULT["error"] = errline(exc)
+'''
+
+
+def optimizer_name(ctx: Context) -> tuple[str, str]:
+    """The optimizer sd-scripts will build (library/train_util.py get_optimizer) and where it is set."""
+    args = ctx.train_args
+    if args.flag("use_8bit_adam"):
+        return "AdamW8bit", args.place("use_8bit_adam")
+    name = str(args.get("optimizer_type") or "")
+    return (name or "AdamW"), (args.place("optimizer_type") if name else "sd-scripts' default")
+
+
+def optimizer_probe(ctx: Context, background: bool = False) -> dict[str, Any] | None:
+    """One step of the bitsandbytes optimizer on a tiny tensor on the expected device, in its own process
+    (a hung CUDA kernel must not take the shared probe with it)."""
+    params = json.dumps({"device": ctx.target.device, "optimizer": optimizer_name(ctx)[0]})
+    return ctx.probe("device:optimizer", f"PARAMS = {json.dumps(params)}\n" + OPTIMIZER_PROBE,
+                     timeout=OPTIMIZER_TIMEOUT_S, background=background)
+
+
+def features_prefetch(ctx: Context) -> None:
+    """Start the optimizer step probe when the optimizer needs bitsandbytes, and the stack probe for auto."""
+    if ctx.target.device == "auto":
+        stackprobe.start(ctx)
+    if needs_bitsandbytes(optimizer_name(ctx)[0]):
+        optimizer_probe(ctx, background=True)
+
+
+@check("device.features", "the training args ask nothing the device cannot do", tags=PROBED,
+       prefetch=features_prefetch, timeout_s=max(stackprobe.TIMEOUT_S, OPTIMIZER_TIMEOUT_S) + 10)
+def features(ctx: Context) -> Result:
+    args = ctx.train_args
+    try:
+        device = wanted(ctx, facts(ctx) if ctx.target.device == "auto" else None)
+    except ProbeError as exc:
+        return skipped(exc)
+    assert device is not None
+    problems: list[str] = []
+    details: list[str] = []
+    edits: dict[str, Any] = {}
+    optimizer, where = optimizer_name(ctx)
+    if needs_bitsandbytes(optimizer):
+        try:
+            step = optimizer_probe(ctx) or {}
+        except ProbeError as exc:
+            step = {"error": str(exc).splitlines()[0]}
+        if step.get("error") or step.get("finite") is False:
+            why = step.get("error") or "the step produced NaN or inf"
+            version_note = f" (bitsandbytes {step['bitsandbytes']})" if step.get("bitsandbytes") else ""
+            problems.append(f"optimizer {optimizer} ({where}) needs bitsandbytes, and one step of it on "
+                            f"{step.get('device') or device} fails{version_note}: {why}")
+            edits["optimizer_type"] = "AdamW"
+            if args.flag("use_8bit_adam"):
+                edits["use_8bit_adam"] = False
+                del edits["optimizer_type"]
+        else:
+            details.append(f"optimizer {optimizer}: one step on {step.get('device')} took "
+                           f"{step.get('step_s')} s (bitsandbytes {step.get('bitsandbytes')})")
+    if args.flag("xformers") and device != "cuda":
+        problems.append(f"--xformers ({args.place('xformers')}) on {device}: xformers has kernels only for "
+                        "CUDA; the run dies at the first attention call (\"No operator found for "
+                        "memory_efficient_attention_forward\")")
+        edits.update({"xformers": False, "sdpa": True})
+    mp, mp_place = accelconfig.effective_mixed_precision(args)
+    sdxl = Path(ctx.target.script).name.startswith("sdxl_")
+    warnings = []
+    if sdxl and mp == "fp16" and not args.flag("no_half_vae"):
+        warnings.append(f"SDXL with fp16 ({mp_place}) and no --no_half_vae: the SDXL VAE overflows in fp16 "
+                        "(\"NaN detected in latents\", black images)")
+    if problems:
+        hint = ("change: " + change_hint(ctx, edits) +
+                ("; with bitsandbytes gone, AdamW uses about 3x the optimizer memory" if "optimizer_type" in
+                 edits or "use_8bit_adam" in edits else ""))
+        fix = args_fix(ctx, edits, "edit the training args: " + ", ".join(
+            f"{k} = {toml_literal(v)}" for k, v in edits.items()))
+        summary = problems[0] if len(problems) == 1 else f"{len(problems)} training args do not fit {device}"
+        shown = (problems if len(problems) > 1 else []) + warnings + details
+        return Result.fail(summary, shown, hint=hint, fix=fix)
+    if warnings:
+        return Result.warn(warnings[0], details, hint=f"change: {change_hint(ctx, {'no_half_vae': True})}")
+    return Result.ok(f"optimizer {optimizer}, attention and precision settings fit {device}", details)
