@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,7 +154,8 @@ class _Scanner:
         return self._files[module]
 
     def run(self, entry: str, extra: list[str]) -> Closure:
-        self.todo = [entry, *extra]
+        parts = [m.split(".") for m in extra]  # importing a.b runs a's __init__ first
+        self.todo = [entry, *(".".join(p[:i]) for p in parts for i in range(1, len(p) + 1))]
         while self.todo:
             module = self.todo.pop(0)
             if module in self.closure.modules:
@@ -169,7 +171,9 @@ class _Scanner:
     def scan(self, module: str, path: Path, is_entry: bool) -> None:
         rel = path.relative_to(self.root).as_posix()
         try:
-            tree = ast.parse(path.read_bytes(), filename=str(path))
+            with warnings.catch_warnings():  # the checkout's invalid escapes etc. are not ours to report
+                warnings.simplefilter("ignore")
+                tree = ast.parse(path.read_bytes(), filename=str(path))
         except (SyntaxError, ValueError, OSError) as exc:
             self.closure.unreadable.append(f"{rel}: {exc}")
             return

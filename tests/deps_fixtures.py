@@ -1,0 +1,227 @@
+"""Real parts for the deps tests: tiny generated packages built into a wheelhouse with `pip wheel`, real
+venvs (`python -m venv`), and an sd-scripts-like tree with the import shapes sd-scripts uses."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from lorasetup.checks import all_checks
+from lorasetup.context import Context
+from lorasetup.model import Result
+from lorasetup.runner import Runner, select
+from lorasetup.target import Target
+
+# (distribution, import name, version, module body): stand-ins with sd-scripts' real names and pins
+PACKAGES = [
+    ("imagesize", "imagesize", "1.4.1", ""),
+    ("imagesize", "imagesize", "1.3.0", ""),
+    ("rich", "rich", "14.1.0", ""),
+    ("toml", "toml", "0.10.2", "def loads(text):\n    return {}\n"),
+    ("sentencepiece", "sentencepiece", "0.2.1", ""),
+    ("altair", "altair", "4.2.2", ""),
+    ("lion-pytorch", "lion_pytorch", "0.2.3", ""),
+    ("schedulefree", "schedulefree", "1.4", ""),
+    ("pytorch-optimizer", "pytorch_optimizer", "3.9.0", "class CAME:\n    pass\n"),
+    ("prodigy-plus-schedule-free", "prodigyplus", "1.9.2", ""),
+    ("prodigyopt", "prodigyopt", "1.1.2", ""),
+    ("huggingface-hub", "huggingface_hub", "0.34.3", "class HfApi:\n    pass\n"),  # no cached_download
+    ("diffusers", "diffusers", "0.20.0", "from huggingface_hub import cached_download\n"),  # the B4 skew
+    ("accelerate", "accelerate", "1.6.0", "def main():\n    print('accelerate')\n"),  # has a console script
+]
+SCRIPTS = {"accelerate": '[project.scripts]\naccelerate = "accelerate:main"\n'}
+NINE = ["imagesize", "rich", "sentencepiece", "altair", "lion_pytorch", "schedulefree", "pytorch_optimizer",
+        "prodigyplus", "prodigyopt"]
+NINE_PINS = ["imagesize==1.4.1", "rich==14.1.0", "sentencepiece==0.2.1", "altair==4.2.2", "lion-pytorch==0.2.3",
+             "schedulefree==1.4", "pytorch-optimizer==3.9.0", "prodigy-plus-schedule-free==1.9.2",
+             "prodigyopt==1.1.2"]
+
+
+def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def build_wheelhouse(work: Path) -> Path:
+    """`pip wheel` over every generated package (offline: the dev venv's setuptools builds them); one run
+    per batch, since pip resolves a batch together and two versions of one package conflict."""
+    batches: list[list[Path]] = [[], []]
+    for dist, module, version, body in PACKAGES:
+        src = work / "src" / f"{dist}-{version}"
+        (src / module).mkdir(parents=True)
+        (src / module / "__init__.py").write_text(f"__version__ = {version!r}\n{body}")
+        (src / "pyproject.toml").write_text(textwrap.dedent(f"""\
+            [build-system]
+            requires = ["setuptools"]
+            build-backend = "setuptools.build_meta"
+            [project]
+            name = "{dist}"
+            version = "{version}"
+            [tool.setuptools]
+            packages = ["{module}"]
+            """) + SCRIPTS.get(dist, ""))
+        first = all(dist != other.name.rsplit("-", 1)[0] for other in batches[0])
+        batches[0 if first else 1].append(src)
+    wheels = work / "wheels"
+    for sources in batches:
+        run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
+             "--disable-pip-version-check", "-w", wheels, *sources])
+    return wheels
+
+
+def make_venv(path: Path, with_pip: bool) -> Path:
+    """A real venv; returns its python."""
+    run([sys.executable, "-m", "venv", *([] if with_pip else ["--without-pip"]), path])
+    return venv_python(path)
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+
+
+def copy_venv(template: Path, dest: Path) -> Path:
+    """A copy of a venv (its python links to the same base interpreter; `python -m pip` works)."""
+    shutil.copytree(template, dest, symlinks=True)
+    return venv_python(dest)
+
+
+def pip_install(python: Path, wheels: Path, *specs: str) -> None:
+    run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+         "--find-links", wheels, *specs])
+
+
+def installed(python: Path) -> dict[str, str]:
+    """name -> version of every distribution in the interpreter, read there with importlib.metadata."""
+    out = run([python, "-I", "-c", "import importlib.metadata as m\n"
+               "for d in m.distributions(): print(d.metadata['Name'], d.version)"]).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
+
+
+def site_packages(python: Path) -> Path:
+    return Path(run([python, "-I", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
+
+
+ENTRY = """\
+import os
+import sys
+
+import toml
+from library import train_util
+import library.config_util as config_util
+
+
+def main():
+    import lazy_only_package  # only runs inside main(): deferred, not required at import
+
+
+if __name__ == "__main__":
+    main()
+"""
+TRAIN_UTIL = """\
+import json
+{imports}
+from .utils import helper
+
+try:
+    import pillow_avif  # optional: sd-scripts adds .avif when it imports
+except ImportError:
+    pass
+
+
+def get_optimizer(args):
+    optimizer_type = args.optimizer_type.lower()
+    if optimizer_type == "prodigy":
+        try:
+            import prodigyopt
+        except ImportError:
+            raise ImportError("No prodigyopt")
+    return None
+"""
+
+
+# sd-scripts installs itself with setuptools (`-e .`); a venv made offline has only the setuptools Python
+# bundles, which cannot build editable wheels without `wheel`. This in-tree PEP 660 backend builds the same
+# result (a .pth naming the checkout) so real pip can run the fix's `pip install --no-deps -e <tree>`.
+EDITABLE_BACKEND = """\
+import base64, hashlib, os, zipfile
+
+DIST = "library-0.0.0.dist-info"
+
+
+def build_editable(wheel_directory, config_settings=None, metadata_directory=None):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    files = {"__editable__.library.pth": root + "\\n",
+             DIST + "/METADATA": "Metadata-Version: 2.1\\nName: library\\nVersion: 0.0.0\\n",
+             DIST + "/WHEEL": "Wheel-Version: 1.0\\nGenerator: fixture\\nRoot-Is-Purelib: true\\nTag: py3-none-any\\n"}
+    name = "library-0.0.0-py3-none-any.whl"
+    record = []
+    with zipfile.ZipFile(os.path.join(wheel_directory, name), "w") as zf:
+        for path, text in files.items():
+            data = text.encode()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            zf.writestr(path, data)
+            record.append(f"{path},sha256={digest},{len(data)}")
+        zf.writestr(DIST + "/RECORD", "\\n".join(record + [DIST + "/RECORD,,"]) + "\\n")
+    return name
+
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    raise RuntimeError("this fixture checkout installs only as editable (-e)")
+
+
+def build_sdist(sdist_directory, config_settings=None):
+    raise RuntimeError("this fixture checkout installs only as editable (-e)")
+"""
+EDITABLE_PYPROJECT = """\
+[build-system]
+requires = []
+build-backend = "editable_backend"
+backend-path = ["_build"]
+"""
+
+
+def make_tree(root: Path, imports: list[str], requirements: list[str], extra: dict[str, str] | None = None
+              ) -> Path:
+    """An sd-scripts-like checkout: entry script, library/ (relative and absolute imports, an optional
+    import, an optimizer-driven import), networks/lora.py, requirements.txt ending in `-e .`, and a way to
+    install it editable."""
+    files = {
+        "train_network.py": ENTRY,
+        "library/__init__.py": "",
+        "library/train_util.py": TRAIN_UTIL.format(imports="\n".join(imports)),
+        "library/utils.py": "def helper():\n    return 1\n",
+        "library/config_util.py": "from library.utils import helper\n",
+        "networks/__init__.py": "",
+        "networks/lora.py": "import math\n",
+        "requirements.txt": "\n".join([*requirements, "-e ."]) + "\n",
+        "pyproject.toml": EDITABLE_PYPROJECT,
+        "_build/editable_backend.py": EDITABLE_BACKEND,
+        **(extra or {}),
+    }
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def target(tree: Path, python: Path, args: list[str] | tuple[str, ...] = ()) -> Target:
+    return Target(kohya_root=tree, python=python, train_args=list(args))
+
+
+STATIC = ("deps.interpreter", "deps.imports", "deps.versions", "deps.library", "deps.isolation")
+
+
+def run_deps(tree: Path, python: Path, args: list[str] | tuple[str, ...] = (), pip_args: list[str] | None = None,
+             only: tuple[str, ...] = STATIC) -> dict[str, Result]:
+    """Run the deps gate (and what it requires) through the real runner; results by check id."""
+    ctx = Context(target(tree, python, args), pip_args=pip_args)
+    try:
+        checks = all_checks()
+        return {r.check_id: r for r in Runner(ctx, checks).run(select(checks, only=only))}
+    finally:
+        ctx.close()

@@ -1,0 +1,213 @@
+"""The deps gate's static parts: the AST import-closure scan and the requirement-file parser."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+
+from lorasetup.context import Context
+from lorasetup.imports import closure, deep_targets, dist_for
+from lorasetup.requirements import Pin, checkout_files, logical_lines, parse_files
+from lorasetup.target import Target
+
+ENTRY = """\
+import os
+import numpy as np
+from numpy import array
+from library import train_util
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    import never_at_runtime
+try:
+    import optional_a
+except ImportError:
+    optional_a = None
+try:
+    import reraised
+except ImportError:
+    raise ImportError("No reraised")
+try:
+    import exits
+except ImportError:
+    exit(1)
+if os.name == "nt":
+    import flagged
+class Trainer:
+    import in_class
+    def train(self):
+        import lazy
+if __name__ == "__main__":
+    import main_only
+"""
+TRAIN_UTIL = """\
+from . import utils
+from .utils import helper
+import library.gone
+if __name__ == "__main__":
+    import not_entry_main
+"""
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+def tree(tmp_path: Path, **extra: str) -> Path:
+    return write(tmp_path / "sd-scripts", {
+        "train_network.py": ENTRY, "library/__init__.py": "", "library/train_util.py": TRAIN_UTIL,
+        "library/utils.py": "import pandas.io.json\ndef helper():\n    pass\n",
+        "networks/__init__.py": "", "networks/lora.py": "import math\n", **extra})
+
+
+def context(root: Path | None, args: list[str] | None = None, train_config: Path | None = None) -> Context:
+    return Context(Target(kohya_root=root, python=Path(sys.executable), train_args=args or [],
+                          train_config=train_config))
+
+
+def kinds(root: Path, args: list[str] | None = None) -> dict[str, set[str]]:
+    found = closure(context(root, args))
+    assert found is not None
+    out: dict[str, set[str]] = {}
+    for use in found.uses:
+        out.setdefault(use.top, set()).add("required" if use.required else "guarded" if use.guarded else "deferred")
+    return out
+
+
+def test_scan_classifies_each_import_shape(tmp_path):
+    root = tree(tmp_path)
+    found = kinds(root)
+    required = {top for top, k in found.items() if "required" in k}
+    assert required == {"os", "numpy", "typing", "reraised", "exits", "in_class", "main_only", "pandas", "math"}
+    assert found["optional_a"] == {"guarded"}
+    assert found["flagged"] == {"deferred"} and found["lazy"] == {"deferred"}
+    assert "never_at_runtime" not in found and "not_entry_main" not in found
+
+
+def test_scan_follows_first_party_modules_and_reports_missing_ones(tmp_path):
+    found = closure(context(tree(tmp_path)))
+    assert set(found.modules) == {"train_network", "library", "library.train_util", "library.utils",
+                                  "networks", "networks.lora"}
+    assert found.missing_first_party == [("library.gone", "library/train_util.py:3")]
+    assert [u.place for u in found.uses if u.top == "pandas"] == ["library/utils.py:1"]
+
+
+def test_unparsable_file_is_noted_not_fatal(tmp_path):
+    found = closure(context(tree(tmp_path, **{"library/utils.py": "def broken(:\n"})))
+    assert len(found.unreadable) == 1 and found.unreadable[0].startswith("library/utils.py: ")
+    assert "numpy" in {u.top for u in found.uses}
+
+
+def test_deep_targets_are_required_third_party_modules_and_names(tmp_path):
+    modules, pairs = deep_targets(context(tree(tmp_path)))
+    assert modules == ["exits", "in_class", "main_only", "numpy", "pandas", "reraised"]
+    assert pairs == [("numpy", "array"), ("pandas.io", "json")]
+
+
+def test_deep_targets_empty_without_a_tree(tmp_path):
+    assert deep_targets(context(None)) == ([], [])
+    assert deep_targets(context(tmp_path / "missing")) == ([], [])
+
+
+def test_training_arguments_add_the_modules_they_name(tmp_path):
+    root = tree(tmp_path)
+    args = ["--network_module", "lycoris.kohya", "--optimizer_type", "pytorch_optimizer.CAME",
+            "--log_with", "wandb", "--xformers"]
+    found = closure(context(root, args))
+    by_place = {u.place: (u.module, u.names) for u in found.uses if not u.line}
+    assert by_place == {"--network_module = lycoris.kohya": ("lycoris.kohya", ()),
+                        "--optimizer_type = pytorch_optimizer.CAME": ("pytorch_optimizer", ("CAME",)),
+                        "--log_with = wandb": ("wandb", ()), "--xformers": ("xformers.ops", ())}
+    assert "networks.lora" not in found.modules  # the network module replaces the default
+    modules, pairs = deep_targets(context(root, args))
+    assert {"lycoris", "pytorch_optimizer", "wandb", "xformers"} <= set(modules)
+    assert {("lycoris", "kohya"), ("pytorch_optimizer", "CAME"), ("xformers", "ops")} <= set(pairs)
+
+
+def test_optimizer_and_logging_from_a_config_file(tmp_path):
+    root = tree(tmp_path)
+    config = write(tmp_path, {"config.toml": '[optimizer]\noptimizer_type = "AdamW8bit"\n'
+                                             '[logging]\nlogging_dir = "logs"\n'}) / "config.toml"
+    found = closure(context(root, train_config=config))
+    assert {(u.module, u.place) for u in found.uses if not u.line} == {
+        ("bitsandbytes", "config.toml [optimizer] optimizer_type = AdamW8bit"),
+        ("tensorboard", "config.toml [logging] logging_dir = logs")}
+
+
+def test_dist_for_uses_the_table_only():
+    assert dist_for("cv2") == "opencv-python"
+    assert dist_for("google.protobuf.message") == "protobuf"
+    assert dist_for("imagesize") is None
+
+
+def test_logical_lines_join_continuations_and_drop_comments():
+    text = "# header\nfoo==1.0  # pinned\nbar \\\n  >=2\n\nbaz @ git+https://x.invalid/baz.git#egg=baz\n"
+    assert logical_lines(text) == [(2, "foo==1.0"), (3, "bar   >=2"), (6, "baz @ git+https://x.invalid/baz.git#egg=baz")]
+
+
+def env(**overrides: str) -> dict[str, str]:
+    return {**default_environment(), **overrides}
+
+
+def test_requirement_files_as_kohya_ss_writes_them(tmp_path):
+    write(tmp_path, {
+        "requirements.txt": "numpy>=1.26.0,<2\ndiffusers[torch]==0.32.2\nlycoris_lora==3.2.0.post2\n"
+                            "opencv-python==4.10.0.84 --hash=sha256:00\n-e ./sd-scripts\n",
+        "requirements_linux.txt": "--extra-index-url https://download.pytorch.org/whl/cu128\n\n"
+                                  "torch==2.7.0+cu128\ntensorboard==2.14.1; python_version=='3.11'\n"
+                                  "tensorboard==2.16.2; python_version!='3.11'\n-r requirements.txt\n",
+        "requirements_macos_amd64.txt": "torch==2.0.0 torchvision==0.15.1 -f https://x.invalid/whl\n"
+                                        "git+https://github.com/x/bitsandbytes.git/#0.45.5\n"
+                                        "thing @ https://x.invalid/thing.whl\n-r requirements.txt\n"
+                                        "-r nowhere.txt\n"})
+    linux = parse_files([tmp_path / "requirements_linux.txt", tmp_path / "requirements.txt"],
+                        env(python_version="3.11"))
+    assert [f.name for f in linux.files] == ["requirements_linux.txt", "requirements.txt"]
+    assert [p.spec for p in linux.pins] == ["torch==2.7.0+cu128", "tensorboard==2.14.1", "numpy<2,>=1.26.0",
+                                            "diffusers[torch]==0.32.2", "lycoris_lora==3.2.0.post2",
+                                            "opencv-python==4.10.0.84"]
+    assert [p.place for p in linux.excluded] == ["requirements_linux.txt:5"]
+    assert [e.place for e in linux.editables] == ["requirements.txt:5"]
+    assert linux.index_options == ["--extra-index-url", "https://download.pytorch.org/whl/cu128"]
+    assert linux.find("lycoris-lora").place == "requirements.txt:3"
+    assert linux.find("torch").allows("2.7.0+cu128") and not linux.find("torch").allows("2.7.0+cpu")
+
+    mac = parse_files([tmp_path / "requirements_macos_amd64.txt"], env())
+    reasons = {u.place: u.reason for u in mac.unchecked}
+    assert reasons["requirements_macos_amd64.txt:1"].startswith("not a valid requirement (pip rejects it too)")
+    assert reasons["requirements_macos_amd64.txt:2"] == "a URL or path, not a version pin"
+    assert reasons["requirements_macos_amd64.txt:3"] == "thing comes from a URL: https://x.invalid/thing.whl"
+    assert reasons["requirements_macos_amd64.txt:5"].startswith("included file ")
+
+
+def test_include_cycles_are_read_once(tmp_path):
+    write(tmp_path, {"a.txt": "-r b.txt\nfoo==1\n", "b.txt": "-r a.txt\nbar==2\n"})
+    reqs = parse_files([tmp_path / "a.txt"], env())
+    assert [f.name for f in reqs.files] == ["a.txt", "b.txt"]
+    assert [p.spec for p in reqs.pins] == ["bar==2", "foo==1"]
+
+
+def test_prerelease_pins_and_wildcards():
+    pin = Pin(Requirement("torch==2.8.0.*"), Path("requirements_macos_arm64.txt"), 2)
+    assert pin.allows("2.8.0.dev20250601") and not pin.allows("2.9.0")
+
+
+def test_checkout_files_pick_the_platform_file(tmp_path):
+    names = ["requirements.txt", "requirements_linux.txt", "requirements_macos_arm64.txt",
+             "requirements_macos_amd64.txt", "requirements_windows.txt", "requirements_pytorch_windows.txt"]
+    write(tmp_path, {n: "" for n in names})
+
+    def pick(platform: str, machine: str, layout: str = "kohya_ss") -> list[str]:
+        return [p.name for p in checkout_files(tmp_path, layout, platform, machine)]
+    assert pick("linux", "x86_64") == ["requirements.txt", "requirements_linux.txt"]
+    assert pick("darwin", "arm64") == ["requirements.txt", "requirements_macos_arm64.txt"]
+    assert pick("darwin", "x86_64") == ["requirements.txt", "requirements_macos_amd64.txt"]
+    assert pick("win32", "AMD64") == ["requirements.txt", "requirements_pytorch_windows.txt"]
+    assert pick("linux", "x86_64", layout="sd-scripts") == ["requirements.txt"]
