@@ -18,17 +18,22 @@ interpreter in ONE probe (`importlib.util.find_spec`, which imports nothing but 
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import os
 import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorasetup.argspec import cache_dir
 from lorasetup.context import Context
 from lorasetup.model import CheckFailed
 from lorasetup.probe import ProbeError
 from lorasetup.sdfacts import MODULE_TO_DIST, optimizer_module
 
+CACHE_VERSION = 1
 CATCHES_IMPORT_ERROR = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 DEFAULT_NETWORK_MODULE = "networks.lora"  # the module repo.present requires; the kohya_ss GUI's LoRA default
 
@@ -135,10 +140,121 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-class _Scanner:
+def file_imports(path: Path, rel: str, module: str, is_entry: bool) -> tuple[list[ImportUse], str | None]:
+    """Every import statement of one file, with absolute module names and how sure it is that it runs;
+    or the reason the file cannot be parsed."""
+    try:
+        with warnings.catch_warnings():  # the checkout's invalid escapes etc. are not ours to report
+            warnings.simplefilter("ignore")
+            tree = ast.parse(path.read_bytes(), filename=str(path))
+    except (SyntaxError, ValueError, OSError) as exc:
+        return [], f"{rel}: {exc}"
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: list[ImportUse] = []
+
+    def walk(body: list[ast.stmt], guarded: bool, deferred: bool) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                found.extend(ImportUse(a.name, (), rel, node.lineno, guarded, deferred) for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = absolute(node, package)
+                if base is not None:
+                    names = tuple(a.name for a in node.names if a.name != "*")
+                    found.append(ImportUse(base, names, rel, node.lineno, guarded, deferred))
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                walk(node.body, guarded, True)
+            elif isinstance(node, ast.ClassDef):
+                walk(node.body, guarded, deferred)
+            elif isinstance(node, ast.If):
+                if _is_main_guard(node.test):
+                    if is_entry:  # the entry script runs as __main__
+                        walk(node.body, guarded, deferred)
+                    walk(node.orelse, guarded, True)
+                elif _is_type_checking(node.test):
+                    walk(node.orelse, guarded, deferred)
+                else:
+                    walk(node.body, guarded, True)
+                    walk(node.orelse, guarded, True)
+            elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+                walk(node.body, guarded or _falls_back(node), deferred)  # type: ignore[arg-type]
+                for handler in node.handlers:  # type: ignore[attr-defined]
+                    walk(handler.body, guarded, True)
+                walk(node.orelse, guarded, deferred)  # type: ignore[attr-defined]
+                walk(node.finalbody, guarded, deferred)  # type: ignore[attr-defined]
+            elif isinstance(node, (ast.With, ast.AsyncWith)):
+                walk(node.body, guarded, deferred)
+            elif isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
+                walk(node.body, guarded, True)
+                walk(node.orelse, guarded, True)
+            elif type(node).__name__ == "Match":
+                for case in node.cases:  # type: ignore[attr-defined]
+                    walk(case.body, guarded, True)
+
+    walk(tree.body, False, False)
+    return found, None
+
+
+def absolute(node: ast.ImportFrom, package: str) -> str | None:
+    """The absolute module of a `from ... import`, resolving relative levels against `package`."""
+    if not node.level:
+        return node.module
+    parts = package.split(".") if package else []
+    if node.level - 1 > len(parts):
+        return None
+    base = parts[:len(parts) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else [])) or None
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_mtime_ns, st.st_size]
+
+
+class ScanCache:
+    """Per-file scan results under $XDG_CACHE_HOME/lorasetup, reused while a file's mtime and size hold
+    (parsing sd-scripts' closure is most of deps.imports' time; a stat is not)."""
+
     def __init__(self, root: Path) -> None:
+        digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
+        self.path = cache_dir() / f"imports-{digest}.json"
+        self.dirty = False
+        try:
+            raw = json.loads(self.path.read_text())
+            self.entries: dict[str, Any] = raw["files"] if raw.get("version") == CACHE_VERSION else {}
+        except (OSError, ValueError, KeyError, TypeError):
+            self.entries = {}
+
+    def imports(self, path: Path, rel: str, module: str, is_entry: bool) -> tuple[list[ImportUse], str | None]:
+        key, stat = f"{rel}|{module}|{int(is_entry)}", _stat(path)
+        hit = self.entries.get(key)
+        if hit is not None and hit["stat"] == stat:
+            return [ImportUse(m, tuple(n), rel, line, g, d) for m, n, line, g, d in hit["uses"]], hit["error"]
+        uses, error = file_imports(path, rel, module, is_entry)
+        self.entries[key] = {"stat": stat, "error": error,
+                             "uses": [[u.module, list(u.names), u.line, u.guarded, u.deferred] for u in uses]}
+        self.dirty = True
+        return uses, error
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": self.entries}))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a read-only cache only costs speed
+
+
+class _Scanner:
+    def __init__(self, root: Path, cache: ScanCache) -> None:
         self.closure = Closure(root)
         self.root = root
+        self.cache = cache
         self.todo: list[str] = []
         self._first: dict[str, bool] = {}
         self._files: dict[str, Path | None] = {}
@@ -163,83 +279,24 @@ class _Scanner:
             path = self.module_file(module)
             if path is None:
                 continue
-            self.closure.modules[module] = path.relative_to(self.root).as_posix()
-            if path.is_file():
-                self.scan(module, path, is_entry=(module == entry))
+            rel = path.relative_to(self.root).as_posix()
+            self.closure.modules[module] = rel
+            if not path.is_file():
+                continue
+            uses, error = self.cache.imports(path, rel, module, is_entry=(module == entry))
+            if error:
+                self.closure.unreadable.append(error)
+            for use in uses:
+                self.record(use)
         return self.closure
 
-    def scan(self, module: str, path: Path, is_entry: bool) -> None:
-        rel = path.relative_to(self.root).as_posix()
-        try:
-            with warnings.catch_warnings():  # the checkout's invalid escapes etc. are not ours to report
-                warnings.simplefilter("ignore")
-                tree = ast.parse(path.read_bytes(), filename=str(path))
-        except (SyntaxError, ValueError, OSError) as exc:
-            self.closure.unreadable.append(f"{rel}: {exc}")
-            return
-        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-        self.walk(tree.body, module, package, rel, is_entry, guarded=False, deferred=False)
-
-    def walk(self, body: list[ast.stmt], module: str, package: str, rel: str, is_entry: bool,
-             guarded: bool, deferred: bool) -> None:
-        def go(stmts: list[ast.stmt], g: bool = guarded, d: bool = deferred) -> None:
-            self.walk(stmts, module, package, rel, is_entry, g, d)
-
-        for node in body:
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    self.record(alias.name, (), rel, node.lineno, guarded, deferred)
-            elif isinstance(node, ast.ImportFrom):
-                base = self.absolute(node, package)
-                if base is not None:
-                    self.record(base, tuple(a.name for a in node.names if a.name != "*"), rel, node.lineno,
-                                guarded, deferred)
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                go(node.body, d=True)
-            elif isinstance(node, ast.ClassDef):
-                go(node.body)
-            elif isinstance(node, ast.If):
-                if _is_main_guard(node.test):
-                    if is_entry:  # the entry script runs as __main__
-                        go(node.body)
-                    go(node.orelse, d=True)
-                elif _is_type_checking(node.test):
-                    go(node.orelse)
-                else:
-                    go(node.body, d=True)
-                    go(node.orelse, d=True)
-            elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
-                go(node.body, g=guarded or _falls_back(node))  # type: ignore[attr-defined]
-                for handler in node.handlers:  # type: ignore[attr-defined]
-                    go(handler.body, d=True)
-                go(node.orelse)  # type: ignore[attr-defined]
-                go(node.finalbody)  # type: ignore[attr-defined]
-            elif isinstance(node, (ast.With, ast.AsyncWith)):
-                go(node.body)
-            elif isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
-                go(node.body, d=True)
-                go(node.orelse, d=True)
-            elif type(node).__name__ == "Match":
-                for case in node.cases:  # type: ignore[attr-defined]
-                    go(case.body, d=True)
-
-    def absolute(self, node: ast.ImportFrom, package: str) -> str | None:
-        """The absolute module of a `from ... import`, resolving relative levels against `package`."""
-        if not node.level:
-            return node.module
-        parts = package.split(".") if package else []
-        if node.level - 1 > len(parts):
-            return None
-        base = parts[:len(parts) - (node.level - 1)]
-        return ".".join(base + ([node.module] if node.module else [])) or None
-
-    def record(self, module: str, names: tuple[str, ...], rel: str, line: int, guarded: bool,
-               deferred: bool) -> None:
+    def record(self, use: ImportUse) -> None:
+        module, names, rel, line = use.module, use.names, use.file, use.line
         top = module.split(".", 1)[0]
         if not self.first_party(top):
-            self.closure.uses.append(ImportUse(module, names, rel, line, guarded, deferred))
+            self.closure.uses.append(use)
             return
-        if guarded or deferred:
+        if not use.required:
             return
         parts = module.split(".")
         for i in range(1, len(parts) + 1):  # `import a.b.c` runs a, a.b and a.b.c
@@ -308,7 +365,9 @@ def closure(ctx: Context) -> Closure | None:
             return None
         entry = Path(ctx.target.script).with_suffix("").as_posix().replace("/", ".")
         extra, uses, notes = arg_imports(ctx, root)
-        found = _Scanner(root).run(entry, extra)
+        cache = ScanCache(root)
+        found = _Scanner(root, cache).run(entry, extra)
+        cache.save()
         found.uses += uses
         found.unreadable += notes
         return found

@@ -23,6 +23,11 @@ STATIC = ["deps.interpreter", "deps.imports", "deps.versions", "deps.library", "
 THIS_PLATFORM_EXCLUDED = f'winonly==1.0; sys_platform != "{sys.platform}"'
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("deps")

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
@@ -50,6 +51,12 @@ import library.gone
 if __name__ == "__main__":
     import not_entry_main
 """
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "lorasetup"
 
 
 def write(root: Path, files: dict[str, str]) -> Path:
@@ -97,6 +104,17 @@ def test_scan_follows_first_party_modules_and_reports_missing_ones(tmp_path):
                                   "networks", "networks.lora"}
     assert found.missing_first_party == [("library.gone", "library/train_util.py:3")]
     assert [u.place for u in found.uses if u.top == "pandas"] == ["library/utils.py:1"]
+
+
+def test_scan_cache_is_reused_and_follows_edits(tmp_path, own_cache):
+    root = tree(tmp_path)
+    first = closure(context(root))
+    assert [p.name for p in own_cache.iterdir()] == [next(own_cache.iterdir()).name]
+    again = closure(context(root))
+    assert again.uses == first.uses and again.modules == first.modules
+    (root / "library" / "utils.py").write_text("import pandas.io.json\nimport polars\n")
+    edited = closure(context(root))
+    assert [u.place for u in edited.uses if u.top == "polars"] == ["library/utils.py:2"]
 
 
 def test_unparsable_file_is_noted_not_fatal(tmp_path):
