@@ -360,10 +360,10 @@ def toml_literal(value: Any) -> str:
 
 def edit_toml_text(text: str, edits: dict[str, Any]) -> str:
     """Set each key's value where it is (every occurrence; sd-scripts flattens sections, the last wins);
-    keys that are absent go right after the first edited line, so they land in the same section."""
+    keys that are absent go right after the last edited line, so they land in the same section."""
     lines = text.splitlines(keepends=True)
     pattern = {key: re.compile(rf"^(\s*){re.escape(key)}\s*=") for key in edits}
-    first_edit: int | None = None
+    last_edit: int | None = None
     present = set()
     for i, line in enumerate(lines):
         for key, rx in pattern.items():
@@ -372,10 +372,10 @@ def edit_toml_text(text: str, edits: dict[str, Any]) -> str:
                 newline = "\n" if line.endswith("\n") else ""
                 lines[i] = f"{found.group(1)}{key} = {toml_literal(edits[key])}{newline}"
                 present.add(key)
-                first_edit = i if first_edit is None else first_edit
+                last_edit = i
     added = [f"{key} = {toml_literal(value)}\n" for key, value in edits.items() if key not in present]
     if added:
-        at = len(lines) if first_edit is None else first_edit + 1
+        at = len(lines) if last_edit is None else last_edit + 1
         if at == len(lines) and lines and not lines[-1].endswith("\n"):
             lines[-1] += "\n"
         lines[at:at] = added
