@@ -15,9 +15,10 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lorasetup.model import CheckFailed
 

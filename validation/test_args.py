@@ -1,6 +1,7 @@
 """The args gate: training arguments are options of this checkout's script, in combinations it accepts,
 with somewhere to write. Run: pytest validation -m preflight"""
 import pytest
+
 from lorasetup.pytest_plugin import gate_params
 
 

@@ -14,14 +14,14 @@ import ast
 import difflib
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from lorasetup import sdfacts
 from lorasetup.argspec import ArgSpec, Option, load_argspec
@@ -786,7 +786,7 @@ def replace_toml_value(text: str, key: str, new: str) -> str | None:
     """Replace the value of every `key = ...` line, keeping indentation, spacing and trailing comments."""
     quoted = re.escape(key)
     pattern = re.compile(rf"^(?P<pre>[ \t]*(?:{quoted}|\"{quoted}\"|'{quoted}')[ \t]*=[ \t]*)"
-                         rf"(?P<value>[^#\r\n]*?)(?P<post>[ \t]*(?:#[^\r\n]*)?)(?=\r?$)", re.M)
+                         rf"(?P<value>[^#\r\n]*?)(?P<post>[ \t]*(?:#[^\r\n]*)?)(?=\r?$)", re.MULTILINE)
     if not pattern.search(text):
         return None
     return pattern.sub(lambda m: m.group("pre") + new + m.group("post"), text)
@@ -930,6 +930,18 @@ def save_counts(args: Args) -> tuple[int, int, list[str]]:
     return files, states, unknown
 
 
+CONTROL_HINT = ("a Windows path in a double-quoted TOML string turns \\t, \\n, \\b ... into control "
+                "characters; write it as a literal string in single quotes: output_dir = 'C:\\train\\out'")
+
+
+def _control_chars(path: Path) -> str:
+    """`a TAB`, `a NUL` ... when the path holds control characters (the double-quoted Windows path trap)."""
+    names = {"\t": "a TAB", "\n": "a newline", "\r": "a carriage return", "\b": "a backspace", "\f": "a form feed",
+             "\x00": "a NUL"}
+    found = [names.get(c, f"control character U+{ord(c):04X}") for c in str(path) if ord(c) < 32 or ord(c) == 127]
+    return ", ".join(dict.fromkeys(found))
+
+
 def _nearest_existing(path: Path) -> Path:
     for candidate in (path, *path.parents):
         if candidate.exists():
@@ -939,6 +951,9 @@ def _nearest_existing(path: Path) -> Path:
 
 def _dir_problem(path: Path, what: str) -> str | None:
     """Why sd-scripts' os.makedirs(path) and writes into it would fail (None when they would not)."""
+    control = _control_chars(path)
+    if control:
+        return f"{what} {str(path)!r} contains {control}: {CONTROL_HINT}"
     if path.exists():
         if not path.is_dir():
             return f"{what} {path} exists but is not a folder"
@@ -1023,8 +1038,8 @@ def _disk(ctx: Context, args: Args, out_dir: Path, info: list[str]) -> list[str]
     info.append(f"saves: {plan}; {_mb(needed)} needed, {_mb(free)} free")
     info += [f"plus {u}" for u in unknown]
     if free < needed:
-        return [f"not enough disk for the checkpoints in {out_dir}: {plan} need about {_mb(needed)}, "
-                f"{_mb(free)} free; the run dies with \"No space left on device\" at a save"]
+        return [(f"not enough disk for the checkpoints in {out_dir}: {plan} need about {_mb(needed)}, "
+                 f"{_mb(free)} free; the run dies with \"No space left on device\" at a save")]
     return []
 
 
@@ -1033,8 +1048,8 @@ def _logging(args: Args, ctx: Context, info: list[str]) -> list[str]:
     logging_dir = _arg_path(args, "logging_dir")
     required = "logging_dir is required when log_with is tensorboard"
     if log_with in ("tensorboard", "all") and logging_dir is None and required in _script_text(ctx).library:
-        return [f"{args.place('log_with')} = \"{log_with}\" without logging_dir: sd-scripts stops at start with "
-                f"\"{required}\". Set logging_dir = \"logs\""]
+        return [(f"{args.place('log_with')} = \"{log_with}\" without logging_dir: sd-scripts stops at start with "
+                 f"\"{required}\". Set logging_dir = \"logs\"")]
     if logging_dir is not None:
         problem = _dir_problem(logging_dir, "logging_dir")
         if problem:
@@ -1055,12 +1070,15 @@ def _prompts(args: Args) -> tuple[list[str], list[str]]:
         return [], []
     when = args.place(schedule[0])
     if prompts is None:
-        return [f"{when} schedules sample images but sample_prompts is not set: the run crashes at the first sample "
-                f"with \"stat: path should be string, bytes, os.PathLike or integer, not NoneType\""], []
+        return [(f"{when} schedules sample images but sample_prompts is not set: the run crashes at the first sample "
+                 f"with \"stat: path should be string, bytes, os.PathLike or integer, not NoneType\"")], []
+    control = _control_chars(prompts)
+    if control:
+        return [f"{args.place('sample_prompts')} {str(prompts)!r} contains {control}: {CONTROL_HINT}"], []
     if prompts.suffix not in (".txt", ".toml", ".json"):
-        return [f"{args.place('sample_prompts')} = {prompts}: sd-scripts reads only .txt, .toml or .json prompt "
-                f"files; any other name crashes at the first sample (UnboundLocalError: 'prompts')"], []
+        return [(f"{args.place('sample_prompts')} = {prompts}: sd-scripts reads only .txt, .toml or .json prompt "
+                 f"files; any other name crashes at the first sample (UnboundLocalError: 'prompts')")], []
     if not prompts.is_file():
-        return [], [f"{args.place('sample_prompts')}: {prompts} does not exist: sd-scripts logs \"No prompt file\" "
-                    f"and trains without sample images"]
+        return [], [(f"{args.place('sample_prompts')}: {prompts} does not exist: sd-scripts logs \"No prompt file\" "
+                     f"and trains without sample images")]
     return [], []

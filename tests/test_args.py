@@ -1,0 +1,818 @@
+"""The args gate on small sd-scripts-like trees whose argparse code is written here (pure Python, so the tests
+can also run the real argparse on them and compare)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lorasetup.checks import by_id
+from lorasetup.checks.args import build_args, replace_toml_value, save_counts
+from lorasetup.context import Context
+from lorasetup.model import FixError, Result, Status
+from lorasetup.runner import run_one
+from lorasetup.target import Target
+
+TRAIN_UTIL = '''
+import argparse
+import ast
+
+
+def add_sd_models_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--v2", action="store_true")
+    parser.add_argument("--v_parameterization", action="store_true")
+    parser.add_argument("--pretrained_model_name_or_path", type=str, default=None)
+
+
+def add_dataset_arguments(parser, support_dreambooth: bool, support_caption: bool, support_caption_dropout: bool):
+    parser.add_argument("--train_data_dir", type=str, default=None)
+    parser.add_argument("--shuffle_caption", action="store_true")
+    parser.add_argument("--caption_extension", type=str, default=".caption")
+    parser.add_argument("--color_aug", action="store_true")
+    parser.add_argument("--flip_aug", action="store_true")
+    parser.add_argument("--random_crop", action="store_true")
+    parser.add_argument("--resolution", type=str, default=None)
+    parser.add_argument("--cache_latents", action="store_true")
+    parser.add_argument("--cache_latents_to_disk", action="store_true")
+    parser.add_argument("--enable_bucket", action="store_true")
+    parser.add_argument("--min_bucket_reso", type=int, default=256)
+    parser.add_argument("--max_bucket_reso", type=int, default=1024)
+    parser.add_argument("--bucket_reso_steps", type=int, default=64)
+    parser.add_argument("--token_warmup_step", type=float, default=0)
+    parser.add_argument("--resize_interpolation", type=str, default=None,
+                        choices=["lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area"])
+    if support_caption_dropout:
+        parser.add_argument("--caption_dropout_rate", type=float, default=0.0)
+        parser.add_argument("--caption_tag_dropout_rate", type=float, default=0.0)
+    if support_dreambooth:
+        parser.add_argument("--reg_data_dir", type=str, default=None)
+    if support_caption:
+        parser.add_argument("--in_json", type=str, default=None)
+        parser.add_argument("--dataset_repeats", type=int, default=1)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, support_dreambooth: bool):
+    parser.add_argument("--output_dir", type=str, default=None)
+    parser.add_argument("--output_name", type=str, default=None)
+    parser.add_argument("--save_precision", type=str, default=None, choices=[None, "float", "fp16", "bf16"])
+    parser.add_argument("--save_every_n_epochs", type=int, default=None)
+    parser.add_argument("--save_every_n_steps", type=int, default=None)
+    parser.add_argument("--save_n_epoch_ratio", type=int, default=None)
+    parser.add_argument("--save_last_n_epochs", type=int, default=None)
+    parser.add_argument("--save_last_n_epochs_state", type=int, default=None)
+    parser.add_argument("--save_last_n_steps", type=int, default=None)
+    parser.add_argument("--save_last_n_steps_state", type=int, default=None)
+    parser.add_argument("--save_state", action="store_true")
+    parser.add_argument("--save_state_on_train_end", action="store_true")
+    parser.add_argument("--train_batch_size", type=int, default=1)
+    parser.add_argument("--max_train_steps", type=int, default=1600)
+    parser.add_argument("--max_train_epochs", type=int, default=None)
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--mixed_precision", type=str, default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--full_fp16", action="store_true")
+    parser.add_argument("--full_bf16", action="store_true")
+    parser.add_argument("--fp8_base", action="store_true")
+    parser.add_argument("--logging_dir", type=str, default=None)
+    parser.add_argument("--log_with", type=str, default=None, choices=["tensorboard", "wandb", "all"])
+    parser.add_argument("--noise_offset", type=float, default=None)
+    parser.add_argument("--adaptive_noise_scale", type=float, default=None)
+    parser.add_argument("--sample_every_n_steps", type=int, default=None)
+    parser.add_argument("--sample_every_n_epochs", type=int, default=None)
+    parser.add_argument("--sample_at_first", action="store_true")
+    parser.add_argument("--sample_prompts", type=str, default=None)
+    parser.add_argument("--zero_stage", type=int, default=2, choices=[0, 1, 2, 3])
+    parser.add_argument("--config_file", type=str, default=None)
+    if support_dreambooth:
+        parser.add_argument("--prior_loss_weight", type=float, default=1.0)
+
+
+def add_optimizer_arguments(parser: argparse.ArgumentParser):
+    def int_or_float(value):
+        if value.endswith("%"):
+            return float(value[:-1]) / 100.0
+        return int(value) if float(value) >= 1 else float(value)
+
+    parser.add_argument("--optimizer_type", type=str, default="")
+    parser.add_argument("--use_8bit_adam", action="store_true")
+    parser.add_argument("--learning_rate", type=float, default=2.0e-6)
+    parser.add_argument("--optimizer_args", type=str, default=None, nargs="*")
+    parser.add_argument("--lr_scheduler_args", type=str, default=None, nargs="*")
+    parser.add_argument("--lr_warmup_steps", type=int_or_float, default=0)
+    parser.add_argument("--fused_backward_pass", action="store_true")
+
+
+def verify_training_args(args):
+    if args.adaptive_noise_scale is not None and args.noise_offset is None:
+        raise ValueError("adaptive_noise_scale requires noise_offset / adaptive_noise_scale")
+
+
+def get_optimizer(args, trainable_params):
+    if args.use_8bit_adam:
+        assert (
+            args.optimizer_type is None or args.optimizer_type == ""
+        ), "both option use_8bit_adam and optimizer_type are specified / ..."
+    for arg in args.optimizer_args or []:
+        key, value = arg.split("=")
+        value = ast.literal_eval(value)
+    if args.fused_backward_pass:
+        assert args.optimizer_type.lower() == "adafactor", "fused_backward_pass currently only works with optimizer_type Adafactor / ..."
+
+
+def prepare_accelerator(args):
+    if args.log_with in ["tensorboard", "all"] and args.logging_dir is None:
+        raise ValueError("logging_dir is required when log_with is tensorboard / ...")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--not_a_training_option")
+'''
+
+UTILS = '''
+def add_logging_arguments(parser):
+    parser.add_argument("--console_log_level", type=str, default=None,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+'''
+
+CONFIG_UTIL = '''
+import argparse
+from pathlib import Path
+
+
+def add_config_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--dataset_config", type=Path, default=None)
+'''
+
+SDXL_TRAIN_UTIL = '''
+def add_sdxl_training_arguments(parser, support_text_encoder_caching: bool = True):
+    if support_text_encoder_caching:
+        parser.add_argument("--cache_text_encoder_outputs", action="store_true")
+        parser.add_argument("--cache_text_encoder_outputs_to_disk", action="store_true")
+
+
+def verify_sdxl_training_args(args, support_text_encoder_caching: bool = True):
+    assert not args.v2, "v2 cannot be enabled in SDXL training / ..."
+'''
+
+TRAIN_NETWORK = '''
+import argparse
+
+import library.train_util as train_util
+from library import config_util
+from library.utils import add_logging_arguments
+
+
+class NetworkTrainer:
+    def assert_extra_args(self, args, train_dataset_group, val_dataset_group):
+        train_dataset_group.verify_bucket_reso_steps(64)
+
+    def train(self, args):
+        train_util.verify_training_args(args)
+        if args.cache_latents:
+            assert ok, "when caching latents, either color_aug or random_crop cannot be used / ..."
+        if args.full_fp16:
+            assert (
+                args.mixed_precision == "fp16"
+            ), "full_fp16 requires mixed precision='fp16' / ..."
+        elif args.full_bf16:
+            assert args.mixed_precision == "bf16", "full_bf16 requires mixed precision='bf16' / ..."
+        if args.fp8_base:
+            assert args.mixed_precision != "no", "fp8_base requires mixed precision='fp16' or 'bf16' / ..."
+        net_kwargs = {}
+        for net_arg in args.network_args or []:
+            key, value = net_arg.split("=", 1)
+        train_util.get_optimizer(args, [])
+
+
+def setup_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_logging_arguments(parser)
+    train_util.add_sd_models_arguments(parser)
+    train_util.add_dataset_arguments(parser, True, False, True)
+    train_util.add_training_arguments(parser, True)
+    train_util.add_optimizer_arguments(parser)
+    config_util.add_config_arguments(parser)
+    parser.add_argument("--save_model_as", type=str, default="safetensors", choices=[None, "ckpt", "pt", "safetensors"])
+    parser.add_argument("--unet_lr", type=float, default=None)
+    parser.add_argument("--text_encoder_lr", type=float, default=None, nargs="*")
+    parser.add_argument("--network_module", type=str, default=None)
+    parser.add_argument("--network_dim", type=int, default=None)
+    parser.add_argument("--network_alpha", type=float, default=1)
+    parser.add_argument("--network_args", type=str, default=None, nargs="*")
+    parser.add_argument("--network_train_unet_only", action="store_true")
+    parser.add_argument("--network_train_text_encoder_only", action="store_true")
+    return parser
+
+
+if __name__ == "__main__":
+    parser = setup_parser()
+    args = parser.parse_args()
+    NetworkTrainer().train(args)
+'''
+
+SDXL_TRAIN_NETWORK = '''
+import argparse
+
+import train_network
+from library import sdxl_train_util, train_util
+
+
+class SdxlNetworkTrainer(train_network.NetworkTrainer):
+    def assert_extra_args(self, args, train_dataset_group, val_dataset_group):
+        sdxl_train_util.verify_sdxl_training_args(args)
+        if args.cache_text_encoder_outputs:
+            assert (
+                train_dataset_group.is_text_encoder_output_cacheable()
+            ), "when caching Text Encoder output, either caption_dropout_rate, shuffle_caption, token_warmup_step or caption_tag_dropout_rate cannot be used / ..."
+        assert (
+            args.network_train_unet_only or not args.cache_text_encoder_outputs
+        ), "network for Text Encoder cannot be trained with caching Text Encoder outputs / ..."
+        train_dataset_group.verify_bucket_reso_steps(32)
+
+
+def setup_parser() -> argparse.ArgumentParser:
+    parser = train_network.setup_parser()
+    sdxl_train_util.add_sdxl_training_arguments(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    parser = setup_parser()
+    args = parser.parse_args()
+'''
+
+FLUX_TRAIN_NETWORK = '''
+import argparse
+
+import train_network
+
+
+class FluxNetworkTrainer(train_network.NetworkTrainer):
+    def assert_extra_args(self, args, train_dataset_group, val_dataset_group):
+        super().assert_extra_args(args, train_dataset_group, val_dataset_group)
+        train_dataset_group.verify_bucket_reso_steps(32)
+
+
+def setup_parser() -> argparse.ArgumentParser:
+    parser = train_network.setup_parser()
+    group = parser.add_argument_group("flux")
+    for name in ["clip_l", "t5xxl", "ae"]:
+        group.add_argument(f"--{name}", type=str, default=None)
+    parser.add_argument("--split_mode", action="store_true")
+    return parser
+
+
+if __name__ == "__main__":
+    parser = setup_parser()
+    args = parser.parse_args()
+'''
+
+FINE_TUNE = '''
+import argparse
+
+import library.train_util as train_util
+import library.config_util as config_util
+
+
+def setup_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    train_util.add_sd_models_arguments(parser)
+    train_util.add_dataset_arguments(parser, False, True, True)
+    train_util.add_training_arguments(parser, False)
+    train_util.add_optimizer_arguments(parser)
+    config_util.add_config_arguments(parser)
+    parser.add_argument("--learning_rate_te", type=float, default=None)
+    return parser
+
+
+if __name__ == "__main__":
+    parser = setup_parser()
+'''
+
+TREE = {
+    "train_network.py": TRAIN_NETWORK,
+    "sdxl_train_network.py": SDXL_TRAIN_NETWORK,
+    "flux_train_network.py": FLUX_TRAIN_NETWORK,
+    "fine_tune.py": FINE_TUNE,
+    "library/__init__.py": "",
+    "library/train_util.py": TRAIN_UTIL,
+    "library/utils.py": UTILS,
+    "library/config_util.py": CONFIG_UTIL,
+    "library/sdxl_train_util.py": SDXL_TRAIN_UTIL,
+    "networks/__init__.py": "",
+    "networks/lora.py": "RANK = 4\n",
+    "networks/lora_flux.py": "RANK = 4\n",
+}
+
+GOOD = """
+[model]
+pretrained_model_name_or_path = "model.safetensors"
+network_module = "networks.lora"
+network_dim = 16
+network_alpha = 8
+[training]
+output_dir = "out"
+mixed_precision = "fp16"
+resolution = "512,512"
+learning_rate = 1e-4
+max_train_steps = 920
+save_every_n_steps = 230
+network_args = ["conv_dim=4"]
+optimizer_args = ["weight_decay=0.01", "betas=0.9,0.99"]
+"""
+
+
+def write_tree(root: Path, files: dict[str, str]) -> Path:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The argspec cache of these tests lives in a temporary folder, never in the real user cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tree(tmp_path_factory.mktemp("sd-scripts"), TREE)
+
+
+def run(root: Path, toml: str | None = None, extra: list[str] | None = None, script: str = "train_network.py",
+        dataset: str | None = None, check_id: str = "args.known", workdir: Path | None = None) -> Result:
+    """Run one args check on `root` with a training TOML (and dataset TOML) written into `workdir`."""
+    workdir = workdir or root / "work"
+    workdir.mkdir(exist_ok=True)
+    config = None
+    if toml is not None:
+        config = workdir / "config.toml"
+        config.write_text(textwrap.dedent(toml))
+    dataset_path = None
+    if dataset is not None:
+        dataset_path = workdir / "dataset.toml"
+        dataset_path.write_text(textwrap.dedent(dataset))
+    target = Target(kohya_root=root, python=Path(sys.executable), script=script, train_config=config,
+                    train_args=list(extra or []), dataset_config=dataset_path)
+    ctx = Context(target)
+    try:
+        return run_one(ctx, by_id()[check_id])
+    finally:
+        ctx.close()
+
+
+def joined(result: Result) -> str:
+    return "\n".join([result.summary, *result.details, result.hint or ""])
+
+
+# --- args.known --------------------------------------------------------------------------------------------
+
+def test_a_good_config_passes_every_args_check(tree: Path, tmp_path: Path) -> None:
+    for check_id in ("args.known", "args.rules", "args.output"):
+        result = run(tree, GOOD, check_id=check_id, workdir=tmp_path)
+        assert result.status is Status.OK, joined(result)
+    known = run(tree, GOOD, workdir=tmp_path)
+    assert "options of train_network.py" in known.summary
+
+
+def test_no_training_arguments_is_a_skip_with_the_way_to_pass_them(tree: Path) -> None:
+    result = run(tree)
+    assert result.status is Status.SKIP
+    assert "--train-config" in result.hint
+
+
+def test_a_typo_in_the_toml_fails_with_place_and_did_you_mean(tree: Path) -> None:
+    result = run(tree, GOOD + 'netwrok_args = ["conv_dim=4"]\nnum_repeat = 3\n')
+    assert result.status is Status.FAIL
+    text = joined(result)
+    assert "config.toml [training] netwrok_args" in text and "Did you mean `network_args`?" in text
+    assert "drops it silently" in text
+    assert "2 unknown" in result.summary
+
+
+def test_an_option_of_another_script_is_unknown_here(tree: Path) -> None:
+    """in_json exists for fine_tune.py (support_caption=True) but not for this train_network.py."""
+    assert run(tree, 'output_dir = "out"\nin_json = "meta.json"\n', script="fine_tune.py").status is Status.OK
+    result = run(tree, GOOD + 'in_json = "meta.json"\n')
+    assert result.status is Status.FAIL and "`in_json` is not an option of train_network.py" in joined(result)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('mixed_precision = "fp32"', 'is not one of "no", "fp16", "bf16"'),
+    ('mixed_precision = "FP16"', 'did you mean "fp16"?'),
+    ("resolution = 512", "'int' object has no attribute 'split'"),
+    ("resolution = [512, 512]", 'Write resolution = "512,512"'),
+    ('flip_aug = "false"', '"false" turns it ON'),
+    ('learning_rate = "1e-4"', "write 0.0001 without quotes"),
+    ("network_dim = 16.0", "write 16"),
+    ("network_dim = true", "expected an integer"),
+    ('network_args = "conv_dim=4 conv_alpha=1"', 'Write network_args = ["conv_dim=4", "conv_alpha=1"]'),
+    ("optimizer_args = [1, 2]", "item 0 (1) is an integer"),
+    ('text_encoder_lr = ["a"]', "expected a number"),
+    ("zero_stage = 5", "is not one of 0, 1, 2, 3"),
+    ('save_model_as = "bin"', 'is not one of none, "ckpt", "pt", "safetensors"'),
+    ("output_name = 7", 'write output_name = "7"'),
+    ("network_module = { a = 1 }", "is a table"),
+])
+def test_values_sd_scripts_would_take_as_is_are_checked_against_type_and_choices(
+        tree: Path, line: str, expected: str) -> None:
+    key = line.split(" ")[0]
+    toml = "\n".join(l for l in GOOD.splitlines() if not l.startswith(key + " ")) + "\n" + line + "\n"
+    result = run(tree, toml)
+    assert result.status is Status.FAIL, joined(result)
+    assert expected in joined(result)
+    assert f"config.toml [training] {key}" in joined(result)
+
+
+def test_values_that_fit_pass(tree: Path) -> None:
+    extra = """
+    text_encoder_lr = 5e-5
+    unet_lr = 1
+    lr_warmup_steps = "10%"
+    save_model_as = "ckpt"
+    dataset_config = "dataset.toml"
+    flip_aug = false
+    """
+    assert run(tree, GOOD + textwrap.dedent(extra)).status is Status.OK
+
+
+CLI_CASES: list[tuple[list[str], str | None]] = [
+    (["--network_dim", "8"], None),
+    (["--network_dim=8"], None),
+    (["--network_d", "8"], None),                       # a unique prefix is accepted by argparse
+    (["--flip_aug"], None),
+    (["--text_encoder_lr", "1e-4", "5e-5"], None),
+    (["--text_encoder_lr"], None),
+    (["--network_args", "conv_dim=4", "conv_alpha=1"], None),
+    (["--noise_offset", "-0.1"], None),
+    (["--mixed_precision", "bf16"], None),
+    (["--lr_warmup_steps", "10%"], None),
+    (["--network_dimm", "8"], "unrecognized arguments: --network_dimm"),
+    (["--network-dim", "8"], "unrecognized arguments: --network-dim"),
+    (["--lr", "1"], "ambiguous option: --lr could match"),
+    (["--flip_aug", "true"], "unrecognized arguments: true"),
+    (["--flip_aug=true"], "ignored explicit argument 'true'"),
+    (["--network_dim", "eight"], "invalid int value: 'eight'"),
+    (["--network_dim", "8", "16"], "unrecognized arguments: 16"),
+    (["--network_dim"], "expected one argument"),
+    (["--learning_rate", "fast"], "invalid float value: 'fast'"),
+    (["--mixed_precision", "fp32"], "invalid choice: 'fp32'"),
+    (["--zero_stage", "4"], "invalid choice: '4'"),
+    (["stray", "--flip_aug"], "unrecognized arguments: stray"),
+    (["--help"], "exits without training"),
+]
+
+
+def test_flags_after_double_dash_get_argparse_verdicts(tree: Path) -> None:
+    for extra, expected in CLI_CASES:
+        result = run(tree, GOOD, extra)
+        if expected is None:
+            assert result.status is Status.OK, (extra, joined(result))
+        else:
+            assert result.status is Status.FAIL and expected in joined(result), (extra, joined(result))
+
+
+REAL_ARGPARSE = """
+import contextlib, io, json, sys
+sys.path.insert(0, sys.argv[1])
+import train_network
+verdicts = []
+for argv in json.loads(sys.argv[2]):
+    parser = train_network.setup_parser()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            parser.parse_args(argv)
+        verdicts.append(True)
+    except SystemExit as exc:
+        verdicts.append(exc.code == 0 and "--help" not in argv)
+print(json.dumps(verdicts))
+"""
+
+
+def test_cli_verdicts_agree_with_the_real_argparse_of_the_tree(tree: Path) -> None:
+    """The fixture's own parser (real argparse, in a subprocess) accepts exactly the flags args.known accepts."""
+    cases = [extra for extra, _ in CLI_CASES]
+    proc = subprocess.run([sys.executable, "-c", REAL_ARGPARSE, str(tree), json.dumps(cases)],
+                          capture_output=True, text=True, timeout=60, check=True)
+    real = json.loads(proc.stdout)
+    ours = [run(tree, GOOD, extra).status is Status.OK for extra in cases]
+    assert ours == real, [(c, r) for c, r, o in zip(cases, real, ours) if r != o]
+
+
+def test_a_missing_or_broken_training_config_fails_with_the_file(tree: Path, tmp_path: Path) -> None:
+    missing = run(tree, extra=["--config_file", str(tmp_path / "nope.toml")])
+    assert missing.status is Status.FAIL and "nope.toml: training config not found" in missing.summary
+    broken = run(tree, "[training\noutput_dir = 1\n")
+    assert broken.status is Status.FAIL and "line 1" in broken.summary
+
+
+def test_a_script_without_a_parser_fails_cleanly(tree: Path) -> None:
+    (tree / "no_parser.py").write_text("print('hello')\n")
+    result = run(tree, GOOD, script="no_parser.py")
+    assert result.status is Status.FAIL and "no argparse options found" in result.summary
+
+
+# --- args.rules --------------------------------------------------------------------------------------------
+
+def rules(tree: Path, toml: str, extra: list[str] | None = None, **kw: Any) -> Result:
+    return run(tree, toml, extra, check_id="args.rules", **kw)
+
+
+@pytest.mark.parametrize("extra, script, quoted", [
+    ("cache_latents = true\ncolor_aug = true", "train_network.py",
+     "when caching latents, either color_aug or random_crop cannot be used"),
+    ("cache_latents_to_disk = true\nrandom_crop = true", "sdxl_train_network.py",
+     "when caching latents, either color_aug or random_crop cannot be used"),
+    ("cache_text_encoder_outputs = true\nnetwork_train_unet_only = true\nshuffle_caption = true",
+     "sdxl_train_network.py", "when caching Text Encoder output, either caption_dropout_rate"),
+    ("cache_text_encoder_outputs_to_disk = true", "sdxl_train_network.py",
+     "network for Text Encoder cannot be trained with caching Text Encoder outputs"),
+    ('full_fp16 = true\nmixed_precision = "bf16"', "train_network.py", "full_fp16 requires mixed precision='fp16'"),
+    ("full_bf16 = true", "train_network.py", "full_bf16 requires mixed precision='bf16'"),
+    ('fp8_base = true\nmixed_precision = "no"', "train_network.py", "fp8_base requires mixed precision"),
+    ("adaptive_noise_scale = 0.01", "train_network.py", "adaptive_noise_scale requires noise_offset"),
+    ("v2 = true", "sdxl_train_network.py", "v2 cannot be enabled in SDXL training"),
+    ('use_8bit_adam = true\noptimizer_type = "AdamW"', "train_network.py",
+     "both option use_8bit_adam and optimizer_type are specified"),
+    ("fused_backward_pass = true", "train_network.py", "fused_backward_pass currently only works with"),
+    ('network_args = ["conv_dim"]', "train_network.py", "not enough values to unpack (expected 2, got 1)"),
+    ('optimizer_args = ["a=b=c"]', "train_network.py", "too many values to unpack (expected 2)"),
+    ('lr_scheduler_args = ["mode=cosine"]', "train_network.py", "mode='cosine'"),
+    ('optimizer_args = ["decouple=true"]', "train_network.py", "malformed node or string"),
+    ("bucket_reso_steps = 1", "train_network.py", "bucket_reso_steps is 1. it must be divisible by 64."),
+    ("bucket_reso_steps = 32", "flux_train_network.py", "bucket_reso_steps is 32. it must be divisible by 64."),
+    ("bucket_reso_steps = 48", "sdxl_train_network.py", "bucket_reso_steps is 48. it must be divisible by 32."),
+    ('resolution = "512x512"', "train_network.py", 'invalid literal for int()'),
+    ('resolution = "512,512,3"', "train_network.py", "resolution must be 'size' or 'width,height'"),
+    ("enable_bucket = true\nmin_bucket_reso = 640", "train_network.py",
+     "min_bucket_reso must be equal or less than resolution"),
+    ("enable_bucket = true\nmax_bucket_reso = 256", "train_network.py",
+     "max_bucket_reso must be equal or greater than resolution"),
+    ('network_module = "networks.lorra"', "train_network.py", 'Did you mean "networks.lora"?'),
+])
+def test_late_assertions_fail_early_in_sd_scripts_words(tree: Path, extra: str, script: str, quoted: str) -> None:
+    keys = {line.split(" ")[0] for line in extra.splitlines()}
+    base = "\n".join(l for l in GOOD.splitlines() if l.split(" ")[0] not in keys)
+    result = rules(tree, base + "\n" + extra + "\n", script=script)
+    assert result.status is Status.FAIL, joined(result)
+    assert quoted in joined(result)
+    assert "config.toml [" in joined(result) or "config.toml " in joined(result)
+
+
+@pytest.mark.parametrize("extra, script", [
+    ("bucket_reso_steps = 32", "sdxl_train_network.py"),
+    ("bucket_reso_steps = 128", "train_network.py"),
+    ("cache_latents = true\nflip_aug = true", "train_network.py"),
+    ("cache_text_encoder_outputs = true\nnetwork_train_unet_only = true", "sdxl_train_network.py"),
+    ('full_fp16 = true\nmixed_precision = "fp16"', "train_network.py"),
+    ("adaptive_noise_scale = 0.01\nnoise_offset = 0.05", "train_network.py"),
+    ('network_args = ["conv_dim=4", "algo=lora", "preset=attn-mlp"]', "train_network.py"),
+    ('optimizer_args = ["betas=(0.9,0.99)", "decouple=True", "name=\'x\'"]', "train_network.py"),
+    ('network_module = "lycoris.kohya"', "train_network.py"),
+    ("enable_bucket = true\nmin_bucket_reso = 320\nmax_bucket_reso = 1000", "train_network.py"),
+])
+def test_accepted_combinations_pass(tree: Path, extra: str, script: str) -> None:
+    keys = {line.split(" ")[0] for line in extra.splitlines()}
+    base = "\n".join(l for l in GOOD.splitlines() if l.split(" ")[0] not in keys)
+    result = rules(tree, base + "\n" + extra + "\n", script=script)
+    assert result.status is Status.OK, joined(result)
+
+
+def test_rules_apply_only_where_the_script_asserts_them(tree: Path) -> None:
+    """fine_tune.py here has no caching or precision assertions, so the same settings pass there."""
+    toml = GOOD.replace('network_module = "networks.lora"\n', "") + "cache_latents = true\ncolor_aug = true\n" \
+        "full_fp16 = true\n"
+    assert rules(tree, toml, script="fine_tune.py").status is Status.OK
+    assert rules(tree, toml).status is Status.FAIL
+
+
+def test_subset_values_from_the_dataset_config_count_for_caching_rules(tree: Path) -> None:
+    dataset = """
+    [general]
+    shuffle_caption = false
+    [[datasets]]
+    resolution = 512
+    [[datasets.subsets]]
+    image_dir = "a"
+    [[datasets.subsets]]
+    image_dir = "b"
+    color_aug = true
+    """
+    result = rules(tree, GOOD + "cache_latents = true\n", dataset=dataset)
+    assert result.status is Status.FAIL
+    assert "dataset.toml datasets[0].subsets[1].color_aug" in joined(result)
+    assert "subsets[0]" not in joined(result)
+
+
+def test_bucket_steps_set_by_the_dataset_config_shadow_the_training_arg(tree: Path) -> None:
+    dataset = """
+    [general]
+    bucket_reso_steps = 64
+    [[datasets]]
+    [[datasets.subsets]]
+    image_dir = "a"
+    """
+    assert rules(tree, GOOD + "bucket_reso_steps = 1\n", dataset=dataset).status is Status.OK
+
+
+@pytest.mark.parametrize("toml, script, expected", [
+    (GOOD.replace('network_module = "networks.lora"\n', ""), "train_network.py",
+     'network_module is not set (it has no default)'),
+    (GOOD.replace('network_module = "networks.lora"\n', ""), "flux_train_network.py",
+     'Add network_module = "networks.lora_flux"'),
+])
+def test_a_missing_network_module_fails_with_the_module_for_this_script(
+        tree: Path, toml: str, script: str, expected: str) -> None:
+    result = rules(tree, toml, script=script)
+    assert result.status is Status.FAIL and expected in joined(result)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("network_alpha = 32", "alpha/dim = 2"),
+    ('optimizer_type = "Prodigy"', "learning rate is too low. If using D-Adaptation or Prodigy"),
+    ('optimizer_type = "DAdaptAdam"\nlearning_rate = 1.0\nunet_lr = 0.5', "only the first one will take effect"),
+])
+def test_questionable_settings_warn(tree: Path, extra: str, expected: str) -> None:
+    keys = {line.split(" ")[0] for line in extra.splitlines()}
+    base = "\n".join(l for l in GOOD.splitlines() if l.split(" ")[0] not in keys)
+    result = rules(tree, base + "\n" + extra + "\n")
+    assert result.status is Status.WARN and expected in joined(result), joined(result)
+
+
+def test_prodigy_at_lr_one_is_fine(tree: Path) -> None:
+    toml = GOOD.replace("learning_rate = 1e-4", "learning_rate = 1.0") + 'optimizer_type = "prodigy"\n'
+    assert rules(tree, toml).status is Status.OK
+
+
+# --- the bucket_reso_steps fix -----------------------------------------------------------------------------
+
+BUCKET_TOML = """\
+# my training config
+[training]
+output_dir = "out"          # where it goes
+  bucket_reso_steps   =  1  # tried this
+network_module = "networks.lora"
+"""
+
+
+def test_the_bucket_fix_edits_only_that_value_and_keeps_a_backup(tree: Path, tmp_path: Path) -> None:
+    result = rules(tree, BUCKET_TOML, workdir=tmp_path)
+    assert result.status is Status.FAIL and result.fix is not None and result.fix.safe
+    assert "bucket_reso_steps = 1 -> 64" in result.fix.commands[0]
+    result.fix.apply()
+    config = tmp_path / "config.toml"
+    assert config.read_text() == BUCKET_TOML.replace("=  1  #", "=  64  #")
+    backups = list(tmp_path.glob("config.toml.bak-*"))
+    assert len(backups) == 1 and backups[0].read_text() == BUCKET_TOML
+    target = Target(kohya_root=tree, python=Path(sys.executable), train_config=config)
+    ctx = Context(target)
+    assert run_one(ctx, by_id()["args.rules"]).status is Status.OK
+    ctx.close()
+
+
+def test_the_bucket_fix_refuses_a_file_changed_since_the_check(tree: Path, tmp_path: Path) -> None:
+    result = rules(tree, BUCKET_TOML, workdir=tmp_path)
+    config = tmp_path / "config.toml"
+    config.write_text(BUCKET_TOML + "seed = 1\n")
+    with pytest.raises(FixError, match="changed since it was checked"):
+        result.fix.apply()
+    assert config.read_text() == BUCKET_TOML + "seed = 1\n"
+    assert not list(tmp_path.glob("config.toml.bak-*"))
+
+
+def test_no_fix_is_offered_for_a_command_line_value(tree: Path) -> None:
+    result = rules(tree, GOOD, ["--bucket_reso_steps", "8"])
+    assert result.status is Status.FAIL and result.fix is None
+    assert "--bucket_reso_steps: " in joined(result) or "--bucket_reso_steps " in joined(result)
+    assert "Pass --bucket_reso_steps 64" in joined(result)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a = 1\r\nbucket_reso_steps = 1\r\nb = 2\r\n", "a = 1\r\nbucket_reso_steps = 64\r\nb = 2\r\n"),
+    ('"bucket_reso_steps" = 1 # q\n', '"bucket_reso_steps" = 64 # q\n'),
+    ("[x]\nbucket_reso_steps=1\n[y]\nbucket_reso_steps = 2\n", "[x]\nbucket_reso_steps=64\n[y]\nbucket_reso_steps = 64\n"),
+    ("x = { bucket_reso_steps = 1 }\n", None),
+    ("not_bucket_reso_steps = 1\n", None),
+])
+def test_replace_toml_value_is_a_targeted_line_edit(text: str, expected: str | None) -> None:
+    assert replace_toml_value(text, "bucket_reso_steps", "64") == expected
+
+
+def test_the_fix_refuses_an_inline_table(tree: Path, tmp_path: Path) -> None:
+    toml = 'network_module = "networks.lora"\ntraining = { bucket_reso_steps = 1 }\n'
+    result = rules(tree, toml, workdir=tmp_path)
+    assert result.status is Status.FAIL and result.fix is not None
+    with pytest.raises(FixError, match="set bucket_reso_steps = 64 there by hand"):
+        result.fix.apply()
+
+
+# --- args.output -------------------------------------------------------------------------------------------
+
+def output(tree: Path, toml: str, tmp_path: Path, extra: list[str] | None = None) -> Result:
+    return run(tree, toml, extra, check_id="args.output", workdir=tmp_path)
+
+
+def test_the_seed_schedule_saves_five_files(tree: Path, tmp_path: Path) -> None:
+    """920 steps, a save every 230: steps 230, 460, 690, 920 and the final file."""
+    toml = GOOD.replace('"out"', f'"{tmp_path / "out"}"')
+    result = output(tree, toml, tmp_path)
+    assert result.status is Status.OK
+    assert "5 LoRA file(s) of about 38 MB (sd1, rank 16)" in joined(result)  # fp32 without save_precision
+    result = output(tree, toml + 'save_precision = "fp16"\n', tmp_path)
+    assert "5 LoRA file(s) of about 19 MB (sd1, rank 16)" in joined(result)
+
+
+def args_for(tree: Path, toml: str, tmp_path: Path, script: str = "train_network.py") -> Any:
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(toml))
+    ctx = Context(Target(kohya_root=tree, python=Path(sys.executable), script=script, train_config=config))
+    try:
+        return build_args(ctx)
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize("toml, expected", [
+    ("max_train_steps = 920\nsave_every_n_steps = 230", (5, 0, 0)),
+    ("max_train_steps = 1000\nsave_every_n_steps = 100\nsave_last_n_steps = 300", (5, 0, 0)),
+    ("max_train_epochs = 10\nsave_every_n_epochs = 2", (5, 0, 0)),
+    ("max_train_epochs = 10\nsave_every_n_epochs = 1\nsave_last_n_epochs = 3\nsave_state = true", (4, 4, 0)),
+    ("max_train_epochs = 10\nsave_n_epoch_ratio = 3", (4, 0, 0)),
+    ("max_train_steps = 920\nsave_every_n_epochs = 1", (1, 0, 1)),
+    ("max_train_steps = 920\nsave_every_n_epochs = 1\nsave_last_n_epochs = 2", (3, 0, 0)),
+    ("max_train_epochs = 4\nsave_every_n_steps = 50", (1, 0, 1)),
+    ("save_state_on_train_end = true", (1, 1, 0)),
+])
+def test_save_counts_follow_the_save_schedule(tree: Path, tmp_path: Path, toml: str,
+                                              expected: tuple[int, int, int]) -> None:
+    files, states, unknown = save_counts(args_for(tree, toml, tmp_path))
+    assert (files, states, len(unknown)) == expected, unknown
+
+
+def test_output_dir_unset_fails(tree: Path, tmp_path: Path) -> None:
+    result = output(tree, GOOD.replace('output_dir = "out"\n', ""), tmp_path)
+    assert result.status is Status.FAIL and "output_dir is not set" in result.summary
+
+
+def test_output_dir_that_cannot_be_created_fails(tree: Path, tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    result = output(tree, GOOD.replace('"out"', f'"{tmp_path / "afile" / "out"}"'), tmp_path)
+    assert result.status is Status.FAIL and "is a file" in result.summary
+    result = output(tree, GOOD.replace('"out"', f'"{tmp_path / "afile"}"'), tmp_path)
+    assert result.status is Status.FAIL and "is not a folder" in result.summary
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere, so there is no read-only folder to test")
+def test_a_read_only_output_parent_fails(tree: Path, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = output(tree, GOOD.replace('"out"', f'"{locked / "out"}"'), tmp_path)
+    finally:
+        locked.chmod(0o700)
+    assert result.status is Status.FAIL and "Permission denied" in result.summary
+
+
+def test_checkpoints_larger_than_the_free_disk_fail(tree: Path, tmp_path: Path) -> None:
+    """A rank no disk can hold: the estimate is compared with the real free space of that file system."""
+    toml = GOOD.replace("network_dim = 16", "network_dim = 100000000").replace('"out"', f'"{tmp_path / "o"}"')
+    result = output(tree, toml, tmp_path)
+    assert result.status is Status.FAIL
+    assert "not enough disk" in result.summary and "No space left on device" in result.summary
+
+
+def test_logging_and_sample_prompts(tree: Path, tmp_path: Path) -> None:
+    base = GOOD.replace('"out"', f'"{tmp_path / "out"}"')
+    result = output(tree, base + 'log_with = "tensorboard"\n', tmp_path)
+    assert result.status is Status.FAIL and "logging_dir is required when log_with is tensorboard" in joined(result)
+    assert output(tree, base + f'log_with = "all"\nlogging_dir = "{tmp_path / "logs"}"\n', tmp_path).status \
+        is Status.OK
+    result = output(tree, base + "sample_every_n_steps = 100\n", tmp_path)
+    assert result.status is Status.FAIL and "sample_prompts is not set" in result.summary
+    result = output(tree, base + f'sample_every_n_steps = 100\nsample_prompts = "{tmp_path / "p.yaml"}"\n', tmp_path)
+    assert result.status is Status.FAIL and "UnboundLocalError" in result.summary
+    result = output(tree, base + f'sample_every_n_epochs = 1\nsample_prompts = "{tmp_path / "p.txt"}"\n', tmp_path)
+    assert result.status is Status.WARN and "No prompt file" in result.summary
+    (tmp_path / "p.txt").write_text("a photo of sks\n")
+    assert output(tree, base + f'sample_at_first = true\nsample_prompts = "{tmp_path / "p.txt"}"\n',
+                  tmp_path).status is Status.OK
+
+
+def test_a_windows_path_in_a_double_quoted_string_is_caught(tree: Path, tmp_path: Path) -> None:
+    toml = GOOD.replace('output_dir = "out"', 'output_dir = "C:\\tmp\\new"')
+    result = output(tree, toml, tmp_path)
+    assert result.status is Status.FAIL
+    assert "contains a TAB, a newline" in result.summary and "single quotes" in result.summary
+    toml = GOOD.replace('"out"', f'"{tmp_path / "out"}"') + 'sample_at_first = true\nsample_prompts = "C:\\tmp\\b.txt"\n'
+    result = output(tree, toml, tmp_path)
+    assert result.status is Status.FAIL and "contains a TAB" in result.summary
