@@ -318,8 +318,8 @@ def arg_imports(ctx: Context, root: Path) -> tuple[list[str], list[ImportUse], l
     try:
         args = ctx.train_args
     except CheckFailed as exc:
-        return [DEFAULT_NETWORK_MODULE], [], [f"training arguments not read ({exc.summary}); "
-                                              "only the entry script's own imports are checked"]
+        note = f"training arguments not read ({exc.summary}); only the entry script's own imports are checked"
+        return [DEFAULT_NETWORK_MODULE], [], [note]
     first: list[str] = []
     uses: list[ImportUse] = []
 

@@ -41,7 +41,7 @@ NINE_PINS = ["imagesize==1.4.1", "rich==14.1.0", "sentencepiece==0.2.1", "altair
 
 
 def run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)  # type: ignore[call-overload]
+    proc = subprocess.run([str(c) for c in cmd], check=False, capture_output=True, text=True, **kw)  # type: ignore[call-overload]
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -96,8 +96,8 @@ def pip_install(python: Path, wheels: Path, *specs: str) -> None:
 
 def installed(python: Path) -> dict[str, str]:
     """name -> version of every distribution in the interpreter, read there with importlib.metadata."""
-    out = run([python, "-I", "-c", "import importlib.metadata as m\n"
-               "for d in m.distributions(): print(d.metadata['Name'], d.version)"]).stdout
+    code = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'], d.version)"
+    out = run([python, "-I", "-c", code]).stdout
     return dict(line.split(" ", 1) for line in out.splitlines() if line.strip())
 
 

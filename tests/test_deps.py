@@ -9,8 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from deps_fixtures import (NINE, NINE_PINS, build_wheelhouse, copy_venv, installed, make_tree, make_venv,
-                           pip_install, run_deps, site_packages, target)
+from deps_fixtures import (
+    NINE,
+    NINE_PINS,
+    build_wheelhouse,
+    copy_venv,
+    installed,
+    make_tree,
+    make_venv,
+    pip_install,
+    run_deps,
+    site_packages,
+    target,
+)
 
 from lorasetup.checks import all_checks
 from lorasetup.context import Context
@@ -215,7 +226,7 @@ def test_failing_pip_is_reported_and_nothing_changes(tmp_path, pip_template, whe
     empty.mkdir()
     before = sorted(p.name for p in site_packages(python).iterdir())
     checks = all_checks()
-    results, outcomes = bootstrap(
+    _, outcomes = bootstrap(
         lambda: Context(target(tree, python), pip_args=["--no-index", "--find-links", str(empty)]), checks,
         select(checks, only=STATIC), apply=True, yes=False)
     failed = {o.check_id: o for o in outcomes}

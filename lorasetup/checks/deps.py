@@ -13,7 +13,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +198,7 @@ class Plan:
         if self.blocked:
             parts.append(self.blocked)
         if self.fix:
-            parts.append("`lorasetup bootstrap --fix` runs: " + "; ".join(f"`{c}`" for c in self.fix.commands))
+            parts.append("`lorasetup bootstrap --fix` applies the fix below")
         if self.build_specific:
             parts.append(f"install {', '.join(self.build_specific)} yourself ({TORCH_HELP}): "
                          f"`{torch_command(ctx, self.build_specific)}`")
@@ -248,6 +247,7 @@ def _build_plan(ctx: Context) -> Plan:
             plan.unknown.append(miss)
     for skew in version_skews(ctx):
         add(skew.pin.name, skew.pin.spec)
+    plan.specs = dict(sorted(plan.specs.items()))
     plan.library = library_problem(ctx) is not None
     torch = dists.get("torch")
     if torch is None and any(m.module == "torch" for m in required):
@@ -303,7 +303,7 @@ def run_pip(python: Path, args: list[str]) -> str:
     """Run `python -m pip <args>`; '' on success, else pip's own error lines and what state it left."""
     cmd = [str(python), "-m", "pip", *args[:1], "--disable-pip-version-check", *args[1:]]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                               timeout=PIP_TIMEOUT_S, env={**os.environ, "PIP_NO_INPUT": "1"})
     except subprocess.TimeoutExpired:
         return f"pip did not finish within {PIP_TIMEOUT_S} s; the environment is as pip left it"
