@@ -15,6 +15,7 @@ import difflib
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -170,7 +171,9 @@ class _Extractor:
         module = None
         if path is not None:
             try:
-                tree = ast.parse(path.read_bytes(), filename=str(path))
+                with warnings.catch_warnings():  # sd-scripts' invalid escapes must not print warnings here
+                    warnings.simplefilter("ignore")
+                    tree = ast.parse(path.read_bytes(), filename=str(path))
             except (SyntaxError, ValueError, OSError):
                 tree = None
             if tree is not None:
@@ -380,8 +383,9 @@ class _Extractor:
                     self.set_defaults(module, node, env)
                 return _UNKNOWN
         dotted = _dotted(func)
-        if dotted is not None and dotted.split(".")[-1] == "ArgumentParser" and \
-                (dotted == "argparse.ArgumentParser" or module.imports.get(dotted.split(".")[0], "").startswith("argparse")):
+        if dotted is not None and dotted.split(".")[-1] == "ArgumentParser" and (
+                dotted == "argparse.ArgumentParser"
+                or module.imports.get(dotted.split(".")[0], "").startswith("argparse")):
             return _PARSER
         args = [self.eval(module, a, env) for a in node.args if not isinstance(a, ast.Starred)]
         kwargs = {k.arg: self.eval(module, k.value, env) for k in node.keywords if k.arg}

@@ -699,7 +699,8 @@ def test_no_fix_is_offered_for_a_command_line_value(tree: Path) -> None:
 @pytest.mark.parametrize("text, expected", [
     ("a = 1\r\nbucket_reso_steps = 1\r\nb = 2\r\n", "a = 1\r\nbucket_reso_steps = 64\r\nb = 2\r\n"),
     ('"bucket_reso_steps" = 1 # q\n', '"bucket_reso_steps" = 64 # q\n'),
-    ("[x]\nbucket_reso_steps=1\n[y]\nbucket_reso_steps = 2\n", "[x]\nbucket_reso_steps=64\n[y]\nbucket_reso_steps = 64\n"),
+    ("[x]\nbucket_reso_steps=1\n[y]\nbucket_reso_steps = 2\n",
+     "[x]\nbucket_reso_steps=64\n[y]\nbucket_reso_steps = 64\n"),
     ("x = { bucket_reso_steps = 1 }\n", None),
     ("not_bucket_reso_steps = 1\n", None),
 ])
@@ -813,6 +814,7 @@ def test_a_windows_path_in_a_double_quoted_string_is_caught(tree: Path, tmp_path
     result = output(tree, toml, tmp_path)
     assert result.status is Status.FAIL
     assert "contains a TAB, a newline" in result.summary and "single quotes" in result.summary
-    toml = GOOD.replace('"out"', f'"{tmp_path / "out"}"') + 'sample_at_first = true\nsample_prompts = "C:\\tmp\\b.txt"\n'
+    toml = GOOD.replace('"out"', f'"{tmp_path / "out"}"')
+    toml += 'sample_at_first = true\nsample_prompts = "C:\\tmp\\b.txt"\n'
     result = output(tree, toml, tmp_path)
     assert result.status is Status.FAIL and "contains a TAB" in result.summary

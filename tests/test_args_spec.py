@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,12 @@ def test_missing_or_parserless_scripts_are_clear_errors(tree: Path) -> None:
     (tree / "plain.py").write_text("import os\nprint(os.name)\n")
     with pytest.raises(ArgSpecError, match="no argparse options found"):
         extract(tree, "plain.py")
+
+
+def test_reading_source_with_invalid_escapes_prints_no_warnings(tree: Path) -> None:
+    """sd-scripts has strings like "\\(" (library/custom_train_functions.py); compiling them must stay quiet."""
+    util = tree / "library" / "utils.py"
+    util.write_text(util.read_text() + 'PATTERN = "\\(\\d"\n')
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "console_log_level" in extract(tree, "train_network.py")
