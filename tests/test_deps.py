@@ -26,7 +26,7 @@ from deps_fixtures import (
 from lorasetup.checks import all_checks
 from lorasetup.context import Context
 from lorasetup.fixer import bootstrap
-from lorasetup.model import Status
+from lorasetup.model import FixError, Status
 from lorasetup.requirements import checkout_files
 from lorasetup.runner import select
 
@@ -308,3 +308,12 @@ def test_kohya_layout_reads_requirements_and_the_platform_file(make_kohya, bare)
                                   f"toml: not installed; {platform_file.name}:2 wants toml==0.10.2"]
     # sd-scripts' own requirements.txt (`packaging`) is not kohya_ss's: not read
     assert "packaging" not in result.summary
+
+
+def test_fix_in_a_venv_without_pip_says_how_to_get_pip(tmp_path, bare):
+    tree = make_tree(tmp_path / "sd-scripts", ["import imagesize"], ["imagesize==1.4.1", "toml==0.10.2"])
+    fix = run_deps(tree, bare)["deps.imports"].fix
+    with pytest.raises(FixError) as failed:
+        fix.apply()
+    assert "No module named pip" in str(failed.value)
+    assert f"this venv has no pip: `{bare} -m ensurepip --upgrade`" in str(failed.value)

@@ -38,7 +38,7 @@ TORCH_HELP = "pick the build for your machine at https://pytorch.org/get-started
 
 ENV_PROBE = """
 import os, platform, site, sys
-import importlib.metadata as md, importlib.util
+import importlib.util
 if sys.path and sys.path[0] in ("", os.getcwd()):
     del sys.path[0]  # `python -c` puts the working directory first; a training run does not
 def fmt(v):
@@ -56,7 +56,11 @@ RESULT["markers"] = {
 RESULT["site"] = {"user_site": site.getusersitepackages() if site.ENABLE_USER_SITE else None,
                   "path": sys.path, "pythonpath": os.environ.get("PYTHONPATH", "")}
 dists = {}
-for d in md.distributions():
+try:
+    import importlib.metadata as md  # Python 3.8+; older ones fail deps.interpreter's version check anyway
+except ImportError:
+    md = None
+for d in (md.distributions() if md else ()):
     try:
         name, version = d.metadata["Name"], d.version
     except Exception:
@@ -314,6 +318,8 @@ def run_pip(python: Path, args: list[str]) -> str:
     output = proc.stderr + proc.stdout
     errors = [line for line in output.splitlines() if line.startswith("ERROR:") or "No module named pip" in line]
     shown = "\n".join(errors[-3:]) or tail(output, 4)
+    if "No module named pip" in output:
+        shown += f"\nthis venv has no pip: `{shlex.quote(str(python))} -m ensurepip --upgrade`, then run the fix again"
     return (f"pip failed (exit {proc.returncode}):\n{shown}\nNothing was rolled back: the environment is as "
             "pip left it. Run `lorasetup doctor` to see what is still missing.")
 
