@@ -35,7 +35,7 @@ BARE = "import torch, accelerate, transformers, diffusers"
 
 def timed(cmd: list[str], cwd: Path | None = None) -> float:
     start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode not in (0, 1):  # doctor exits 1 when a check fails; that is still a full run
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")

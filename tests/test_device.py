@@ -21,8 +21,8 @@ from lorasetup.runner import Runner
 from lorasetup.target import Target
 
 DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
-MULTI_GPU = "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\nuse_cpu: false\n" \
-            "mixed_precision: fp16\n"
+MULTI_GPU = ("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
+             "use_cpu: false\nmixed_precision: fp16\n")
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,8 @@ def test_existing_config_is_untouched_without_yes_and_backed_up_with_it(hf_home:
 def test_8bit_optimizer_and_xformers_on_cpu_fail_and_the_fix_edits_the_toml(tmp_path: Path):
     """This venv has no bitsandbytes: the one-step probe fails with the real import error."""
     toml = tmp_path / "train.toml"
-    toml.write_text('[model]\nnetwork_dim = 8\n\n[optimizer]\noptimizer_type = "AdamW8bit"\nxformers = true\n')
+    toml.write_text('[model]\nnetwork_dim = 8\n\n[optimizer]\noptimizer_type = "AdamW8bit"\n'
+                    "xformers = true\n")
     result = run(cpu_target(train_config=toml), "device.features")["device.features"]
     assert result.status is Status.FAIL and result.summary == "2 training args do not fit cpu"
     assert any("AdamW8bit (train.toml [optimizer] optimizer_type) needs bitsandbytes" in d
@@ -206,11 +207,12 @@ def test_stack_probe_reports_import_errors_and_survives_a_crashing_import(tmp_pa
         "ImportError: cannot import name 'missing_name' from 'lst_good'")
     assert answer["from_imports"]["lst_good:zcrash"].startswith(
         "the interpreter crashed while running `from lst_good import zcrash`")
-    assert answer["torch"]["version"].startswith("2.") and answer["accelerate"]["accelerator"]["device"] == "cpu"
+    assert answer["torch"]["version"].startswith("2.")
+    assert answer["accelerate"]["accelerator"]["device"] == "cpu"
 
 
-LOCATIONS = [{"HF_HOME": "{tmp}/hf"}, {"HF_HOME": "~/hf-home"}, {"HF_HOME": ""}, {"XDG_CACHE_HOME": "{tmp}/xdg"},
-             {"HF_HOME": "{tmp}/hf", "XDG_CACHE_HOME": "{tmp}/xdg"}, {}]
+LOCATIONS = [{"HF_HOME": "{tmp}/hf"}, {"HF_HOME": "~/hf-home"}, {"HF_HOME": ""},
+             {"XDG_CACHE_HOME": "{tmp}/xdg"}, {"HF_HOME": "{tmp}/hf", "XDG_CACHE_HOME": "{tmp}/xdg"}, {}]
 THEIRS = """
 import importlib, json, os, sys
 import accelerate.commands.config.config_args as config_args

@@ -23,8 +23,8 @@ def test_written_config_is_what_accelerate_reads_back(tmp_path: Path):
     assert accelconfig.write_config(path, accelconfig.machine_config("mps"), None) is None
     assert path.read_text() == accelconfig.render(accelconfig.machine_config("mps"))
     code = ("import json, sys; from accelerate.commands.config import load_config_from_file as load; "
-            "c = load(sys.argv[1]); print(json.dumps([c.use_cpu, c.num_processes, str(c.distributed_type.value), "
-            "c.mixed_precision]))")
+            "c = load(sys.argv[1]); "
+            "print(json.dumps([c.use_cpu, c.num_processes, c.distributed_type.value, c.mixed_precision]))")
     read = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert json.loads(read.stdout) == [False, 1, "NO", "no"]
 
@@ -57,7 +57,8 @@ def test_write_refuses_a_file_that_appeared_after_the_check(tmp_path: Path):
 
 def test_toml_edit_keeps_everything_else_and_adds_missing_keys_in_the_same_section():
     text = ('# my settings\n[model_arguments]\nv2 = false\n\n[optimizer_arguments]\n'
-            'optimizer_type = "AdamW8bit"  # fast\nxformers = true\n\n[saving_arguments]\nsave_every_n_epochs = 1')
+            'optimizer_type = "AdamW8bit"  # fast\nxformers = true\n\n[saving_arguments]\n'
+            "save_every_n_epochs = 1")
     out = edit_toml_text(text, {"optimizer_type": "AdamW", "xformers": False, "sdpa": True})
     assert out == ('# my settings\n[model_arguments]\nv2 = false\n\n[optimizer_arguments]\n'
                    'optimizer_type = "AdamW"\nxformers = false\nsdpa = true\n\n[saving_arguments]\n'

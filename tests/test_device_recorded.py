@@ -75,7 +75,8 @@ def test_recorded_mps_accelerate_1_8_passes_with_mps_and_no_precision():
     assert {k: r.status for k, r in results.items()} == {c.id: Status.OK for c in DEVICE_CHECKS}, results
     assert results["device.torch"].summary == "torch 2.6.0 (build with MPS) can use mps"
     assert any("recommended max memory 21.3 GiB" in d for d in results["device.torch"].details)
-    assert results["device.accelerate"].summary == "accelerate 1.8.1 with defaults (no config file) runs on mps"
+    assert results["device.accelerate"].summary == ("accelerate 1.8.1 with defaults (no config file) runs "
+                                                    "on mps")
 
 
 @pytest.mark.parametrize("mp, said", [("fp16", "fp16 mixed precision requires a GPU (not 'mps')."),
@@ -136,7 +137,7 @@ def test_recorded_mps_mac_trap_use_cpu_true_fails_with_the_explanation_and_fix_w
     assert result.fix is not None and not result.fix.safe
     result.fix.apply()
     written = json.loads(config.read_text())
-    assert written["use_cpu"] is False and written["distributed_type"] == "NO" and written["num_processes"] == 1
+    assert (written["use_cpu"], written["distributed_type"], written["num_processes"]) == (False, "NO", 1)
     assert len(list(config.parent.glob("default_config.yaml.bak-*"))) == 1
 
 
@@ -146,8 +147,8 @@ def test_recorded_mps_8bit_optimizer_fails_with_the_bitsandbytes_error(tmp_path:
     result = run_recorded(recorded("mps-accelerate-1.8"), "mps", "device.features",
                           train_config=toml)["device.features"]
     assert result.status is Status.FAIL
-    assert result.summary == ("optimizer AdamW8bit (config_lora.toml [optimizer_arguments] optimizer_type) needs "
-                              "bitsandbytes, and one step of it on mps fails (bitsandbytes 0.41.2): "
+    assert result.summary == ("optimizer AdamW8bit (config_lora.toml [optimizer_arguments] optimizer_type) "
+                              "needs bitsandbytes, and one step of it on mps fails (bitsandbytes 0.41.2): "
                               "AttributeError: 'NoneType' object has no attribute 'cadam32bit_grad_fp32'")
     assert result.fix is not None
     result.fix.apply()
@@ -157,7 +158,8 @@ def test_recorded_mps_8bit_optimizer_fails_with_the_bitsandbytes_error(tmp_path:
 def test_recorded_mps_under_rosetta_fails_with_the_reason():
     answer = recorded("mps-accelerate-1.8")
     answer["python"].update(machine="x86_64", proc_translated="1", platform="macOS-14.5-x86_64-i386-64bit")
-    answer["torch"].update(mps_built=False, mps_available=False, device_ops={}, mps_recommended_max_memory=None)
+    answer["torch"].update(mps_built=False, mps_available=False, device_ops={},
+                           mps_recommended_max_memory=None)
     result = run_recorded(answer, "auto", "device.torch")["device.torch"]
     assert result.status is Status.FAIL
     assert "x86_64 Python running under Rosetta on an Apple Silicon Mac" in result.summary
@@ -166,8 +168,8 @@ def test_recorded_mps_under_rosetta_fails_with_the_reason():
 
 def test_recorded_cuda_box_passes_for_cuda_and_auto_with_fp16_and_8bit_adam():
     for device in ("cuda", "auto"):
-        results = run_recorded(recorded("cuda"), device, train_args=["--mixed_precision=fp16",
-                                                                     "--optimizer_type=AdamW8bit", "--xformers"])
+        args = ["--mixed_precision=fp16", "--optimizer_type=AdamW8bit", "--xformers"]
+        results = run_recorded(recorded("cuda"), device, train_args=args)
         assert {k: r.status for k, r in results.items()} == {c.id: Status.OK for c in DEVICE_CHECKS}, results
         assert results["device.torch"].summary == "torch 2.5.1+cu124 (CUDA 12.4 build) can use cuda"
         assert any("NVIDIA GeForce RTX 3060, sm_86, 11.8 GiB" in d for d in results["device.torch"].details)
@@ -197,8 +199,9 @@ def test_recorded_cuda_box_with_a_gpu_newer_than_the_torch_build_fails():
     answer["torch"]["cuda_devices"][0].update(name="NVIDIA GeForce RTX 5090", capability=[12, 0])
     result = run_recorded(answer, "cuda", "device.torch")["device.torch"]
     assert result.status is Status.FAIL
-    assert result.summary == ("torch 2.5.1+cu124 has no kernels for this GPU: NVIDIA GeForce RTX 5090 is sm_120; "
-                              "torch 2.5.1+cu124 has kernels for sm_50 sm_60 sm_70 sm_75 sm_80 sm_86 sm_90")
+    assert result.summary == ("torch 2.5.1+cu124 has no kernels for this GPU: NVIDIA GeForce RTX 5090 is "
+                              "sm_120; torch 2.5.1+cu124 has kernels for sm_50 sm_60 sm_70 sm_75 sm_80 sm_86 "
+                              "sm_90")
 
 
 def test_recorded_cuda_box_asked_for_mps_fails_and_says_why():
@@ -220,7 +223,8 @@ def test_recorded_cuda_box_with_a_config_naming_a_missing_gpu_fails(tmp_path, mo
 def test_recorded_cpu_only_torch_next_to_nvidia_smi_fails_with_the_reinstall_command(device: str):
     result = run_recorded(recorded("cpu-torch-nvidia-smi"), device, "device.torch")["device.torch"]
     assert result.status is Status.FAIL
-    assert result.summary == ("device = " + ("auto -> cuda" if device == "auto" else "cuda") +
-                              ", but torch 2.6.0+cpu is a CPU-only build; nvidia-smi lists NVIDIA GeForce RTX 3060")
-    assert "-m pip install --force-reinstall torch==2.6.0 torchvision --index-url " \
-           "https://download.pytorch.org/whl/cu" in (result.hint or "")
+    asked = "auto -> cuda" if device == "auto" else "cuda"
+    assert result.summary == (f"device = {asked}, but torch 2.6.0+cpu is a CPU-only build; nvidia-smi lists "
+                              "NVIDIA GeForce RTX 3060")
+    assert ("-m pip install --force-reinstall torch==2.6.0 torchvision --index-url "
+            "https://download.pytorch.org/whl/cu") in (result.hint or "")
