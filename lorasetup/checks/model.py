@@ -1,0 +1,451 @@
+"""The model gate: the base model file is whole, its family fits the script, the tokenizer loads at start.
+
+No weights are loaded and nothing is unpickled: a .safetensors file is judged by its header, a diffusers
+folder by its JSON files, a .ckpt only by its name and first bytes.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shlex
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorasetup.checks import check
+from lorasetup.context import Context
+from lorasetup.model import Fix, FixError, Result
+from lorasetup.safetensors_header import Header, HeaderError, read_header, sniff
+
+BASE_MODEL_ARG = "pretrained_model_name_or_path"
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL base", "sdxl-refiner": "SDXL refiner",
+                 "flux": "FLUX.1", "sd3": "SD3", "lora": "a LoRA (not a base model)"}
+# The entry script that trains each family (sd-scripts names its scripts by family prefix).
+FAMILY_SCRIPT = {"sd1": "train_network.py", "sd2": "train_network.py", "sdxl": "sdxl_train_network.py",
+                 "flux": "flux_train_network.py", "sd3": "sd3_train_network.py"}
+# sd-scripts' scripts without a family prefix train SD1.x/2.x (they use library/strategy_sd.py).
+SD_SCRIPTS = ("train_network.py", "train_db.py", "fine_tune.py", "train_textual_inversion.py",
+              "train_textual_inversion_XTI.py", "train_controlnet.py", "train_control_net.py")
+SCRIPT_PREFIXES = (("sdxl_", {"sdxl"}), ("flux_", {"flux"}), ("sd3_", {"sd3"}))
+# diffusers pipeline class (model_index.json `_class_name`) -> family
+PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl-refiner",
+                   "FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
+# Tensor names of the original (single-file) layouts, in the order they are tested.
+SD_UNET_ATTN_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+SD_UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
+WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
+                "pytorch_model.bin", "diffusion_pytorch_model.safetensors.index.json",
+                "model.safetensors.index.json")
+
+
+def base_model(ctx: Context) -> tuple[Path | None, str | None]:
+    """The base model path, and the raw value when it is a Hugging Face Hub id rather than a local path."""
+    path = ctx.path_setting("base_model", BASE_MODEL_ARG)
+    raw = None if ctx.target.base_model is not None else ctx.train_args.get(BASE_MODEL_ARG)
+    if path is not None and not path.exists() and isinstance(raw, str) and HUB_ID.match(raw):
+        return path, raw
+    return path, None
+
+
+def _where(ctx: Context) -> str:
+    if ctx.target.base_model is not None:
+        return f"base_model ({ctx.target.sources.get('base_model', 'lorasetup config')})"
+    return ctx.train_args.place(BASE_MODEL_ARG)
+
+
+def _header(ctx: Context, path: Path) -> Header:
+    return ctx.memo(f"model.header:{path}", lambda: read_header(path))
+
+
+HEADER_HINTS = {
+    "lfs-pointer": "fetch the real file: `git lfs install && git lfs pull` in its repository, or download it again",
+    "pickle": "rename it to .ckpt, or better convert it to .safetensors; lorasetup will not unpickle it",
+    "truncated": "download it again and compare its size with the one on the download page",
+    "corrupt": "download it again; if it came from a converter, convert it again",
+}
+
+
+@check("model.file", "the base model exists and its header is sane (no weights loaded)", tags=("preflight",))
+def model_file(ctx: Context) -> Result:
+    path, hub_id = base_model(ctx)
+    if path is None:
+        return Result.fail("no base model set: sd-scripts stops at start without one",
+                           hint="set `base_model = \"/path/model.safetensors\"` in lorasetup.toml, or "
+                                f"`{BASE_MODEL_ARG}` in the training config")
+    if hub_id:
+        return Result.warn(f"{hub_id} is a Hugging Face Hub id: sd-scripts downloads it at start (gigabytes); "
+                           "offline the run dies before training", details=[f"from {_where(ctx)}"],
+                           hint=f"download it once and point {BASE_MODEL_ARG} at the local file or folder")
+    if not path.exists():
+        return Result.fail(f"base model not found: {path}", details=[f"from {_where(ctx)}"],
+                           hint="fix the path; sd-scripts dies at start with a 'not found' error after "
+                                "reading the dataset")
+    if path.is_dir():
+        return _diffusers_folder(ctx, path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        with path.open("rb") as fh:
+            kind = sniff(fh.read(64))
+        if kind == "lfs-pointer":
+            return Result.fail(f"{path.name} is a git-lfs pointer, not the model", hint=HEADER_HINTS["lfs-pointer"])
+        return Result.warn(f"{path.name} is a PyTorch pickle ({path.suffix}): lorasetup does not open pickles, "
+                           "so its family and integrity are not checked",
+                           details=[f"{path}  {path.stat().st_size / 1e9:.2f} GB",
+                                    "unpickling runs code from the file; a .safetensors copy cannot"],
+                           hint="use the .safetensors release of this model if there is one")
+    try:
+        header = _header(ctx, path)
+    except HeaderError as exc:
+        return Result.fail(f"{path.name}: {exc}", details=[str(path)], hint=HEADER_HINTS[exc.kind])
+    return Result.ok(f"{path.name}: {len(header.tensors)} tensors, {header.file_size / 1e9:.2f} GB, header sane",
+                     details=[str(path)], data={"path": str(path), "tensors": len(header.tensors)})
+
+
+def _diffusers_folder(ctx: Context, path: Path) -> Result:
+    """A diffusers folder: model_index.json and, for each component it lists, a config and weights."""
+    index = _read_json(path / "model_index.json")
+    if index is None:
+        return Result.fail(f"{path} is a folder without model_index.json: not a diffusers model",
+                           hint=f"point {BASE_MODEL_ARG} at the .safetensors file, or at the diffusers folder itself")
+    problems: list[str] = []
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or None in spec or name in ("tokenizer", "tokenizer_2",
+                                                                                        "feature_extractor"):
+            continue  # sd-scripts loads the pipeline with tokenizer=None; empty entries are optional parts
+        part = path / name
+        if name.startswith("scheduler"):
+            if not (part / "scheduler_config.json").is_file():
+                problems.append(f"{name}/scheduler_config.json missing")
+            continue
+        if not (part / "config.json").is_file():
+            problems.append(f"{name}/config.json missing")
+        weights = [part / w for w in WEIGHT_NAMES if (part / w).is_file()]
+        if not weights:
+            problems.append(f"{name}/ has no weights ({WEIGHT_NAMES[0]} or {WEIGHT_NAMES[1]})")
+        for weight in weights:
+            if weight.suffix == ".safetensors":
+                try:
+                    _header(ctx, weight)
+                except HeaderError as exc:
+                    problems.append(f"{name}/{weight.name}: {exc}")
+    if problems:
+        return Result.fail(f"diffusers folder {path.name}: {len(problems)} part(s) missing or damaged",
+                           details=problems, hint="download the model folder again (all of its parts)")
+    return Result.ok(f"diffusers folder {path.name} ({index.get('_class_name', '?')}): every part present",
+                     details=[str(path)], data={"path": str(path)})
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str | None  # a FAMILY_LABELS key, or None when the names say nothing known
+    evidence: str
+    v_prediction: bool | None = None  # known only for diffusers folders
+    in_channels: int | None = None
+
+
+def classify(shapes: Mapping[str, tuple[int, ...]]) -> Family:
+    """The model family from the tensor names (and two shapes) of a single-file checkpoint."""
+    names = list(shapes)
+
+    def has(fragment: str, prefix: bool = True) -> str | None:
+        return next((n for n in names if (n.startswith(fragment) if prefix else fragment in n)), None)
+
+    conv_in = shapes.get(SD_UNET_CONV_IN)
+    channels = conv_in[1] if conv_in and len(conv_in) == 4 else None
+    for fragment, family, prefix in (("lora_", "lora", True), (".lora_down.", "lora", False),
+                                     ("conditioner.embedders.1.model.", "sdxl", True),
+                                     ("conditioner.embedders.0.model.", "sdxl-refiner", True),
+                                     ("double_blocks.", "flux", False), ("joint_blocks.", "sd3", False),
+                                     ("cond_stage_model.model.", "sd2", True),
+                                     ("cond_stage_model.transformer.", "sd1", True)):
+        found = has(fragment, prefix)
+        if found:
+            return Family(family, found, in_channels=channels)
+    attn_k = shapes.get(SD_UNET_ATTN_K)
+    if attn_k and len(attn_k) == 2 and attn_k[1] in (768, 1024):  # cross-attention width: CLIP-L 768, OpenCLIP-H 1024
+        return Family("sd1" if attn_k[1] == 768 else "sd2", f"{SD_UNET_ATTN_K} {list(attn_k)} (U-Net only)",
+                      in_channels=channels)
+    return Family(None, f"{len(names)} tensors, none with a known family prefix")
+
+
+def classify_folder(path: Path) -> Family:
+    """The family of a diffusers folder from model_index.json and the component configs."""
+    index = _read_json(path / "model_index.json") or {}
+    cls = str(index.get("_class_name", ""))
+    scheduler = _read_json(path / "scheduler" / "scheduler_config.json") or {}
+    v_pred = scheduler.get("prediction_type") == "v_prediction" if scheduler else None
+    unet = _read_json(path / "unet" / "config.json") or {}
+    channels = unet.get("in_channels") if isinstance(unet.get("in_channels"), int) else None
+    if cls in PIPELINE_FAMILY:
+        return Family(PIPELINE_FAMILY[cls], f"model_index.json _class_name {cls}", v_pred, channels)
+    width = unet.get("cross_attention_dim")
+    if cls.startswith("StableDiffusion") and width in (768, 1024):
+        return Family("sd1" if width == 768 else "sd2", f"{cls}, unet cross_attention_dim {width}", v_pred, channels)
+    return Family(None, f"model_index.json _class_name {cls or '?'}")
+
+
+def script_families(script: str) -> set[str] | None:
+    """The families an entry script trains, or None when lorasetup does not know the script."""
+    name = Path(script).name
+    for prefix, families in SCRIPT_PREFIXES:
+        if name.startswith(prefix):
+            return families
+    return {"sd1", "sd2"} if name in SD_SCRIPTS else None
+
+
+@check("model.family", "the model family fits the entry script", tags=("preflight",),
+       requires=("model.file",))
+def model_family(ctx: Context) -> Result:
+    path, hub_id = base_model(ctx)
+    if path is None or hub_id or not path.exists():
+        return Result.skip("no local base model to classify")
+    if path.is_dir():
+        family = classify_folder(path)
+    elif path.suffix.lower() in PICKLE_SUFFIXES:
+        return Result.skip(f"{path.name} is a pickle: its family is not read (lorasetup never unpickles)")
+    else:
+        header = _header(ctx, path)
+        family = classify({name: info.shape for name, info in header.tensors.items()})
+    script = ctx.target.script
+    details = [f"evidence: {family.evidence}"]
+    if family.name is None:
+        return Result.warn(f"cannot tell the family of {path.name}; not checked against {script}", details=details)
+    label = FAMILY_LABELS[family.name]
+    if family.name == "lora":
+        return Result.fail(f"{path.name} is a LoRA, not a base model: the run dies while loading it",
+                           details=details, hint=f"set {BASE_MODEL_ARG} to the checkpoint this LoRA is trained on; "
+                                                 "pass a LoRA to continue from with --network_weights")
+    if family.in_channels not in (None, 4):
+        return Result.fail(f"{path.name} is a {label} model with {family.in_channels} input channels "
+                           "(inpainting or instruct): the run dies loading it into a 4-channel U-Net",
+                           details=details, hint="train on the base (non-inpainting) release of this model")
+    wanted = script_families(script)
+    data = {"family": family.name}
+    if wanted is None:
+        return Result.ok(f"{label} ({path.name}); lorasetup does not know which family {script} trains",
+                         details=details, data=data)
+    if family.name not in wanted:
+        right = FAMILY_SCRIPT.get(family.name)
+        sd_scripts = ctx.target.sd_scripts
+        exists = right and (sd_scripts is None or (sd_scripts / right).is_file())
+        hint = (f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`" if exists
+                else f"this sd-scripts checkout has no script for {label}; use a base model that {script} trains")
+        return Result.fail(f"{label} model with {script}: the run dies after loading the model "
+                           "(Missing key(s) in state_dict)", details=details, hint=hint, data=data)
+    v2 = ctx.train_args.flag("v2")
+    if family.name == "sd2" and not v2:
+        return Result.fail(f"SD2.x model without --v2: {script} builds an SD1 model and dies loading the weights",
+                           details=details, hint="add `v2 = true` to the training config (and "
+                                                 "`v_parameterization = true` for 768-v models)", data=data)
+    if family.name == "sd1" and v2:
+        return Result.fail(f"SD1.x model with --v2 ({ctx.train_args.place('v2')}): the run dies loading the weights",
+                           details=details, hint=f"remove v2 from {ctx.train_args.place('v2')}", data=data)
+    if family.v_prediction is not None and family.v_prediction != ctx.train_args.flag("v_parameterization"):
+        want = "needs" if family.v_prediction else "must not have"
+        return Result.fail(f"{label} {'v-prediction' if family.v_prediction else 'epsilon'} model {want} "
+                           "--v_parameterization: the run trains but the LoRA learns the wrong target",
+                           details=details + ["scheduler/scheduler_config.json prediction_type"],
+                           hint=f"{'add' if family.v_prediction else 'remove'} `v_parameterization = true` in "
+                                "the training config", data=data)
+    if family.name == "sd2" and family.v_prediction is None:
+        details.append("768-v SD2 models also need --v_parameterization; 512-base ones must not have it "
+                       "(a single file does not say which it is)")
+    return Result.ok(f"{label} model, trained by {script}", details=details, data=data)
+
+
+# ---- tokenizer -------------------------------------------------------------------------------------------
+
+TOKENIZER_FILES = {"CLIPTokenizer": (("vocab.json", "merges.txt"),),
+                   "T5TokenizerFast": (("tokenizer.json",), ("spiece.model",))}
+ANY_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json",), ("spiece.model",), ("tokenizer.model",))
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """One `_load_tokenizer(cls, model_id, subfolder=...)` call of the script's tokenize strategy."""
+
+    cls: str
+    model_id: str
+    subfolder: str | None = None
+
+
+def tokenizer_specs(sd_scripts: Path, script: str, flags: Mapping[str, bool]) -> list[TokenizerSpec] | None:
+    """The tokenizers the entry script loads, read from its `strategy_*.<X>TokenizeStrategy(...)` call and
+    that class's `_load_tokenizer` calls in library/strategy_*.py; `if v2:` branches follow `flags`.
+    None when the script does not load tokenizers that way."""
+    try:
+        tree = ast.parse((sd_scripts / script).read_text(encoding="utf-8", errors="replace"))
+    except (OSError, SyntaxError):
+        return None
+    call = next((n.func for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                 and isinstance(n.func.value, ast.Name) and n.func.value.id.startswith("strategy_")
+                 and n.func.attr.endswith("TokenizeStrategy")), None)
+    if call is None:
+        return None
+    try:
+        module = ast.parse((sd_scripts / "library" / f"{call.value.id}.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return None
+    consts = {t.id: n.value.value for n in module.body if isinstance(n, ast.Assign)
+              and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+              for t in n.targets if isinstance(t, ast.Name)}
+    cls = next((n for n in module.body if isinstance(n, ast.ClassDef) and n.name == call.attr), None)
+    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) if cls else None
+    if init is None:
+        return None
+    specs: list[TokenizerSpec] = []
+
+    def value(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return node.value
+        return consts.get(node.id) if isinstance(node, ast.Name) else None
+
+    def visit(statements: list[ast.stmt]) -> None:
+        for stmt in statements:
+            if isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and stmt.test.id in flags:
+                visit(stmt.body if flags[stmt.test.id] else stmt.orelse)
+                continue
+            for node in ast.walk(stmt):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                        and node.func.attr == "_load_tokenizer" and len(node.args) >= 2:
+                    model_id = value(node.args[1])
+                    sub = next((value(k.value) for k in node.keywords if k.arg == "subfolder"), None)
+                    if model_id:
+                        specs.append(TokenizerSpec(ast.unparse(node.args[0]), model_id, sub))
+    visit(init.body)
+    return specs or None
+
+
+def _env_true(environ: Mapping[str, str], *names: str) -> str | None:
+    """The first of `names` set to a true value, as huggingface_hub's _is_true reads it."""
+    return next((n for n in names if environ.get(n, "").upper() in ("1", "ON", "YES", "TRUE")), None)
+
+
+def hub_cache(environ: Mapping[str, str]) -> Path:
+    """Where transformers looks for Hub files (transformers/utils/hub.py, huggingface_hub/constants.py)."""
+    for name in ("TRANSFORMERS_CACHE", "PYTORCH_TRANSFORMERS_CACHE", "PYTORCH_PRETRAINED_BERT_CACHE",
+                 "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if environ.get(name):
+            return Path(os.path.expandvars(environ[name])).expanduser()
+    home = environ.get("HF_HOME") or str(Path(environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface")
+    return Path(os.path.expandvars(home)).expanduser() / "hub"
+
+
+def cached_snapshot(cache: Path, model_id: str) -> Path | None:
+    """The snapshot folder of `model_id`'s `main` revision in the Hub cache, if there is one."""
+    repo = cache / ("models--" + model_id.replace("/", "--"))
+    try:
+        revision = (repo / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    snapshot = repo / "snapshots" / revision
+    return snapshot if snapshot.is_dir() else None
+
+
+def tokenizer_problem(folder: Path, cls: str, max_token_length: Any) -> str | None:
+    """What keeps `cls.from_pretrained(folder)` from working as sd-scripts uses it, or None."""
+    alternatives = TOKENIZER_FILES.get(cls, ANY_TOKENIZER_FILES)
+    if not any(all((folder / f).is_file() for f in files) for files in alternatives):
+        return f"{folder} lacks {' or '.join(' + '.join(files) for files in alternatives)}"
+    if cls == "CLIPTokenizer" and max_token_length in (None, ""):
+        config = _read_json(folder / "tokenizer_config.json") or {}
+        if not isinstance(config.get("model_max_length"), int) or config["model_max_length"] > 10_000:
+            # library/strategy_sd.py: max_length = tokenizer.model_max_length when --max_token_length is unset
+            return (f"{folder}/tokenizer_config.json has no model_max_length (77): sd-scripts then pads every "
+                    "caption to a huge length and dies")
+    return None
+
+
+@check("model.tokenizer", "the tokenizer(s) load at start, also with the network off", tags=("preflight",),
+       requires=("repo.present",))
+def model_tokenizer(ctx: Context) -> Result:
+    sd_scripts = ctx.target.sd_scripts
+    if sd_scripts is None:
+        return Result.skip("no sd-scripts checkout")
+    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": ctx.train_args.flag("v2")})
+    if specs is None:
+        return Result.skip(f"{ctx.target.script} does not load its tokenizers through a strategy_* "
+                           "_load_tokenizer call; not checked")
+    environ = os.environ
+    offline = _env_true(environ, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    cache_dir_raw = ctx.train_args.get("tokenizer_cache_dir")
+    cache_dir = Path(str(cache_dir_raw)).expanduser() if cache_dir_raw else None
+    hub = hub_cache(environ)
+    max_len = ctx.train_args.get("max_token_length")
+    details: list[str] = []
+    missing: list[TokenizerSpec] = []
+    broken: list[str] = []
+    for spec in specs:
+        # library/strategy_base.py _load_tokenizer: <cache_dir>/<id with / -> _> first, else from_pretrained(id)
+        local = cache_dir / spec.model_id.replace("/", "_") if cache_dir else None
+        if local is not None and local.exists():
+            problem = tokenizer_problem(local, spec.cls, max_len)
+            if problem:
+                broken.append(problem)
+            else:
+                details.append(f"{spec.model_id}: {local} (tokenizer_cache_dir)")
+            continue
+        snapshot = cached_snapshot(hub, spec.model_id)
+        folder = snapshot / spec.subfolder if snapshot and spec.subfolder else snapshot
+        if folder is not None and tokenizer_problem(folder, spec.cls, max_len) is None:
+            details.append(f"{spec.model_id}: {folder} (Hugging Face cache)")
+        else:
+            missing.append(spec)
+            details.append(f"{spec.model_id}: not in "
+                           + (f"{local} nor " if local else "") + f"the Hugging Face cache {hub}")
+    if broken:
+        return Result.fail(f"tokenizer cache unusable: {broken[0]}", details=broken[1:] + details,
+                           hint="delete that folder (sd-scripts then fetches the tokenizer again and saves it "
+                                "there) or add the missing file")
+    if not missing:
+        return Result.ok(f"{len(specs)} tokenizer(s) found locally; they load with the network off",
+                         details=details)
+    fix = _download_fix(ctx, missing, cache_dir)
+    names = ", ".join(s.model_id for s in missing)
+    if offline:
+        return Result.fail(f"{names} not available offline ({offline} is set): the run dies at start with "
+                           f"\"Can't load tokenizer for '{missing[0].model_id}'\"", details=details,
+                           hint=f"download it once with the network on (see the fix), or unset {offline}", fix=fix)
+    return Result.warn(f"{names} will be fetched from the Hugging Face Hub at start; without the network the run "
+                       f"dies with \"Can't load tokenizer for '{missing[0].model_id}'\"", details=details,
+                       hint="download it now so the run works offline: lorasetup bootstrap --fix", fix=fix)
+
+
+def _download_fix(ctx: Context, specs: list[TokenizerSpec], cache_dir: Path | None) -> Fix:
+    """Pre-download the tokenizers with the training interpreter, into tokenizer_cache_dir when it is set."""
+    lines = []
+    for spec in specs:  # double-quoted Python strings, so the shell-quoted command reads plainly
+        sub = f", subfolder={json.dumps(spec.subfolder)}" if spec.subfolder else ""
+        load = f"transformers.{spec.cls}.from_pretrained({json.dumps(spec.model_id)}{sub})"
+        target = str(cache_dir / spec.model_id.replace("/", "_")) if cache_dir else None
+        lines.append(f"{load}.save_pretrained({json.dumps(target)})" if target else load)
+    code = "import transformers; " + "; ".join(lines)
+    argv = [str(ctx.target.python_exe), "-c", code]
+
+    def apply() -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise FixError(f"downloading the tokenizer failed: {exc}") from None
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise FixError(f"downloading the tokenizer failed: {last}")
+    where = f"into {cache_dir}" if cache_dir else "into the Hugging Face cache"
+    return Fix(description=f"download {', '.join(s.model_id for s in specs)} {where} (a few MB)",
+               commands=[shlex.join(argv)], apply=apply, safe=True)
+
