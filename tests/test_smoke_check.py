@@ -1,0 +1,127 @@
+"""The smoke gate end to end: real `accelerate launch` of the fixture trainer as the entry script of an
+sd-scripts-shaped tree, real torch training, the verdict on each way a run goes wrong."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from test_smoke_run import FIXTURE, alive, dataset  # noqa: F401 - the session dataset fixture
+
+from lorasetup.checks.smoke import run_smoke
+from lorasetup.context import Context
+from lorasetup.launch import smoke_command
+from lorasetup.model import Status
+from lorasetup.target import Target
+
+GUI_CONFIG = """
+[training]
+network_module = "networks.lora"
+network_dim = 4
+network_alpha = 2.0
+learning_rate = 1e-3
+max_train_epochs = 3
+save_every_n_steps = 2
+sample_every_n_steps = 1
+output_dir = "{out}"
+output_name = "mychar"
+"""
+
+
+def sd_tree(root: Path) -> Path:
+    """A bare sd-scripts-shaped checkout whose train_network.py is the fixture trainer."""
+    for rel in ("library/__init__.py", "library/train_util.py", "networks/__init__.py", "networks/lora.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).touch()
+    shutil.copy(FIXTURE, root / "train_network.py")
+    return root
+
+
+@pytest.fixture
+def setup(tmp_path, dataset, monkeypatch):  # noqa: F811 - pytest fixture injection
+    """(target, the file the trainer writes its arguments to, the person's own output_dir)."""
+    record = tmp_path / "args.json"
+    monkeypatch.setenv("FIXTURE_TRAINER_ARGS", str(record))
+    monkeypatch.setenv("FIXTURE_TRAINER_STEP_S", "0.1")
+    monkeypatch.delenv("FIXTURE_TRAINER_MODE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # accelerate finds no config: its defaults, one process
+    person_out = tmp_path / "my-loras"
+    config = tmp_path / "config_lora.toml"
+    config.write_text(GUI_CONFIG.format(out=person_out))
+    target = Target(kohya_root=sd_tree(tmp_path / "sd-scripts"), python=Path(sys.executable), dataset_config=dataset,
+                    train_config=config, smoke_steps=5, smoke_timeout=120)
+    return target, record, person_out
+
+
+def smoke(target: Target, **kw):
+    ctx = Context(target)
+    try:
+        return run_smoke(ctx, echo=None, **kw)
+    finally:
+        ctx.close()
+
+
+def test_good_run_passes_with_only_the_smoke_overrides(setup, capsys):
+    target, record, person_out = setup
+    ctx = Context(target)
+    try:
+        code = smoke_command(ctx, keep=False, as_json=True)
+    finally:
+        ctx.close()
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    data = json.loads(out.out)["smoke"]
+    assert data["steps_done"] == 5 and len(data["losses"]) == 5 and data["stopped"] is None
+    assert data["total_steps"] == 18 and data["total_steps_from"] == "dataset.steps"  # 3 images x 2 repeats x 3
+    assert data["eta_s"] == pytest.approx(18 * data["s_per_step"] + data["load_s"], abs=0.2)
+    assert data["temp_dir"] is None and data["peak_rss_mb"] > 50
+    got = json.loads(record.read_text())
+    assert got["max_train_steps"] == 5 and got["max_train_epochs"] is None
+    assert got["save_every_n_steps"] is None and got["sample_every_n_steps"] is None
+    assert got["network_dim"] == 4 and got["network_alpha"] == 2.0 and got["learning_rate"] == 1e-3
+    assert got["output_name"] == "lorasetup-smoke" and not Path(got["output_dir"]).exists()  # temp removed
+    assert not person_out.exists()
+    assert "✓ smoke.run" in out.err and "steps:" in out.err  # the run's own progress was echoed
+
+
+def test_diverging_learning_rate_fails_at_step_2_without_waiting_for_step_5(setup, monkeypatch):
+    target, record, _ = setup
+    monkeypatch.setenv("FIXTURE_TRAINER_STEP_S", "1.0")
+    target.train_args = ["--learning_rate=1e30"]
+    result = smoke(target)
+    assert result.status is Status.FAIL and "at step 2 of 5" in result.summary, result
+    assert "learning_rate = 1e30 at --learning_rate" in result.hint
+    assert result.data["steps_done"] == 2 and result.data["wall_s"] - result.data["load_s"] < 4.0
+    assert not alive(json.loads(record.read_text())["pid"])
+
+
+def test_crash_shows_the_real_error_line_and_its_hint(setup, monkeypatch):
+    target, _, _ = setup
+    monkeypatch.setenv("FIXTURE_TRAINER_MODE", "traceback")
+    result = smoke(target)
+    assert result.status is Status.FAIL
+    assert "crashed at step 1 of 5: torch.OutOfMemoryError: CUDA out of memory" in result.summary, result
+    assert result.hint.startswith("[G2]") and result.data["failure_mode"] == "G2"
+    assert "CalledProcessError" not in result.summary
+
+
+@pytest.mark.parametrize("mode, words", [("nonfinite-save", "tensors hold NaN/inf"),
+                                         ("wrong-rank", "rank other than network_dim = 4")])
+def test_exit_0_with_a_broken_lora_fails(setup, monkeypatch, mode, words):
+    target, _, _ = setup
+    monkeypatch.setenv("FIXTURE_TRAINER_MODE", mode)
+    result = smoke(target, keep=True)
+    assert result.status is Status.FAIL and words in result.summary, result
+    kept = Path(result.data["temp_dir"])
+    assert (kept / "output" / "lorasetup-smoke.safetensors").is_file()  # --keep leaves it for inspection
+    shutil.rmtree(kept)
+
+
+def test_no_data_found_with_exit_0_fails(setup, monkeypatch):
+    target, _, _ = setup
+    monkeypatch.setenv("FIXTURE_TRAINER_MODE", "nodata")
+    result = smoke(target)
+    assert result.status is Status.FAIL and "No data found" in result.summary and "train_data_dir" in result.hint
