@@ -818,3 +818,43 @@ def test_a_windows_path_in_a_double_quoted_string_is_caught(tree: Path, tmp_path
     toml += 'sample_at_first = true\nsample_prompts = "C:\\tmp\\b.txt"\n'
     result = output(tree, toml, tmp_path)
     assert result.status is Status.FAIL and "contains a TAB" in result.summary
+
+
+LORA_GUI = '''
+def train_model(epoch, noise_offset_type, flip_aug):
+    config_toml_data = {
+        "epoch": int(epoch),
+        "flip_aug": flip_aug,
+        "noise_offset_type": noise_offset_type,
+        "zero_stage": 5,
+    }
+    config_toml_data = {k: v for k, v in config_toml_data.items() if v not in ["", False, None]}
+'''
+
+
+def test_keys_the_kohya_gui_writes_for_itself_are_noted_not_failed(tmp_path: Path) -> None:
+    """In a kohya_ss checkout, the keys its GUI writes into every training TOML (read from kohya_gui/*.py)
+    are not options of sd-scripts but are not the person's mistake either."""
+    root = tmp_path / "kohya_ss"
+    write_tree(root / "sd-scripts", TREE)
+    write_tree(root, {"kohya_gui/__init__.py": "", "kohya_gui/lora_gui.py": LORA_GUI})
+    toml = GOOD + 'epoch = 10\nnoise_offset_type = "Original"\n'
+    result = run(root, toml, workdir=tmp_path)
+    assert result.status is Status.OK, joined(result)
+    assert "written by the kohya_ss GUI for its own use, ignored by sd-scripts: epoch, noise_offset_type" \
+        in result.details
+    result = run(root, toml + "epochs = 3\n", workdir=tmp_path)
+    assert result.status is Status.FAIL and "1 unknown" in result.summary
+    bare = run(root / "sd-scripts", toml, workdir=tmp_path)
+    assert bare.status is Status.FAIL and "2 unknown" in bare.summary
+
+
+def test_values_outside_the_choices_that_the_kohya_gui_writes_warn(tmp_path: Path) -> None:
+    root = tmp_path / "kohya_ss"
+    write_tree(root / "sd-scripts", TREE)
+    write_tree(root, {"kohya_gui/__init__.py": "", "kohya_gui/lora_gui.py": LORA_GUI})
+    result = run(root, GOOD + "zero_stage = 5\n", workdir=tmp_path)
+    assert result.status is Status.WARN and "the kohya_ss GUI writes this key itself" in joined(result)
+    result = run(root, GOOD + 'zero_stage = 5\nflip_aug = "false"\n', workdir=tmp_path)
+    assert result.status is Status.FAIL and "1 with a bad value" in result.summary
+    assert run(root / "sd-scripts", GOOD + "zero_stage = 5\n", workdir=tmp_path).status is Status.FAIL

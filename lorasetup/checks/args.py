@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,6 +305,12 @@ def toml_value_problem(opt: Option, value: Any) -> str | None:
     return _scalar_problem(opt, value)
 
 
+def _outside_choices_only(opt: Option, value: Any) -> bool:
+    """The value has the option's type but is not one of its choices."""
+    return opt.choices is not None and value not in opt.choices and \
+        _scalar_problem(Option(opt.dest, opt.flags, opt.action, opt.type), value) is None
+
+
 def cli_problem(opt: Option, flag: CliFlag) -> str | None:
     """argparse's own error for this flag and its values (None when it parses)."""
     if opt.action in ("store_true", "store_false", "store_const", "count", "append_const", "help", "version"):
@@ -343,9 +350,14 @@ def known(ctx: Context) -> Result:
     if args.config_file is None and not args.cli and not args.stray:
         return Result.skip("no training arguments given", hint=NO_ARGS_HINT)
     problems: list[str] = []
+    gui_only: list[str] = []
+    gui_values: list[str] = []
     unknown = 0
     for item in args.toml:
         opt = spec.get(item.key)
+        if opt is None and item.key in gui_keys(ctx):
+            gui_only.append(item.key)
+            continue
         if opt is None:
             unknown += 1
             suggestion = spec.suggest(item.key)
@@ -354,7 +366,10 @@ def known(ctx: Context) -> Result:
                             f"silently.{mean}")
             continue
         problem = toml_value_problem(opt, item.value)
-        if problem:
+        if problem and item.key in gui_keys(ctx) and _outside_choices_only(opt, item.value):
+            gui_values.append(f"{item.place}: `{item.key} = {_short(item.value)}` {problem}; the kohya_ss GUI "
+                              f"writes this key itself, and sd-scripts uses the value as is")
+        elif problem:
             problems.append(f"{item.place}: `{item.key} = {_short(item.value)}` {problem}")
     for token in args.stray:
         problems.append(f"`{token}` (after --, before any flag): argparse stops with \"unrecognized arguments: "
@@ -381,19 +396,54 @@ def known(ctx: Context) -> Result:
                 problems.append(f"{flag.token}: argparse stops with \"{problem}\"")
     where = f"{len(spec)} options of {script}" + (f" at {spec.commit[:8]}" if spec.commit else "")
     checked = f"{len(args.toml)} config key(s) and {len(args.cli)} flag(s)"
+    notes = [f"written by the kohya_ss GUI for its own use, ignored by sd-scripts: {', '.join(gui_only)}"] \
+        if gui_only else []
+    if not problems and gui_values:
+        return Result.warn(f"{len(gui_values)} value(s) outside the choices of {script}, as the kohya_ss GUI "
+                           f"wrote them", gui_values + notes,
+                           hint="usually harmless GUI defaults; check that each still means what you want",
+                           data={"options": len(spec), "cached": spec.from_cache})
     if not problems:
-        return Result.ok(f"{checked}: all known options with valid values ({where})",
+        return Result.ok(f"{checked}: all known options with valid values ({where})", notes,
                          data={"options": len(spec), "cached": spec.from_cache})
     bad = len(problems) - unknown
     parts = [f"{unknown} unknown" if unknown else "", f"{bad} with a bad value" if bad else ""]
     target = f" in {args.config_file}" if args.config_file else ""
     return Result.fail(
         f"{' and '.join(p for p in parts if p)} training argument(s){target}",
-        problems + [f"checked against the {where}"],
+        problems + [f"warning: {w}" for w in gui_values] + notes + [f"checked against the {where}"],
         hint=f"fix the keys and values listed (TOML keys are option names without `--`); the run otherwise "
              f"trains with settings you did not ask for or dies mid-run. All options: "
              f"`{ctx.target.python_exe} {ctx.target.sd_scripts / script} --help`",
         data={"options": len(spec), "cached": spec.from_cache})
+
+
+def gui_keys(ctx: Context) -> frozenset[str]:
+    """The keys the kohya_ss GUI writes into its training TOML (`config_toml_data = {...}` in kohya_gui/*.py),
+    read from the checkout. Some are the GUI's own bookkeeping (`epoch`, `noise_offset_type`) that sd-scripts
+    ignores. Empty for a bare sd-scripts checkout."""
+    def read() -> frozenset[str]:
+        root = ctx.target.kohya_root
+        if root is None or ctx.target.layout != "kohya_ss":
+            return frozenset()
+        keys: set[str] = set()
+        for path in sorted((root / "kohya_gui").glob("*.py")):
+            try:
+                text = path.read_text(errors="replace")
+                if "config_toml_data" not in text:
+                    continue
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tree = ast.parse(text)
+            except (OSError, SyntaxError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
+                        isinstance(t, ast.Name) and t.id == "config_toml_data" for t in node.targets):
+                    keys |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)
+                             and isinstance(k.value, str)}
+        return frozenset(keys)
+    return ctx.memo("args.gui_keys", read)
 
 
 # --- args.rules ------------------------------------------------------------------------------------------
