@@ -21,7 +21,10 @@ The answer (`result(ctx)`), every key always present:
   num_processes, num_machines, gpu_ids, mixed_precision, use_cpu, env) or launch_error, accelerator (device,
   mixed_precision, distributed_type, num_processes) built with sd-scripts' own mixed precision, and
   accelerator_error when that precision made Accelerator() fail (then `accelerator` is built with "no").
-- "timings": seconds per stage; "crashed_in": the module whose import killed the interpreter, or None.
+- "timings": seconds per stage; "stage": the stage running when the interpreter died (None when it finished);
+  "crash": None, or what died where when the interpreter was killed by a compiled extension (a segfault or
+  abort leaves no Python error): earlier stages' facts are kept; an import that killed it gets that message,
+  later ones "not tried".
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ SNIPPET = r'''
 import importlib, json, os, platform, shutil, subprocess, sys, time, traceback, warnings
 P = json.loads(PARAMS)
 R = RESULT
-R.update(imports={}, from_imports={}, timings={}, crashed_in=None, done=False, torch=None, accelerate=None,
-         nvidia_smi=None, torch_error=None, accelerate_error=None)
+R.update(imports={}, from_imports={}, timings={}, stage=None, crashed_in=None, done=False, torch=None,
+         accelerate=None, nvidia_smi=None, torch_error=None, accelerate_error=None)
 T0 = time.perf_counter()
 
 
@@ -57,8 +60,14 @@ def checkpoint():
     _out.flush()
 
 
-def tick(stage, start):
-    R["timings"][stage] = round(time.perf_counter() - start, 3)
+def tick(name, start):
+    R["timings"][name] = round(time.perf_counter() - start, 3)
+
+
+def stage(name):
+    """Say what runs next, durably: a crash in compiled code leaves this as the last word."""
+    R["stage"] = name
+    checkpoint()
 
 
 py = R["python"] = {"version": platform.python_version(), "executable": sys.executable,
@@ -82,6 +91,7 @@ if smi_path:
     except OSError as exc:
         R["nvidia_smi"] = {"path": smi_path, "gpus": [], "error": errline(exc)}
 
+stage("import torch")
 start = time.perf_counter()
 try:
     import torch
@@ -89,6 +99,7 @@ except (Exception, SystemExit) as exc:
     R["torch_error"] = errline(exc)
     torch = None
 tick("torch", start)
+stage("import accelerate")
 start = time.perf_counter()
 try:
     import accelerate
@@ -108,6 +119,7 @@ if accelerate is not None:
     acc = R["accelerate"] = {"version": accelerate.__version__, "config": None, "config_error": None,
                              "launch": None, "launch_error": None, "accelerator": None,
                              "accelerator_error": None}
+    stage("accelerate launch")
     start = time.perf_counter()
     try:
         from accelerate.commands.config import default_config_file, load_config_from_file
@@ -144,6 +156,7 @@ if accelerate is not None:
     tick("launch", start)
 
 if torch is not None:
+    stage("torch devices")
     start = time.perf_counter()
     t = R["torch"] = {"version": torch.__version__, "cuda": getattr(torch.version, "cuda", None),
                       "hip": getattr(torch.version, "hip", None), "cuda_device_count_machine": cuda_machine,
@@ -193,6 +206,7 @@ if torch is not None:
     tick("devices", start)
 
 if R["accelerate"] is not None:
+    stage("Accelerator()")
     start = time.perf_counter()
 
     def build(precision):
@@ -218,6 +232,7 @@ if P["sd_scripts"]:
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]  # `python -c` puts the working directory first; a training run, the script's folder
     sys.path.insert(0, P["sd_scripts"])
+R["stage"] = "imports"
 start = time.perf_counter()
 for name in P["modules"]:
     R["crashed_in"] = name
@@ -238,6 +253,7 @@ for module, name in P["from_imports"]:
         R["from_imports"][key] = errline(exc)
 R["crashed_in"] = None
 tick("imports", start)
+stage("nvidia-smi")
 
 if smi is not None:
     try:
@@ -254,7 +270,7 @@ if smi is not None:
         smi.kill()
         R["nvidia_smi"] = {"path": smi_path, "gpus": [], "error": "nvidia-smi did not answer within 15 s"}
 R["timings"]["total"] = round(time.perf_counter() - T0, 3)
-R["done"] = True
+R["done"], R["stage"] = True, None
 checkpoint()
 sys.stderr.flush()
 os._exit(0)  # the answer is written; tearing down torch, transformers and diffusers takes seconds
@@ -299,20 +315,34 @@ def _run(ctx: Context) -> dict[str, Any]:
     if "imports" not in raw:
         raise ProbeError(f"the training interpreter {ctx.target.python_exe} answered without the stack facts")
     raw["targets_error"] = p["targets_error"]
-    crashed = raw.get("crashed_in")
-    if not raw.get("done") and crashed:
-        died = (f"the interpreter crashed while running `import {crashed}` (no Python error: a segfault or "
-                f"abort in a compiled extension); try: {ctx.target.python_exe} -c 'import {crashed}'")
-        if ":" in crashed:
-            module, name = crashed.split(":", 1)
-            died = died.replace(f"import {crashed}", f"from {module} import {name}")
-        not_tried = f"not tried: the interpreter crashed earlier, on {crashed}"
-        for module in p["modules"]:
-            raw["imports"].setdefault(module, died if module == crashed else not_tried)
-        for module, name in p["from_imports"]:
-            key = f"{module}:{name}"
-            raw["from_imports"].setdefault(key, died if key == crashed else not_tried)
+    raw["crash"] = None
+    if not raw.get("done"):
+        mark_crash(raw, p, ctx.target.python_exe)
     return raw
+
+
+def mark_crash(raw: dict[str, Any], p: dict[str, Any], python: Path) -> None:
+    """Fill in what a crash in compiled code (no Python error) cut short."""
+    where = raw.get("crashed_in") or raw.get("stage") or "startup"
+    raw["crash"] = (f"the training interpreter {python} died during {where} with no Python error (a segfault "
+                    "or abort in a compiled extension)")
+    if raw.get("stage") in ("import torch", "import accelerate"):
+        raw[raw["stage"].split()[1] + "_error"] = ("the interpreter died while importing it, with no Python "
+                                                   "error (a segfault or abort in a compiled extension)")
+    crashed = raw.get("crashed_in")
+    if crashed:
+        module, _, name = crashed.partition(":")
+        stmt = f"from {module} import {name}" if name else f"import {crashed}"
+        died = (f"the interpreter crashed while running `{stmt}` (no Python error: a segfault or abort in a "
+                f"compiled extension); try: {python} -c '{stmt}'")
+        not_tried = f"not tried: the interpreter crashed earlier, on {crashed}"
+    else:
+        died = not_tried = f"not tried: {raw['crash']}"
+    for module in p["modules"]:
+        raw["imports"].setdefault(module, died if module == crashed else not_tried)
+    for module, name in p["from_imports"]:
+        key = f"{module}:{name}"
+        raw["from_imports"].setdefault(key, died if key == crashed else not_tried)
 
 
 def start(ctx: Context) -> None:

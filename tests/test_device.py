@@ -211,6 +211,17 @@ def test_stack_probe_reports_import_errors_and_survives_a_crashing_import(tmp_pa
     assert answer["accelerate"]["accelerator"]["device"] == "cpu"
 
 
+def test_a_torch_that_kills_the_interpreter_on_import_fails_device_torch(tmp_path: Path, monkeypatch):
+    """A torch whose import aborts (as a broken binary build does): no Python error, a clear failure."""
+    (tmp_path / "site" / "torch").mkdir(parents=True)
+    (tmp_path / "site" / "torch" / "__init__.py").write_text("import os\nos.abort()\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    result = run(cpu_target(), "device.torch")["device.torch"]
+    assert result.status is Status.FAIL
+    assert result.summary == (f"torch cannot be imported in {sys.executable}: the interpreter died while "
+                              "importing it, with no Python error (a segfault or abort in a compiled extension)")
+
+
 LOCATIONS = [{"HF_HOME": "{tmp}/hf"}, {"HF_HOME": "~/hf-home"}, {"HF_HOME": ""},
              {"XDG_CACHE_HOME": "{tmp}/xdg"}, {"HF_HOME": "{tmp}/hf", "XDG_CACHE_HOME": "{tmp}/xdg"}, {}]
 THEIRS = """

@@ -230,6 +230,11 @@ def torch_device(ctx: Context) -> Result:
         return Result.fail(f"torch cannot be imported in {python}: {found['torch_error']}", details,
                            hint="the run dies on its first line; see deps.* for the fix, or reinstall the "
                                 "checkout's pinned torch")
+    if found.get("crash") and found.get("stage") == "torch devices":
+        return Result.fail(f"{found['crash']}: torch could not even list its devices", details,
+                           hint=f"see what kills it: {python} -c 'import torch; print(torch.cuda.is_available(), "
+                                "torch.backends.mps.is_available())'; usually a driver or a torch build that "
+                                f"does not fit this machine (see {TORCH_INSTALL})")
     t = torch_facts(found)
     device = wanted(ctx, found)
     assert device is not None
@@ -285,6 +290,9 @@ def accelerate_device(ctx: Context) -> Result:
     if acc is None:
         return Result.fail(f"accelerate cannot be imported: {found.get('accelerate_error')}",
                            hint="sd-scripts imports it first thing; see deps.* for the fix")
+    if found.get("crash") and found.get("stage") in ("accelerate launch", "Accelerator()"):
+        return Result.fail(f"{found['crash']}", hint="the same happens when the run starts; reinstall the "
+                                                     "checkout's pinned accelerate and torch (see deps.versions)")
     device = wanted(ctx, found)
     assert device is not None
     state = "exists" if location.exists else "does not exist"
