@@ -389,11 +389,14 @@ def interpreter(ctx: Context) -> Result:
     origin = f"python came from: {ctx.target.sources.get('python', 'default')}"
     cfg = venv_config(python)
     if cfg is not None:
-        home = read_cfg(cfg).get("home")
-        if home and not Path(home).is_dir():
+        settings = read_cfg(cfg)
+        home, base = settings.get("home"), settings.get("executable")
+        gone = home if home and not Path(home).is_dir() else base if base and not Path(base).exists() else None
+        if gone:
             return Result.fail(
-                f"the venv at {cfg.parent} was built on {home}, which no longer exists",
-                [f"{cfg}: home = {home}", origin,
+                f"the venv at {cfg.parent} was built on {gone}, which no longer exists",
+                [f"{cfg}: " + ", ".join(f"{k} = {settings[k]}" for k in ("home", "executable") if k in settings),
+                 origin,
                  "its python is a link to an interpreter that was removed or upgraded (`No Python at ...`)"],
                 hint=f"rebuild the venv (needs your consent: its packages are reinstalled): "
                      f"`python3.10 -m venv --clear {cfg.parent}`, then `lorasetup bootstrap --fix`")
