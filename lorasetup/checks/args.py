@@ -471,6 +471,9 @@ class ScriptText:
         return (message in self.chain or message in self.library) and caller in self.chain
 
 
+COMMENT_LINE = re.compile(r"^[ \t]*#.*$", re.MULTILINE)
+
+
 def _script_text(ctx: Context) -> ScriptText:
     def read() -> ScriptText:
         root = ctx.target.sd_scripts
@@ -480,8 +483,7 @@ def _script_text(ctx: Context) -> ScriptText:
                 text = (root / rel).read_text(errors="replace")
             except OSError:
                 continue
-            code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-            (library if "/" in rel else chain).append(code)
+            (library if "/" in rel else chain).append(COMMENT_LINE.sub("", text))
         return ScriptText("\n".join(chain), "\n".join(library))
     return ctx.memo("args.script_text", read)
 
