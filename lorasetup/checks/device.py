@@ -476,10 +476,10 @@ def precision_rules(mp: str, device: str, found: dict[str, Any] | None) -> tuple
         return None
     if device == "cpu":
         if mp == "fp16":
-            return Status.FAIL, ("fp16 on the CPU: accelerate starts without complaint, then the run dies at "
-                                 "the first training step, after loading the model")
-        return Status.WARN, ("bf16 on the CPU runs through CPU autocast: it works, but is slow on CPUs "
-                             "without bf16 instructions")
+            return Status.FAIL, ("accelerate starts without complaint, then the run dies at the first training "
+                                 "step, after loading the model (fp16 needs a GPU)")
+        return Status.WARN, ("accelerate accepts it (CPU autocast), but it is slow on CPUs without bf16 "
+                             "instructions")
     if found is None:
         raise NeedsFacts(device)
     t = torch_facts(found)
