@@ -266,7 +266,7 @@ def torch_device(ctx: Context) -> Result:
 
 # --- device.accelerate ------------------------------------------------------------------------------------
 
-def accelerate_fix(ctx: Context, device: str, location: accelconfig.ConfigLocation) -> Fix:
+def accelerate_fix(device: str, location: accelconfig.ConfigLocation) -> Fix:
     """Write a config for one process on `device`; an existing file is backed up and needs --yes."""
     values = accelconfig.machine_config(device)
     seen = accelconfig.digest(location.path)
@@ -310,7 +310,7 @@ def accelerate_device(ctx: Context) -> Result:
         details.append(f"Accelerator() {how}: device {report.get('device')}, mixed_precision "
                        f"{report.get('mixed_precision')}, distributed_type {report.get('distributed_type')}, "
                        f"num_processes {report.get('num_processes')}")
-    fix = accelerate_fix(ctx, device, location)
+    fix = accelerate_fix(device, location)
     if location.explicit and not location.exists:
         return Result.fail(f"the accelerate config {location.path} does not exist", details,
                            hint="accelerate launch --config_file stops at once on a missing file; fix the "
