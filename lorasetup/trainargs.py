@@ -68,7 +68,7 @@ def parse_cli(args: list[str]) -> dict[str, Any]:
         if token.startswith("--") and len(token) > 2:
             close()
             name, eq, value = token[2:].partition("=")
-            key, pending = name.replace("-", "_"), ([value] if eq else [])
+            key, pending = name, ([value] if eq else [])  # argparse does not turn - into _ here
         elif key is not None:
             pending.append(token)
     close()
