@@ -15,16 +15,26 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import imagesize
 
 from lorasetup import sdfacts
 from lorasetup.dataset_schema import (
-    BOOL, FLOAT, FLOAT_PAIR, INT, INT_OR_PAIR, NUMBER, STR, TABLE, LoadedConfig, SchemaChecker, accepts,
+    BOOL,
+    FLOAT,
+    FLOAT_PAIR,
+    INT,
+    INT_OR_PAIR,
+    NUMBER,
+    STR,
+    TABLE,
+    LoadedConfig,
+    SchemaChecker,
+    accepts,
     format_place,
 )
 from lorasetup.trainargs import TrainArgs
@@ -186,6 +196,7 @@ class Plan:
     train_data_dir: Value | None = None
     notes: list[str] = field(default_factory=list)
     _scans: dict[str, DirScan] = field(default_factory=dict)
+    _images: dict[int, list[str] | None] = field(default_factory=dict)
 
     @property
     def subsets(self) -> list[SubsetPlan]:
@@ -203,8 +214,8 @@ def build_plan(config: LoadedConfig | None, train_args: TrainArgs | None, checke
     if config is not None:
         return _plan_from_config(config, train_args, checker)
     if train_args is not None and train_args.get("dataset_class"):
-        return Plan("custom", [], notes=[f"{train_args.place('dataset_class')} names a custom dataset class; "
-                                         "its data cannot be checked statically"])
+        return Plan("custom", [], notes=[(f"{train_args.place('dataset_class')} names a custom dataset class; "
+                                          "its data cannot be checked statically")])
     return _plan_from_folders(train_args, checker)
 
 
@@ -361,12 +372,12 @@ SIGNATURES: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
     ("tiff", lambda h: h[:4] in (b"II*\x00", b"MM\x00*")),
     ("avif", lambda h: h[4:12] in (b"ftypavif", b"ftypavis")),
     ("heic", lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"heic", b"heix", b"mif1", b"msf1")),
-    ("jxl", lambda h: h.startswith(b"\xff\x0a") or h.startswith(b"\x00\x00\x00\x0cJXL ")),
+    ("jxl", lambda h: h.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL "))),
 )
 EXTENSION_FORMAT = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".bmp": "bmp",
                     ".avif": "avif", ".jxl": "jxl"}
 # imagesize >= 2 rotates by EXIF unless told not to; sd-scripts pins imagesize 1.4.1, which reports the stored size.
-_IMAGESIZE_TAKES_HANDLE = "exif_rotation" in inspect.signature(imagesize.get).parameters
+_IMAGESIZE_OPTIONS = {"exif_rotation": False} if "exif_rotation" in inspect.signature(imagesize.get).parameters else {}
 
 
 @dataclass(frozen=True)
@@ -382,7 +393,7 @@ class ImageProbe:
 def probe_image(path: str) -> ImageProbe:
     """Header size (imagesize, as sd-scripts' get_image_size), content signature, and cheap truncation tests."""
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the `with fh:` below; open errors become results
     except IsADirectoryError:
         return ImageProbe(None, None, "is a folder named like an image")
     except OSError as exc:
@@ -395,18 +406,14 @@ def probe_image(path: str) -> ImageProbe:
         fmt = next((name for name, test in SIGNATURES if test(head)), None)
         if fmt is None:
             return ImageProbe(None, None, f"not an image Pillow can open (starts with {head[:8]!r})")
-        try:
-            if _IMAGESIZE_TAKES_HANDLE:
-                fh.seek(0)
-                width, height = imagesize.get(fh, exif_rotation=False)
-            else:  # pragma: no cover - imagesize 1.x
-                width, height = imagesize.get(path)
-        except Exception:  # noqa: BLE001 - imagesize 1.x raises ValueError on a bad header
-            width, height = -1, -1
         tail = b""
         if fmt in ("png", "jpeg"):
             fh.seek(max(0, length - 1024))
             tail = fh.read()
+    try:  # by path: imagesize's check for a file object costs more than a second open
+        width, height = imagesize.get(path, **_IMAGESIZE_OPTIONS)
+    except Exception:  # noqa: BLE001 - imagesize 1.x raises ValueError on a bad header
+        width, height = -1, -1
     if fmt in ("heic",):
         return ImageProbe(None, fmt, "HEIC content: Pillow cannot open it without a plugin; convert it to JPEG/PNG")
     if width <= 0 or height <= 0:
@@ -450,54 +457,64 @@ def caption_candidates(image_path: str, extension: str) -> list[str]:
 
 
 def read_caption(image_path: str, extension: str, wildcard: bool, scan: DirScan | None) -> CaptionRead:
-    directory = os.path.dirname(image_path)
-    for candidate in caption_candidates(image_path, extension):
-        if scan is not None and os.path.dirname(candidate) == directory:
-            exists = os.path.basename(candidate) in scan.files
+    """The caption read_caption finds for one image. With the folder's listing (`scan`) the usual candidate,
+    next to the image, is looked up without a file-system call."""
+    first, face = caption_candidates(image_path, extension)
+    same_folder = scan is not None and os.sep not in extension and not (os.altsep and os.altsep in extension)
+    for candidate in (first, face) if face != first else (first,):
+        if same_folder and candidate is first:
+            exists = candidate[candidate.rfind(os.sep) + 1:] in scan.files
         else:
             exists = os.path.isfile(candidate)
-        if not exists:
-            continue
-        try:
-            with open(candidate, "rb") as fh:
-                raw = fh.read()
-        except OSError as exc:
-            return CaptionRead(candidate, None, f"cannot be read: {exc.strerror}")
-        if not raw:
-            return CaptionRead(candidate, None, "empty caption file: sd-scripts stops with 'caption file is empty'")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return CaptionRead(candidate, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at {exc.start}): "
-                               "sd-scripts stops with 'illegal char in file (not UTF-8)'")
-        # text-mode readlines(): universal newlines, split on "\n" only
-        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-        if len(lines) > 1 and lines[-1] == "":
-            lines.pop()
-        if wildcard:
-            caption = "\n".join(line.strip() for line in lines if line.strip() != "")
-        else:
-            caption = lines[0].strip()
-        return CaptionRead(candidate, caption, None, caption.startswith("\ufeff"))
+        if exists:
+            return _caption_file(candidate, wildcard)
     return CaptionRead(None, None)
 
 
-def kept_tokens(caption: str, subset: SubsetPlan) -> tuple[str, ...]:
-    """The tokens that keep their place when shuffling (BaseDataset.process_caption)."""
+def _caption_file(path: str, wildcard: bool) -> CaptionRead:
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        return CaptionRead(path, None, f"cannot be read: {exc.strerror}")
+    if not raw:
+        return CaptionRead(path, None, "empty caption file: sd-scripts stops with 'caption file is empty'")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return CaptionRead(path, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at {exc.start}): "
+                           "sd-scripts stops with 'illegal char in file (not UTF-8)'")
+    # text-mode readlines(): universal newlines, split on "\n" only
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    if wildcard:
+        caption = "\n".join(line.strip() for line in lines if line.strip() != "")
+    else:
+        caption = lines[0].strip()
+    return CaptionRead(path, caption, None, caption.startswith("\ufeff"))
+
+
+def token_keeper(subset: SubsetPlan) -> Callable[[str], tuple[str, ...]]:
+    """caption -> the tokens that keep their place when shuffling (BaseDataset.process_caption)."""
     get = subset.get.get
-    if get("caption_prefix"):
-        caption = get("caption_prefix") + " " + caption
-    if get("caption_suffix"):
-        caption = caption + " " + get("caption_suffix")
-    caption = caption.split("\n")[0]
+    prefix, suffix = get("caption_prefix"), get("caption_suffix")
     separator = get("caption_separator") or ","
     keep_sep = get("keep_tokens_separator")
-    if keep_sep and keep_sep in caption:
-        fixed = caption.split(keep_sep, 1)[0]
-        return tuple(t.strip() for t in fixed.split(separator) if t.strip())
-    tokens = [t.strip() for t in caption.strip().split(separator)]
     keep = get("keep_tokens") or 0
-    return tuple(tokens[:keep]) if keep > 0 else ()
+
+    def kept(caption: str) -> tuple[str, ...]:
+        if prefix:
+            caption = prefix + " " + caption
+        if suffix:
+            caption = caption + " " + suffix
+        caption = caption.split("\n")[0]
+        if keep_sep and keep_sep in caption:
+            fixed = caption.split(keep_sep, 1)[0]
+            return tuple(t.strip() for t in fixed.split(separator) if t.strip())
+        tokens = [t.strip() for t in caption.strip().split(separator)]
+        return tuple(tokens[:keep]) if keep > 0 else ()
+    return kept
 
 
 def shuffles(subset: SubsetPlan) -> bool:
@@ -512,7 +529,16 @@ def shuffles(subset: SubsetPlan) -> bool:
 def subset_images(plan: Plan, subset: SubsetPlan) -> list[str] | None:
     """Image paths (as sd-scripts spells them) a DreamBooth/ControlNet subset loads; None when its folder is missing.
 
-    With cache_info and an existing metadata_cache.json, sd-scripts takes the list from that file."""
+    With cache_info and an existing metadata_cache.json, sd-scripts takes the list from that file. The list is
+    made once per plan; callers get their own copy."""
+    key = id(subset)
+    if key not in plan._images:
+        plan._images[key] = _subset_images(plan, subset)
+    found = plan._images[key]
+    return list(found) if found is not None else None
+
+
+def _subset_images(plan: Plan, subset: SubsetPlan) -> list[str] | None:
     image_dir = subset.get.get("image_dir")
     if not isinstance(image_dir, str) or not image_dir:
         return None
@@ -527,7 +553,8 @@ def subset_images(plan: Plan, subset: SubsetPlan) -> list[str] | None:
     scan = plan.scan(Path(image_dir))
     if scan.error:
         return None
-    return [os.path.join(image_dir, name) for name in scan.images + scan.image_named_dirs]
+    prefix = os.path.join(image_dir, "")
+    return [prefix + name for name in scan.images + scan.image_named_dirs]
 
 
 def finetune_entries(subset: SubsetPlan) -> tuple[dict[str, dict], str | None]:
@@ -744,12 +771,15 @@ def count_dataset(plan: Plan, dataset: DatasetPlan, sizes: Callable[[Iterable[st
         manager = _bucket_manager(dataset)
         found = sizes([w for w in where.values() if isinstance(w, str)])
         unknown = 0
+        chosen: dict[tuple[int, int], tuple[int, int]] = {}  # image size -> bucket, computed once per size
         for key, repeats in image_repeats.items():
             size = where[key] if isinstance(where[key], tuple) else found.get(where[key])
             if not size or size[0] <= 0 or size[1] <= 0:
                 unknown += 1
                 continue
-            reso = manager.select(*size)
+            reso = chosen.get(size)
+            if reso is None:
+                reso = chosen[size] = manager.select(*size)
             buckets[reso] = buckets.get(reso, 0) + repeats
         if unknown:
             notes.append(f"{unknown} images have no readable size (sd-scripts crashes on them); they are left "

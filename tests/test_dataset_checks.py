@@ -396,8 +396,9 @@ def test_folder_mode_caption_fix_edits_the_training_config(checkout: Path, tmp_p
 
 def test_json_config_and_no_dataset(checkout: Path, tmp_path: Path, seed) -> None:
     dataset, train = seed(tmp_path)
-    import tomllib
     import json
+
+    import tomllib
     json_config = tmp_path / "dataset.json"
     json_config.write_text(json.dumps(tomllib.loads(dataset.read_text())))
     assert run(checkout, json_config, train)["dataset.steps"].data["total_steps"] == 920
@@ -507,3 +508,77 @@ def test_missing_metadata_file_and_relative_paths(checkout: Path, tmp_path: Path
     assert result.status is Status.FAIL and "metadata_file = 'meta.json': does not exist" in result.summary
     assert any("is relative" in d for d in result.details)
     os.remove(tmp_path / "d.toml")
+
+
+# ----------------------------------------------------------------------------- the other dataset kinds
+
+def test_face_crop_caption_name_and_wildcard_captions(checkout: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "img"
+    image(folder / "spyke_0_10_20_30.png")
+    (folder / "spyke.caption").write_text("spyke, face\n")  # read_caption's second candidate
+    image(folder / "b.png")
+    (folder / "b.caption").write_text("\n\nfirst line empty\n")
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{folder}"\n')
+    result = run(checkout, dataset)["dataset.captions"]
+    assert result.status is Status.WARN and "1 caption file with an empty first line" in result.summary
+    dataset.write_text(dataset.read_text().replace("resolution = 512", "resolution = 512\nenable_wildcard = true"))
+    assert run(checkout, dataset)["dataset.captions"].status is Status.OK
+
+
+def test_cache_info_takes_the_image_list_from_metadata_cache(checkout: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "img"
+    for i in range(3):
+        image(folder / f"{i}.png")
+    (folder / "metadata_cache.json").write_text(
+        '{"%s": {"caption": "a", "resolution": [512, 512]}}' % (folder / "0.png"))
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[general]\nresolution = 512\ncache_info = true\n[[datasets]]\n[[datasets.subsets]]\n'
+                       f'image_dir = "{folder}"\n')
+    assert run(checkout, dataset)["dataset.steps"].data["train_images_x_repeats"] == 1
+
+
+def test_fine_tuning_metadata_counts_entries(checkout: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "img"
+    image(folder / "a.png", (512, 768))
+    (tmp_path / "meta.json").write_text('{"a.png": {"caption": "x"}, "gone.png": {"caption": "y", '
+                                        '"image_size": [512, 512]}}')
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[[datasets]]\nresolution = 512\nenable_bucket = true\nbatch_size = 2\n[[datasets.subsets]]\n'
+                       f'metadata_file = "{tmp_path / "meta.json"}"\nimage_dir = "{folder}"\nnum_repeats = 3\n')
+    results = run(checkout, dataset)
+    assert results["dataset.schema"].status is Status.OK
+    assert results["dataset.images"].status is Status.WARN and "1 of 2 metadata entries" in results["dataset.images"].summary
+    data = results["dataset.steps"].data
+    # 2 entries x 3 repeats; buckets 384x640 (3) and 512x512 (3) with batch 2 -> 2 + 2 batches
+    assert (data["train_images_x_repeats"], data["batches_per_epoch"]) == (6, 4)
+
+
+def test_controlnet_pairs_images_with_conditioning_images(checkout: Path, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        image(tmp_path / "img" / f"{name}.png")
+        (tmp_path / "img" / f"{name}.caption").write_text("x\n")
+    image(tmp_path / "cond" / "a.jpg", fmt="JPEG")
+    image(tmp_path / "cond" / "z.png")
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "img"}"\n'
+                       f'conditioning_data_dir = "{tmp_path / "cond"}"\n')
+    plain = run(checkout, dataset)["dataset.schema"]
+    assert plain.status is Status.FAIL and "masked_loss" in plain.details[0]
+    result = run(checkout, dataset, args=["--masked_loss"])["dataset.images"]
+    assert result.status is Status.FAIL
+    assert "1 image without a conditioning image" in result.details[0] and "(b)" in result.details[0]
+    assert "1 conditioning image without a training image (z)" in result.details[1]
+
+
+def test_validation_split_with_seed_is_exact(checkout: Path, tmp_path: Path) -> None:
+    for i in range(10):
+        image(tmp_path / "t" / f"{i}.png")
+    image(tmp_path / "r" / "0.png")
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[[datasets]]\nresolution = 512\nvalidation_split = 0.25\nvalidation_seed = 3\n'
+                       f'[[datasets.subsets]]\nimage_dir = "{tmp_path / "t"}"\n'
+                       f'[[datasets.subsets]]\nimage_dir = "{tmp_path / "r"}"\nis_reg = true\n')
+    data = run(checkout, dataset)["dataset.steps"].data
+    # ceil(10 * 0.75) = 8 train images; the reg image is not split and balances to 8
+    assert (data["train_images_x_repeats"], data["samples_per_epoch"]) == (8, 16)

@@ -15,22 +15,47 @@ import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from lorasetup import sdfacts
 from lorasetup.checks import check
 from lorasetup.context import Context
 from lorasetup.dataset_scan import (
-    EXTENSION_FORMAT, NOT_CAPTIONS, PLUGIN_EXTENSIONS, CaptionRead, ImageProbe, ImpossibleSteps, Plan, StepPlan,
-    SubsetPlan, Value, build_plan, count_dataset, finetune_entries, kept_tokens, plan_steps, probe_image,
-    read_caption, read_num_processes, shuffles, subset_images,
+    EXTENSION_FORMAT,
+    NOT_CAPTIONS,
+    PLUGIN_EXTENSIONS,
+    CaptionRead,
+    ImageProbe,
+    ImpossibleSteps,
+    Plan,
+    StepPlan,
+    SubsetPlan,
+    Value,
+    build_plan,
+    count_dataset,
+    finetune_entries,
+    plan_steps,
+    probe_image,
+    read_caption,
+    read_num_processes,
+    shuffles,
+    subset_images,
+    token_keeper,
 )
 from lorasetup.dataset_schema import (
-    PATH_KEYS, ConfigSyntaxError, LoadedConfig, SchemaChecker, TomlLayout, load_config, parse_place, read_schema,
-    sanitizer_support, train_arg_names,
+    PATH_KEYS,
+    ConfigSyntaxError,
+    LoadedConfig,
+    SchemaChecker,
+    TomlLayout,
+    load_config,
+    parse_place,
+    read_schema,
+    sanitizer_support,
+    train_arg_names,
 )
 from lorasetup.model import CheckFailed, Fix, FixError, Result
 from lorasetup.target import tomllib
@@ -259,8 +284,8 @@ def schema(ctx: Context) -> Result:
     plan = _plan(ctx)
     rule_problems, fixes = _dataset_rules(ctx, plan, checker)
     details += rule_problems
-    info = [f"schema: {checker.support.origin} ({checker.support.describe()}); tables from "
-            f"{getattr(checker, 'origin', 'built-in')}"]
+    info = [(f"schema: {checker.support.origin} ({checker.support.describe()}); tables from "
+             f"{getattr(checker, 'origin', 'built-in')}")]
     if args is not None and plan.notes:
         info += plan.notes
     data = {"errors": len(errors), "support": checker.support.describe()}
@@ -534,12 +559,12 @@ def images(ctx: Context) -> Result:
         where = f"{label} {subset.place}"
         if subset.kind == "finetuning":
             entries, _ = finetune_entries(subset)
+            present = [e["abs_path"] for e in entries.values() if os.path.exists(e["abs_path"])]
             missing = [k for k, e in entries.items() if not os.path.exists(e["abs_path"])]
             if missing:
                 warnings.append(f"{where}: {len(missing)} of {len(entries)} metadata entries name no existing image "
                                 f"(e.g. {missing[0]!r}); fine only when their latents are cached (.npz)")
-            _probe_findings(where, [e["abs_path"] for e in entries.values() if e["abs_path"] not in missing],
-                            probes, subset, failures, warnings)
+            _probe_findings(where, present, probes, subset, failures, warnings)
             info.append(f"{where}: {len(entries)} metadata entries")
             continue
         image_dir = subset.get.get("image_dir")
@@ -572,6 +597,8 @@ def images(ctx: Context) -> Result:
                             f"caption file: {', '.join(os.path.basename(d) for d in dupes[:5])}"
                             f"{' ...' if len(dupes) > 5 else ''}")
         _probe_findings(where, found, probes, subset, failures, warnings)
+        if subset.kind == "controlnet":
+            failures.extend(_conditioning_findings(where, plan, subset, found))
         fmts = Counter((probes.get(p) or ImageProbe(None, None)).fmt or "unreadable" for p in found)
         sizes = [probes[p].size for p in found if p in probes and probes[p].size]
         small, large = (min(sizes, key=_area), max(sizes, key=_area)) if sizes else (None, None)
@@ -587,6 +614,30 @@ def images(ctx: Context) -> Result:
         return Result.warn(f"{total} images readable; {len(warnings)} thing{'s' if len(warnings) > 1 else ''} to "
                            f"look at (first: {warnings[0]})", _capped(warnings) + info)
     return Result.ok(f"{total} images readable, formats match their extensions", info)
+
+
+def _conditioning_findings(where: str, plan: Plan, subset: SubsetPlan, found: list[str]) -> list[str]:
+    """ControlNetDataset asserts one conditioning image per image (same stem, any image extension) and none
+    extra ('missing conditioning data for N images', 'extra conditioning data for N images')."""
+    cond_dir = subset.get.get("conditioning_data_dir")
+    if not isinstance(cond_dir, str) or CONTROL.search(cond_dir):
+        return []
+    scan = plan.scan(Path(cond_dir))
+    if scan.error:
+        return []
+    cond = {os.path.splitext(name)[0] for name in scan.images}
+    stems = {os.path.splitext(os.path.basename(p))[0] for p in found}
+    out = []
+    missing, extra = sorted(stems - cond), sorted(cond - stems)
+    if missing:
+        out.append(f"{where}: {len(missing)} image{'s' if len(missing) > 1 else ''} without a conditioning image in "
+                   f"{cond_dir} ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); sd-scripts stops with "
+                   f"'missing conditioning data for {len(missing)} images'")
+    if extra:
+        out.append(f"{where}: {len(extra)} conditioning image{'s' if len(extra) > 1 else ''} without a training image "
+                   f"({', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}); sd-scripts stops with 'extra "
+                   f"conditioning data for {len(extra)} images'")
+    return out
 
 
 def _area(size: tuple[int, int]) -> int:
@@ -619,9 +670,7 @@ def _probe_findings(where: str, paths: list[str], probes: dict[str, ImageProbe],
         if bucket and no_upscale and steps and (w < steps or h < steps):
             bad.append(f"{name}: {w}x{h} is smaller than bucket_reso_steps {steps}: with bucket_no_upscale its "
                        "bucket is 0 pixels wide and sd-scripts crashes")
-        elif bucket and not no_upscale and min(w, h) < min_bucket:
-            small.append(f"{name} {w}x{h}")
-        elif not bucket and resolution and (w < resolution[0] or h < resolution[1]):
+        elif bucket and not no_upscale and min(w, h) < min_bucket or not bucket and resolution and (w < resolution[0] or h < resolution[1]):
             small.append(f"{name} {w}x{h}")
     if bad:
         failures.extend(f"{where}: {b}" for b in bad)
@@ -738,12 +787,13 @@ def _trigger_findings(where: str, subset: SubsetPlan, reads: dict[str, CaptionRe
         return []
     if not shuffles(subset):
         return []
-    heads = Counter(kept_tokens(r.text, subset) for r in reads.values() if r.text)
+    kept = token_keeper(subset)
+    heads = Counter(kept(r.text) for r in reads.values() if r.text)
     if len(heads) <= 1:
         return []
     shown = "; ".join(f"{', '.join(h) or '(nothing)'} x{n}" for h, n in heads.most_common(4))
-    return [f"{where}: keep_tokens = {keep} keeps different leading tokens in different captions ({shown}); the "
-            "trigger word should come first in every caption"]
+    return [(f"{where}: keep_tokens = {keep} keeps different leading tokens in different captions ({shown}); the "
+             "trigger word should come first in every caption")]
 
 
 _REG_NAME = re.compile(r"(^|[^a-z])(reg|regs|regularization|regularisation|class)([^a-z]|$)", re.IGNORECASE)
@@ -754,11 +804,11 @@ def _reg_findings(where: str, subset: SubsetPlan, plan: Plan) -> list[str]:
         return []
     name = os.path.basename(os.path.normpath(str(subset.get.get("image_dir") or "")))
     if _REG_NAME.search(name) and not subset.is_reg:
-        return [f"{where}: folder {name!r} looks like regularization images but is_reg is not set: they train as "
-                "your subject (set is_reg = true in this subset)"]
+        return [(f"{where}: folder {name!r} looks like regularization images but is_reg is not set: they train as "
+                 "your subject (set is_reg = true in this subset)")]
     if subset.is_reg and re.search(r"train|subject|char", name, re.IGNORECASE) and not _REG_NAME.search(name):
-        return [f"{where}: folder {name!r} is marked is_reg = true: its images only balance the training set and "
-                "do not teach the subject; remove is_reg if they are your training images"]
+        return [(f"{where}: folder {name!r} is marked is_reg = true: its images only balance the training set and "
+                 "do not teach the subject; remove is_reg if they are your training images")]
     return []
 
 
