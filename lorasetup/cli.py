@@ -160,10 +160,14 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     heading = "fixes" if apply else ("plan (dry run: nothing changed)" if args.fix else
                                      "plan (run again with --fix to apply the safe fixes)")
     err(f"{heading}:" if outcomes else "nothing to fix automatically")
+    shown: set[tuple[str, ...]] = set()
     for o in outcomes:
         err(f"  [{o.state}] {o.check_id}: {o.description}")
-        for cmd in o.commands:
+        if tuple(o.commands) in shown:
+            err("      (the same command as above, run once)")
+        for cmd in o.commands if tuple(o.commands) not in shown else []:
             err(f"      $ {cmd}")
+        shown.add(tuple(o.commands))
         if o.message:
             err("      " + o.message.replace("\n", "\n      "))
     manual = needs_you(results, outcomes)

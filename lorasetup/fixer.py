@@ -65,15 +65,22 @@ def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected:
         if not apply:
             break
         applied: set[str] = set()
+        ran: dict[tuple[str, ...], str | None] = {}  # one plan shared by several checks runs once
         for r in todo:
             outcome = outcomes[r.check_id]
             if outcome.state != "planned":
                 continue
-            try:
-                r.fix.apply()  # type: ignore[union-attr]
+            key = tuple(outcome.commands)
+            if key not in ran:
+                try:
+                    r.fix.apply()  # type: ignore[union-attr]
+                    ran[key] = None
+                except FixError as exc:
+                    ran[key] = str(exc)
+            if ran[key] is None:
                 applied.add(r.check_id)
-            except FixError as exc:
-                outcome.state, outcome.message = "fix failed", str(exc)
+            else:
+                outcome.state, outcome.message = "fix failed", ran[key] or ""
         if not applied:
             break
         recheck = dependents(checks, applied)

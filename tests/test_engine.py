@@ -102,3 +102,38 @@ def test_memo_runs_once_across_threads():
     ctx.prefetch("k", lambda: calls.append(1) or "v")
     assert ctx.memo("k", lambda: calls.append(2) or "other") == "v"
     assert calls == [1]
+
+
+def test_bootstrap_runs_a_shared_fix_once_and_rechecks_dependents():
+    from lorasetup.fixer import bootstrap
+    from lorasetup.model import Fix
+
+    state = {"installed": False, "runs": 0}
+
+    def install():
+        state["runs"] += 1
+        state["installed"] = True
+
+    def needs_install(ctx):
+        if state["installed"]:
+            return Result.ok("installed")
+        return Result.fail("missing", fix=Fix("pip install x", ["pip install x==1"], install))
+    checks = [mk("deps.a", needs_install), mk("deps.b", needs_install),
+              mk("deps.c", lambda ctx: Result.ok("c"), requires=("deps.b",))]
+    results, outcomes = bootstrap(lambda: Context(Target()), checks, checks, apply=True, yes=False)
+    assert state["runs"] == 1
+    assert [(o.check_id, o.state) for o in outcomes] == [("deps.a", "fixed"), ("deps.b", "fixed")]
+    assert [r.status for r in results] == [Status.OK, Status.OK, Status.OK]
+
+
+def test_bootstrap_leaves_unsafe_fixes_without_yes():
+    from lorasetup.fixer import bootstrap
+    from lorasetup.model import Fix
+
+    applied = []
+    check = mk("device.x", lambda ctx: Result.fail("x", fix=Fix("rewrite", ["edit"], lambda: applied.append(1),
+                                                                  safe=False)))
+    _, outcomes = bootstrap(lambda: Context(Target()), [check], [check], apply=True, yes=False)
+    assert outcomes[0].state == "needs --yes" and applied == []
+    _, outcomes = bootstrap(lambda: Context(Target()), [check], [check], apply=True, yes=True)
+    assert applied == [1] and outcomes[0].state == "still failing"
