@@ -154,7 +154,7 @@ class Resolver:
             value = _from_arg(arg, kind or STR, self.train_args.get(arg))
             if value is not None:
                 return Value(value, self.train_args.place(arg), "args")
-        return Value(ARG_DEFAULTS.get(name), "default", "default")
+        return Value(ARG_DEFAULTS.get(name), "sd-scripts' default", "default")
 
 
 @dataclass
@@ -812,7 +812,7 @@ def step_arg(train_args: TrainArgs | None, name: str) -> Value:
     """A training-loop option with its place; strings from the command line are read as integers."""
     default = STEP_ARG_DEFAULTS[name]
     if train_args is None or name not in train_args or train_args.get(name) is None:
-        return Value(default, "default", "default")
+        return Value(default, "sd-scripts' default", "default")
     raw = train_args.get(name)
     if name in ("output_name", "save_model_as"):
         return Value(str(raw), train_args.place(name), "args")
@@ -829,8 +829,10 @@ def plan_steps(counts: list[DatasetCount], train_args: TrainArgs | None, num_pro
     """train_network.py: steps per epoch, total steps, epochs, and where checkpoints are written."""
     batches = sum(c.batches for c in counts)
     if batches == 0:
-        raise ImpossibleSteps("no images with repeats >= 1 anywhere: sd-scripts logs 'No data found. Please verify "
-                              "arguments' and exits 0 without training")
+        only_reg = sum(c.reg_samples for c in counts) > 0
+        raise ImpossibleSteps(("only regularization images (is_reg) and no training images" if only_reg else
+                               "no images with repeats >= 1 anywhere") + ": sd-scripts logs 'No data found. Please "
+                              "verify arguments' and exits 0 without training")
     accum = step_arg(train_args, "gradient_accumulation_steps")
     if accum.value < 1:
         raise ImpossibleSteps(f"gradient_accumulation_steps {accum.value} ({accum.place}) must be at least 1")

@@ -538,8 +538,9 @@ class SchemaChecker:
     """Validates a parsed config against the sanitizer one entry script builds."""
 
     def __init__(self, support: Support, tables: dict[str, dict[str, tuple[str, bool]]],
-                 train_arg_names: Iterable[str] = ()) -> None:
+                 train_arg_names: Iterable[str] = (), origin: str = "built-in copy") -> None:
         self.support = support
+        self.origin = origin  # where the tables were read
         t = tables
         dropout = t["DO_SUBSET_ASCENDABLE_SCHEMA"] if support.dropout else {}
         # The merges below follow ConfigSanitizer.__init__ (library/config_util.py), later tables winning.

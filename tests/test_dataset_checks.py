@@ -150,8 +150,8 @@ def test_typo_missing_dir_and_caption_mismatch_fail_fast_with_place_and_fix(chec
     assert elapsed < 1.0
     schema = results["dataset.schema"]
     assert schema.status is Status.FAIL
-    assert "dataset.toml:12 datasets[0].subsets[0].num_repeat" in schema.details[0]
-    assert "did you mean `num_repeats`?" in schema.details[0]
+    assert schema.summary.startswith("dataset.toml:12 datasets[0].subsets[0].num_repeat: unknown key")
+    assert "did you mean `num_repeats`?" in schema.summary and "num_repeats" in schema.hint
     paths = results["dataset.paths"]
     assert paths.status is Status.FAIL and "datasets[0].subsets[1].image_dir" in paths.summary
     assert "does not exist" in paths.summary
@@ -582,3 +582,16 @@ def test_validation_split_with_seed_is_exact(checkout: Path, tmp_path: Path) -> 
     data = run(checkout, dataset)["dataset.steps"].data
     # ceil(10 * 0.75) = 8 train images; the reg image is not split and balances to 8
     assert (data["train_images_x_repeats"], data["samples_per_epoch"]) == (8, 16)
+
+
+def test_shared_general_bucket_steps_are_fixed_once(checkout: Path, tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        image(tmp_path / name / "0.png")
+    dataset = tmp_path / "d.toml"
+    dataset.write_text(f'[general]\nresolution = 512\nenable_bucket = true\nbucket_reso_steps = 100\n'
+                       f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "a"}"\n'
+                       f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "b"}"\n')
+    result = run(checkout, dataset)["dataset.schema"]
+    assert result.status is Status.FAIL and result.summary.startswith("d.toml general.bucket_reso_steps = 100")
+    result.fix.apply()
+    assert dataset.read_text().count("bucket_reso_steps = 64\n") == 1

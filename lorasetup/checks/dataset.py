@@ -50,7 +50,9 @@ from lorasetup.dataset_schema import (
     ConfigSyntaxError,
     LoadedConfig,
     SchemaChecker,
+    SchemaError,
     TomlLayout,
+    format_place,
     load_config,
     parse_place,
     read_schema,
@@ -81,8 +83,7 @@ def _script(ctx: Context) -> Path | None:
 
 
 def _config_path(ctx: Context) -> Path | None:
-    if ctx.target.dataset_config is not None:
-        return ctx.target.dataset_config
+    """The Target's dataset config, else the training arguments' `dataset_config`."""
     try:
         return ctx.path_setting("dataset_config", "dataset_config")
     except CheckFailed:
@@ -95,9 +96,7 @@ def _checker(ctx: Context) -> SchemaChecker:
         support = sanitizer_support(_script(ctx), lambda name: bool(args and args.flag(name)))
         root = ctx.target.sd_scripts
         tables, origin = read_schema(root / "library" / "config_util.py" if root else None)
-        checker = SchemaChecker(support, tables, train_arg_names(root, _script(ctx)))
-        checker.origin = origin  # type: ignore[attr-defined]
-        return checker
+        return SchemaChecker(support, tables, train_arg_names(root, _script(ctx)), origin)
     return ctx.memo("dataset:checker", build)
 
 
@@ -107,6 +106,14 @@ def _loaded(ctx: Context) -> LoadedConfig | None:
         path = _config_path(ctx)
         return load_config(path) if path is not None else None
     return ctx.memo("dataset:config", load)
+
+
+def _schema_errors(ctx: Context) -> list[SchemaError]:
+    """The sanitizer's errors for the dataset config (none in folder mode); raises ConfigSyntaxError."""
+    def validate() -> list[SchemaError]:
+        loaded = _loaded(ctx)
+        return _checker(ctx).validate(loaded.data, loaded.fmt, loaded.layout) if loaded is not None else []
+    return ctx.memo("dataset:errors", validate)
 
 
 def _plan(ctx: Context) -> Plan:
@@ -157,6 +164,18 @@ def _prefetch_probes(ctx: Context) -> None:
 
 def _capped(lines: list[str], limit: int = SHOWN) -> list[str]:
     return lines if len(lines) <= limit else lines[:limit] + [f"... and {len(lines) - limit} more"]
+
+
+def _count_summary(items: list[str], noun: str) -> str:
+    """One finding: the finding itself; several: how many, and the first."""
+    if len(items) == 1:
+        return items[0]
+    return f"{len(items)} {noun}s (first: {items[0]})"
+
+
+def _rest(items: list[str]) -> list[str]:
+    """The detail lines under a `_count_summary` (a single finding is already the summary)."""
+    return _capped(items) if len(items) > 1 else []
 
 
 def _file_label(plan: Plan) -> str:
@@ -226,7 +245,7 @@ def _set_key(text: str, layout: TomlLayout, table: tuple, key: str, literal: str
     span = layout.tables.get(table)
     if span is None:
         return None
-    where = "[" + ".".join(str(p) for p in table) + "]" if table else "top level"
+    where = format_place(table) if table else "top level"
     if key in span.keys:
         k = span.keys[key]
         return Edit(k.start, k.end, literal, f"line {k.line + 1}: {key} = {literal}")
@@ -275,17 +294,17 @@ def schema(ctx: Context) -> Result:
             return Result.skip(plan.notes[0])
         problems, _ = _dataset_rules(ctx, plan, checker)
         if problems:
-            return Result.fail(problems[0], problems, hint=_RULES_HINT)
+            return Result.fail(_count_summary(problems, "problem"), _rest(problems), hint=_RULES_HINT)
         return Result.ok(f"folder mode: {plan.train_data_dir.value} ({plan.train_data_dir.place}); no dataset "
                          "config to validate", [f"rules of {checker.support.origin}"])
-    errors = checker.validate(loaded.data, loaded.fmt, loaded.layout)
+    errors = _schema_errors(ctx)
     label = loaded.path.name
     details = [e.render(label) for e in errors]
     plan = _plan(ctx)
     rule_problems, fixes = _dataset_rules(ctx, plan, checker)
     details += rule_problems
     info = [(f"schema: {checker.support.origin} ({checker.support.describe()}); tables from "
-             f"{getattr(checker, 'origin', 'built-in')}")]
+             f"{checker.origin}")]
     if args is not None and plan.notes:
         info += plan.notes
     data = {"errors": len(errors), "support": checker.support.describe()}
@@ -294,11 +313,13 @@ def schema(ctx: Context) -> Result:
         hint = (f"fix {label}{':' + str(first.line) if first.line else ''} {first.place}"
                 + (f" ({first.hint})" if first.hint else "") + "; sd-scripts stops at start with "
                 "'Invalid user config' and shows only the first of these")
-        return Result.fail(f"{len(errors)} error{'s' if len(errors) > 1 else ''} in {label} that sd-scripts rejects"
-                           f" (first: {first.place}: {first.problem})", details + info, hint=hint, data=data,
+        summary = details[0] if len(errors) == 1 else \
+            f"{len(errors)} errors in {label} that sd-scripts rejects (first: {first.place}: {first.problem})"
+        return Result.fail(summary, (details[1:] if len(errors) == 1 else details) + info, hint=hint, data=data,
                            fix=fixes)
     if rule_problems:
-        return Result.fail(rule_problems[0], details + info, hint=_RULES_HINT, fix=fixes, data=data)
+        return Result.fail(_count_summary(rule_problems, "problem"), _rest(rule_problems) + info, hint=_RULES_HINT,
+                           fix=fixes, data=data)
     n_sub = len(plan.subsets)
     return Result.ok(f"{label}: valid for {ctx.target.script} ({len(plan.datasets)} dataset"
                      f"{'s' if len(plan.datasets) != 1 else ''}, {n_sub} subset{'s' if n_sub != 1 else ''})",
@@ -363,6 +384,7 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
     problems: list[str] = []
     fix_edits: list[Edit] = []
     changes: list[tuple[tuple, str, Any]] = []
+    seen: set[str] = set()
     divisor = sdfacts.bucket_divisor(_script(ctx)) if _script(ctx) is not None else None
     label = _file_label(plan)
     for dataset in plan.datasets:
@@ -377,7 +399,8 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
         steps, low, high = get("bucket_reso_steps"), get("min_bucket_reso"), get("max_bucket_reso")
         if not isinstance(steps.value, int) or steps.value < 1:
             continue
-        if divisor and steps.value % divisor and steps.source in ("dataset", "general"):
+        if divisor and steps.value % divisor and steps.source in ("dataset", "general") and steps.place not in seen:
+            seen.add(steps.place)  # a [general] value shared by several datasets is reported and fixed once
             problems.append(f"{label} {steps.place} = {steps.value}: {ctx.target.script} needs bucket_reso_steps "
                             f"divisible by {divisor} (sd-scripts: 'bucket_reso_steps is {steps.value}. it must be "
                             f"divisible by {divisor}')")
@@ -482,7 +505,7 @@ def paths(ctx: Context) -> Result:
         hint = ("write Windows paths in single quotes (TOML literal strings), e.g. image_dir = 'C:\\train\\img'"
                 if literal_edits or any("control character" in p for p in problems) else
                 f"correct the paths in {plan.config.path if plan.config else label}")
-        return Result.fail(problems[0], problems + notes, hint=hint, fix=fix)
+        return Result.fail(_count_summary(problems, "path problem"), _rest(problems) + notes, hint=hint, fix=fix)
     return Result.ok(f"{len(plan.subsets)} subset folder{'s' if len(plan.subsets) != 1 else ''} found",
                      [f"{s.place}: {s.get.get('image_dir') or s.get.get('metadata_file')}" for s in plan.subsets]
                      + notes)
@@ -534,8 +557,8 @@ def _folder_paths(ctx: Context, plan: Plan) -> Result:
         return Result.fail(f"{summary}: sd-scripts logs 'No data found' and exits 0 without training", detail,
                            hint=hint)
     if problems:
-        return Result.fail(problems[0], problems + plan.notes, hint="point train_data_dir at the parent of the "
-                           "<repeats>_<name> folders")
+        return Result.fail(_count_summary(problems, "path problem"), _rest(problems) + plan.notes,
+                           hint="point train_data_dir at the parent of the <repeats>_<name> folders")
     return Result.ok(f"folder mode: {len(plan.subsets)} subfolder{'s' if len(plan.subsets) != 1 else ''} "
                      f"<repeats>_<name> in {base.value}",
                      [f"{s.place}: {s.get.get('num_repeats')} repeats, class tokens "
@@ -606,13 +629,12 @@ def images(ctx: Context) -> Result:
         info.append(f"{where}: {len(found)} images ({', '.join(f'{n} {f}' for f, n in sorted(fmts.items()))}){span}")
     total = len(probes)
     if failures:
-        return Result.fail(f"{len(failures)} image problem{'s' if len(failures) > 1 else ''} that stop sd-scripts "
-                           f"(first: {failures[0]})", _capped(failures) + _capped(warnings) + info,
+        return Result.fail(_count_summary(failures, "image problem"), _rest(failures) + _capped(warnings) + info,
                            hint="replace or remove the files listed (re-export them from an image editor); "
                            "sd-scripts crashes when it reaches them, possibly hours into the run")
     if warnings:
-        return Result.warn(f"{total} images readable; {len(warnings)} thing{'s' if len(warnings) > 1 else ''} to "
-                           f"look at (first: {warnings[0]})", _capped(warnings) + info)
+        return Result.warn(f"{total} images readable; " + _count_summary(warnings, "image warning"),
+                           _rest(warnings) + info)
     return Result.ok(f"{total} images readable, formats match their extensions", info)
 
 
@@ -724,7 +746,8 @@ def captions(ctx: Context) -> Result:
             failures.append(f"{where}: {len(missing)} of {len(paths_)} images have no {ext_value or '(empty)'} caption "
                             f"(caption_extension {ext_value!r} from {ext.place}) but {other[1]} have a {other[0]} file "
                             f"next to them; sd-scripts ignores those and trains on "
-                            f"{'the class tokens' if subset.get.get('class_tokens') is not None else 'empty captions'}")
+                            f"{'the class tokens' if subset.get.get('class_tokens') is not None else 'empty captions'}"
+                            " (the LoRA learns no trigger word)")
             mismatched.append((subset, ext, other[0]))
         elif ext_value and not ext_value.startswith(".") and missing:
             failures.append(f"{where}: caption_extension {ext_value!r} ({ext.place}) has no leading dot: sd-scripts "
@@ -755,11 +778,10 @@ def captions(ctx: Context) -> Result:
     if failures:
         hint = (f"set caption_extension = \"{mismatched[0][2]}\" (the extension your caption files use)"
                 if mismatched else "fix the caption files listed: UTF-8 text, not empty")
-        return Result.fail(f"{len(failures)} caption problem{'s' if len(failures) > 1 else ''} (first: {failures[0]})",
-                           _capped(failures) + _capped(warnings) + info, hint=hint, fix=fix)
+        return Result.fail(_count_summary(failures, "caption problem"), _rest(failures) + _capped(warnings) + info,
+                           hint=hint, fix=fix)
     if warnings:
-        return Result.warn(f"{len(warnings)} caption thing{'s' if len(warnings) > 1 else ''} to look at (first: "
-                           f"{warnings[0]})", _capped(warnings) + info)
+        return Result.warn(_count_summary(warnings, "caption warning"), _rest(warnings) + info)
     return Result.ok("every training image has a readable caption", info)
 
 
@@ -916,14 +938,17 @@ def steps(ctx: Context) -> Result:
     per_proc = f" / {sp.num_processes} processes" if sp.num_processes > 1 else ""
     accum = f" / gradient accumulation {sp.grad_accum}" if sp.grad_accum > 1 else ""
     details.append(f"steps per epoch: {sp.batches_per_epoch} batches{per_proc}{accum} = {sp.steps_per_epoch}")
-    step_saves = [s["step"] for s in sp.saves if s["kind"] != "final"]
+    step_saves = sorted({s["step"] for s in sp.saves if s["kind"] != "final"})
     details.append("checkpoints: " + ", ".join(f"{s['file']} (step {s['step']})" for s in sp.saves[:8])
                    + (f" ... {len(sp.saves)} files" if len(sp.saves) > 8 else ""))
     details += sp.notes + plan.notes
-    saves = f"; saves at steps {', '.join(map(str, step_saves[:10]))}{' ...' if len(step_saves) > 10 else ''}" \
+    final = "" if sp.total_steps in step_saves else f", {sp.total_steps} (final)"
+    saves = f"; saves at steps {', '.join(map(str, step_saves[:10]))}{' ...' if len(step_saves) > 10 else ''}{final}" \
         if step_saves else "; saves only at the end"
     summary = (f"{sp.steps_per_epoch} steps per epoch; {sp.total_steps} steps = {sp.epochs} epoch"
                f"{'s' if sp.epochs != 1 else ''}{saves}")
+    if _schema_errors(ctx):
+        summary += " (counting as if the keys dataset.schema rejects were left out)"
     return Result.ok(summary, details, data=sp.data())
 
 
