@@ -4,7 +4,9 @@ sd-scripts-shaped tree, real torch training, the verdict on each way a run goes 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from lorasetup.launch import smoke_command
 from lorasetup.model import Status
 from lorasetup.target import Target
 
+ROOT = Path(__file__).resolve().parents[1]
 GUI_CONFIG = """
 [training]
 network_module = "networks.lora"
@@ -125,3 +128,26 @@ def test_no_data_found_with_exit_0_fails(setup, monkeypatch):
     monkeypatch.setenv("FIXTURE_TRAINER_MODE", "nodata")
     result = smoke(target)
     assert result.status is Status.FAIL and "No data found" in result.summary and "train_data_dir" in result.hint
+
+
+MARKER_PLUGIN = '''
+def pytest_collection_finish(session):
+    for item in session.items:
+        print("TIMEOUT", item.nodeid, item.get_closest_marker("timeout").args[0])
+'''
+
+
+def test_pytest_gate_runs_the_smoke_check_with_the_targets_timeout(setup, tmp_path):
+    target, _, _ = setup
+    (tmp_path / "show_timeout.py").write_text(MARKER_PLUGIN)
+    (tmp_path / "lorasetup.toml").write_text(
+        f'kohya_root = "{target.kohya_root}"\npython = "{target.python}"\ndataset_config = "{target.dataset_config}"\n'
+        f'train_config = "{target.train_config}"\n\n[smoke]\nsteps = 3\ntimeout = 60\n')
+    report = tmp_path / "smoke.xml"
+    gate = subprocess.run([sys.executable, "-m", "pytest", str(ROOT / "validation" / "test_smoke.py"), "-m", "smoke",
+                           "-p", "no:cacheprovider", "-p", "show_timeout", f"--junitxml={report}", "-s"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path), "NO_COLOR": "1"}, check=False)
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    assert "test_smoke.py::test_smoke[smoke.run] 180.0" in gate.stdout  # [smoke] timeout 60 + the margin
+    assert 'tests="1"' in report.read_text() and "failures=\"0\"" in report.read_text()
