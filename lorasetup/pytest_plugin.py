@@ -97,7 +97,9 @@ def lorasetup_results(request: pytest.FixtureRequest, target: Target) -> Any:
     ctx = Context(target, verbose=request.config.getoption("verbose") > 0)
     runner = Runner(ctx, checks)
     selected = request.config.stash.get(SELECTED, set())
-    runner.start_prefetch(runner.order(c for c in checks if c.id in selected))
+    ordered = runner.order(c for c in checks if c.id in selected)
+    runner.gating = [c.id for c in ordered if "preflight" in c.tags]
+    runner.start_prefetch(ordered)
     yield GateResults(runner, ctx.verbose)
     ctx.close()
 

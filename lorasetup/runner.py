@@ -33,6 +33,7 @@ class Runner:
         self.ctx = ctx
         self.checks = {c.id: c for c in checks}
         self.results: dict[str, Result] = {}
+        self.gating: list[str] = []  # preflight checks of this run: a failure among them blocks smoke checks
 
     def order(self, wanted: Iterable[Check]) -> list[Check]:
         """`wanted` plus their requirements (when registered and not skipped), requirements first."""
@@ -63,6 +64,7 @@ class Runner:
         """Run `wanted` and their requirements; `on_start` sees each check as it starts, `on_result` each
         result as soon as it is known."""
         ordered = self.order(wanted)
+        self.gating = [c.id for c in ordered if "preflight" in c.tags]
         self.start_prefetch(ordered)
         results = []
         for c in ordered:
@@ -74,8 +76,17 @@ class Runner:
         return results
 
     def result(self, check_id: str) -> Result:
+        """The check's result, computing its requirements first. A smoke check also waits for the
+        preflight checks of the run: minutes of training on a setup already known to fail are wasted."""
         if check_id not in self.results:
             c = self.checks[check_id]
+            gates = [g for g in self.gating if g != check_id] if "smoke" in c.tags else []
+            failed = [g for g in gates if self.result(g).status in (Status.FAIL, Status.ERROR)]
+            if failed:
+                self.results[check_id] = Result.skip(
+                    f"blocked by failing preflight checks: {', '.join(failed)}",
+                    hint="fix those first (`lorasetup doctor`), then run the smoke run").with_meta(c, 0.0)
+                return self.results[check_id]
             for req in c.requires:
                 if req in self.checks and self.result(req).status.blocking:
                     blocked = self.result(req)

@@ -137,3 +137,15 @@ def test_bootstrap_leaves_unsafe_fixes_without_yes():
     assert outcomes[0].state == "needs --yes" and applied == []
     _, outcomes = bootstrap(lambda: Context(Target()), [check], [check], apply=True, yes=True)
     assert applied == [1] and outcomes[0].state == "still failing"
+
+
+def test_smoke_checks_wait_for_the_preflight_checks_of_the_run():
+    trained = []
+    smoke = mk("smoke.run", lambda ctx: trained.append(1) or Result.ok("trained"), tags=("smoke",))
+    bad = mk("dataset.schema", lambda ctx: Result.fail("typo"))
+    results = Runner(Context(Target()), [smoke, bad]).run([smoke, bad])
+    by_id = {r.check_id: r for r in results}
+    assert by_id["smoke.run"].status is Status.SKIP and trained == []
+    assert by_id["smoke.run"].summary == "blocked by failing preflight checks: dataset.schema"
+    alone = Runner(Context(Target()), [smoke, bad]).run([smoke])  # `-m smoke` alone: the person chose
+    assert alone[0].status is Status.OK and trained == [1]
