@@ -35,6 +35,7 @@ from typing import Any
 
 from lorasetup import accelconfig
 from lorasetup.context import Context
+from lorasetup.imports import deep_targets
 from lorasetup.probe import MARKER, ProbeError, run_probe
 
 KEY = "stackprobe"
@@ -279,10 +280,6 @@ os._exit(0)  # the answer is written; tearing down torch, transformers and diffu
 
 def _deep_targets(ctx: Context) -> tuple[list[str], list[tuple[str, str]], str | None]:
     """The deps gate's deep-import targets, and the error line if computing them failed."""
-    try:
-        from lorasetup.imports import deep_targets
-    except ImportError:
-        return [], [], None
     try:
         modules, pairs = deep_targets(ctx)
     except Exception as exc:  # noqa: BLE001 - the deps gate reports its own failure; the device part still runs

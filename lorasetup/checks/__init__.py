@@ -41,11 +41,7 @@ def check(check_id: str, title: str, *, tags: Iterable[str] = ("preflight",), re
 def all_checks() -> list[Check]:
     """Every registered check, gate by gate in run order, in registration order within a gate."""
     for gate in GATES:
-        try:
-            importlib.import_module(f"lorasetup.checks.{gate}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lorasetup.checks.{gate}":
-                raise
+        importlib.import_module(f"lorasetup.checks.{gate}")
     order = {gate: i for i, gate in enumerate(GATES)}
     return sorted(_REGISTRY.values(), key=lambda c: order[c.gate])
 
