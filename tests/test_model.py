@@ -165,7 +165,10 @@ def test_pickles_are_never_opened(tmp_path, sd_tree):
 
 def test_missing_unset_and_hub_id(tmp_path, sd_tree, monkeypatch):
     assert model_file(ctx_for(sd_tree, tmp_path / "nope.safetensors")).status is Status.FAIL
-    assert "no base model set" in model_file(ctx_for(sd_tree)).summary
+    unconfigured = model_file(ctx_for(sd_tree))
+    assert unconfigured.status is Status.SKIP and "no training run configured" in unconfigured.summary
+    unset = model_file(ctx_for(sd_tree, args=["--network_dim", "8"]))
+    assert unset.status is Status.FAIL and "no base model set" in unset.summary
     monkeypatch.chdir(tmp_path)
     hub = model_file(ctx_for(sd_tree, args=["--pretrained_model_name_or_path", "runwayml/stable-diffusion-v1-5"]))
     assert hub.status is Status.WARN and "Hugging Face Hub id" in hub.summary

@@ -75,6 +75,10 @@ HEADER_HINTS = {
 @check("model.file", "the base model exists and its header is sane (no weights loaded)", tags=("preflight",))
 def model_file(ctx: Context) -> Result:
     path, hub_id = base_model(ctx)
+    if path is None and not (ctx.target.train_config or ctx.target.train_args):
+        return Result.skip("no training run configured (no base model, training config or arguments)",
+                           hint="set `base_model = \"/path/model.safetensors\"` in lorasetup.toml, or pass "
+                                "--base-model")
     if path is None:
         return Result.fail("no base model set: sd-scripts stops at start without one",
                            hint="set `base_model = \"/path/model.safetensors\"` in lorasetup.toml, or "
