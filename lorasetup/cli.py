@@ -132,10 +132,12 @@ def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
                 sys.stderr.write(f"\r… {c.id:<20} {c.title}\033[K\r")
                 sys.stderr.flush()
 
+        hints: set[str] = set()
+
         def finished(r: Result) -> None:
             if live:
                 sys.stderr.write("\033[K")
-            err(render_result(r, args.verbose, color))
+            err(render_result(r, args.verbose, color, shown_hints=hints))
         results = runner.run(wanted, on_result=finished, on_start=started)
     finally:
         ctx.close()

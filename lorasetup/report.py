@@ -19,8 +19,10 @@ def use_color(stream: IO[str]) -> bool:
     return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()
 
 
-def render_result(result: Result, verbose: bool = False, color: bool = False) -> str:
-    """One check: a marked line, then details, hint and fix indented below it."""
+def render_result(result: Result, verbose: bool = False, color: bool = False,
+                  shown_hints: set[str] | None = None) -> str:
+    """One check: a marked line, then details, hint and fix indented below it. A skip's hint that was
+    already printed for an earlier check (`shown_hints`) is not repeated."""
     mark = MARKS[result.status]
     head = f"{mark} {result.check_id:<20} {result.summary}"
     if verbose:
@@ -31,8 +33,11 @@ def render_result(result: Result, verbose: bool = False, color: bool = False) ->
     show_details = verbose or result.status in (Status.WARN, Status.FAIL, Status.ERROR)
     if show_details:
         lines += [f"    {d}" for line in result.details for d in line.splitlines()]
-    if result.hint and result.status is not Status.OK:
+    repeated = shown_hints is not None and result.status is Status.SKIP and result.hint in shown_hints
+    if result.hint and result.status is not Status.OK and not repeated:
         lines.append(f"    hint: {result.hint}")
+        if shown_hints is not None:
+            shown_hints.add(result.hint)
     if result.fix and result.status is not Status.OK:
         safety = "safe" if result.fix.safe else "needs --yes"
         lines.append(f"    fix ({safety}): {result.fix.description}")

@@ -75,3 +75,14 @@ def test_strict_turns_warnings_into_failures(make_kohya):
 def test_list_checks_names_every_gate():
     out = lorasetup("list-checks").stdout
     assert "repo.submodule" in out and "(needs repo.git)" in out
+
+
+def test_a_skip_hint_is_printed_once(tmp_path):
+    from lorasetup.model import Result
+    from lorasetup.report import render_result
+    shown: set[str] = set()
+    first = Result.skip("no dataset configured", hint="pass --dataset-config")
+    assert "hint: pass --dataset-config" in render_result(first, shown_hints=shown)
+    assert "hint:" not in render_result(first, shown_hints=shown)
+    failing = Result.fail("broken", hint="pass --dataset-config")
+    assert "hint: pass --dataset-config" in render_result(failing, shown_hints=shown)
