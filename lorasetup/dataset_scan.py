@@ -100,7 +100,7 @@ def _from_arg(name: str, kind: str, raw: Any) -> Any:
         return None
     if kind == BOOL:
         return raw is True or (isinstance(raw, str) and raw.lower() in ("true", "1", "yes"))
-    if kind == INT and not isinstance(raw, bool):
+    if kind == INT and not isinstance(raw, (bool, float)):
         try:
             return int(raw)
         except (TypeError, ValueError):
@@ -110,9 +110,11 @@ def _from_arg(name: str, kind: str, raw: Any) -> Any:
             return float(raw) if kind == FLOAT else (raw if isinstance(raw, (int, float)) else float(raw))
         except (TypeError, ValueError):
             return None
-    if kind == INT_OR_PAIR:  # train_util.prepare_dataset_args: "512" or "512,768"
+    if kind == INT_OR_PAIR:  # train_util.prepare_dataset_args: "512" or "512,768" (a list there crashes)
+        if isinstance(raw, (list, tuple, dict, bool, float)):
+            return None
         try:
-            parts = [int(p) for p in str(raw).split(",")] if not isinstance(raw, (list, tuple)) else list(raw)
+            parts = [int(p) for p in str(raw).split(",")]
         except ValueError:
             return None
         return (parts[0], parts[0]) if len(parts) == 1 else tuple(parts) if len(parts) == 2 else None

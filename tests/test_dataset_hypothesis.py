@@ -188,3 +188,30 @@ def test_arbitrary_text(world: dict[str, Path], text: str) -> None:
 def test_arbitrary_training_arguments_in_folder_mode(world: dict[str, Path], args: list[tuple[str, str]]) -> None:
     with scratch():
         run_all(world, None, flatten_args(args, world) + ["--train_data_dir", str(world["root"])])
+
+
+ARG_NAMES = ["train_data_dir", "reg_data_dir", "dataset_config", "train_batch_size", "resolution", "enable_bucket",
+             "caption_extension", "max_train_steps", "max_train_epochs", "save_every_n_steps", "save_every_n_epochs",
+             "save_n_epoch_ratio", "gradient_accumulation_steps", "dataset_repeats", "bucket_reso_steps",
+             "min_bucket_reso", "masked_loss", "output_name", "save_model_as", "in_json", "dataset_class",
+             "keep_tokens", "shuffle_caption", "validation_split", "validation_seed"]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=st.dictionaries(st.sampled_from(ARG_NAMES), st.one_of(st.sampled_from(["PARENT", "IMAGES"]), values),
+                              max_size=8),
+       sectioned=st.booleans())
+def test_arbitrary_training_config_values(world: dict[str, Path], config: dict, sectioned: bool) -> None:
+    """Typed values from a --config_file TOML (sd-scripts skips argparse's type checks for them)."""
+    with scratch() as tmp:
+        path = tmp / "train.toml"
+        body = substitute(config, world)
+        path.write_text(toml_document({"training": body} if sectioned else body), encoding="utf-8")
+        ctx = Context(Target(kohya_root=world["checkout"], train_config=path))
+        try:
+            checks = [c for c in all_checks() if c.gate == "dataset"]
+            results = Runner(ctx, checks).run(checks)
+        finally:
+            ctx.close()
+        for r in results:
+            assert r.status is not Status.ERROR, (r.check_id, r.summary, r.traceback)

@@ -9,8 +9,18 @@ from pathlib import Path
 import pytest
 
 from lorasetup.dataset_schema import (
-    BUILTIN_SCHEMA, FLOAT_PAIR, INT_OR_PAIR, NUMBER, ConfigSyntaxError, SchemaChecker, Support, TomlLayout,
-    format_place, load_config, read_schema, sanitizer_support,
+    BUILTIN_SCHEMA,
+    FLOAT_PAIR,
+    INT_OR_PAIR,
+    NUMBER,
+    ConfigSyntaxError,
+    SchemaChecker,
+    Support,
+    TomlLayout,
+    format_place,
+    load_config,
+    read_schema,
+    sanitizer_support,
 )
 from lorasetup.target import tomllib
 

@@ -1,6 +1,7 @@
 """The dataset gate: the dataset config, folders, images and captions sd-scripts will read, and the exact step
 count of the run. Run: pytest validation -m preflight"""
 import pytest
+
 from lorasetup.pytest_plugin import gate_params
 
 

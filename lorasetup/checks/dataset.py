@@ -506,9 +506,13 @@ def paths(ctx: Context) -> Result:
                 if literal_edits or any("control character" in p for p in problems) else
                 f"correct the paths in {plan.config.path if plan.config else label}")
         return Result.fail(_count_summary(problems, "path problem"), _rest(problems) + notes, hint=hint, fix=fix)
-    return Result.ok(f"{len(plan.subsets)} subset folder{'s' if len(plan.subsets) != 1 else ''} found",
-                     [f"{s.place}: {s.get.get('image_dir') or s.get.get('metadata_file')}" for s in plan.subsets]
-                     + notes)
+    found = [f"{s.place}: {s.get.get('image_dir') or s.get.get('metadata_file')}" for s in plan.subsets
+             if s.get.get("image_dir") or s.get.get("metadata_file")]
+    unset = [f"{s.place}: no image_dir (dataset.schema reports it)" for s in plan.subsets
+             if not (s.get.get("image_dir") or s.get.get("metadata_file"))]
+    return Result.ok(f"{len(found)} subset path{'s' if len(found) != 1 else ''} found"
+                     + (f"; {len(unset)} subset{'s' if len(unset) != 1 else ''} without one" if unset else ""),
+                     found + unset + notes)
 
 
 def _literal_edit(plan: Plan, value: Value) -> tuple[Edit, str] | None:
@@ -758,8 +762,10 @@ def captions(ctx: Context) -> Result:
             warnings.append(f"{where}: {len(missing)} of {len(paths_)} images have no {ext_value} caption; each trains "
                             f"on {uses} (sd-scripts: 'No caption file found for {len(missing)} images')")
         elif missing and subset.is_reg:
-            info.append(f"{where}: reg images without captions use the class tokens; sd-scripts warns about them, "
-                        "which is expected")
+            tokens = subset.get.get("class_tokens")
+            uses = f"the class tokens {tokens!r}" if tokens is not None else "an empty caption (no class_tokens)"
+            info.append(f"{where}: {len(missing)} reg images without captions train on {uses}; sd-scripts warns "
+                        "about them, which is expected for reg images")
         blank = [p for p, r in reads.items() if r.text == ""]
         if blank:
             warnings.append(f"{where}: {len(blank)} caption file{'s' if len(blank) > 1 else ''} with an empty first "
