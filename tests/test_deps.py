@@ -28,7 +28,7 @@ from lorasetup.context import Context
 from lorasetup.fixer import bootstrap
 from lorasetup.model import FixError, Status
 from lorasetup.requirements import checkout_files
-from lorasetup.runner import select
+from lorasetup.runner import Runner, select
 
 STATIC = ["deps.interpreter", "deps.imports", "deps.versions", "deps.library", "deps.isolation"]
 THIS_PLATFORM_EXCLUDED = f'winonly==1.0; sys_platform != "{sys.platform}"'
@@ -317,3 +317,18 @@ def test_fix_in_a_venv_without_pip_says_how_to_get_pip(tmp_path, bare):
         fix.apply()
     assert "No module named pip" in str(failed.value)
     assert f"this venv has no pip: `{bare} -m ensurepip --upgrade`" in str(failed.value)
+
+
+def test_no_pip_fix_into_lorasetups_own_interpreter(tmp_path, bare):
+    """Without a training venv the checks fall back to lorasetup's interpreter: never pip into that one."""
+    tree = make_tree(tmp_path / "sd-scripts", ["import sentencepiece"], ["toml==0.10.2", "sentencepiece==0.2.1"])
+    from lorasetup.target import Target
+    ctx = Context(Target(kohya_root=tree, python=bare, sources={"python": "current interpreter"}))
+    try:
+        checks = all_checks()
+        results = {r.check_id: r for r in Runner(ctx, checks).run(select(checks, only=("deps.imports",)))}
+    finally:
+        ctx.close()
+    imports = results["deps.imports"]
+    assert imports.status is Status.FAIL and imports.fix is None
+    assert "will not pip install into it" in imports.hint and "--python" in imports.hint

@@ -258,6 +258,11 @@ def _build_plan(ctx: Context) -> Plan:
         plan.blocked = ("torch is not installed, and pip would pull a build of its own as a dependency of the "
                         "other packages: install torch first, then run `lorasetup bootstrap --fix` again")
         return plan
+    if ctx.target.sources.get("python") == "current interpreter":
+        plan.blocked = (f"no training venv was found (<root>/venv, <root>/.venv), so these checks ran against "
+                        f"lorasetup's own interpreter {ctx.target.python_exe}; lorasetup will not pip install "
+                        "into it: pass `--python /path/to/your/training/venv/bin/python`")
+        return plan
     commands: list[list[str]] = []
     if plan.specs:
         if torch is not None:  # named so pip fails rather than replacing the installed build
