@@ -70,6 +70,9 @@ def build_parser() -> Parser:
 
     boot = sub.add_parser("bootstrap", help="show the repair plan; with --fix apply it and re-check")
     add_target_flags(boot)
+    boot.add_argument("--only", nargs="+", action="extend", default=[], metavar="ID",
+                      help="consider only these checks or gates (their requirements run too)")
+    boot.add_argument("--skip", nargs="+", action="extend", default=[], metavar="ID", help="skip these checks")
     boot.add_argument("--fix", action="store_true", help="apply the safe fixes")
     boot.add_argument("--yes", action="store_true", help="also apply fixes that need consent")
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -112,19 +115,24 @@ def make_target(args: argparse.Namespace, extra: list[str]) -> Target:
     return target
 
 
-def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
+def selection(args: argparse.Namespace, tags: set[str]) -> tuple[list[Check], list[Check]]:
+    """The registry less `--skip`ped checks (they neither run nor block), and the checks to run."""
     checks = all_checks()
-    tags = {"preflight", "smoke"} if args.smoke else {"preflight"}
     try:
         wanted = select(checks, only=args.only, skip=args.skip, tags=tags)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    skipped = {c.id for c in select(checks, only=args.skip, tags=())} if args.skip else set()
+    return [c for c in checks if c.id not in skipped], wanted
+
+
+def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
+    checks, wanted = selection(args, tags={"preflight", "smoke"} if args.smoke else {"preflight"})
     color = use_color(sys.stderr)
     ctx = Context(target, verbose=args.verbose)
     start = time.perf_counter()
     try:
-        skipped = {c.id for c in checks if c not in wanted} if args.skip else set()
-        runner = Runner(ctx, [c for c in checks if c.id not in skipped])
+        runner = Runner(ctx, checks)
         live = sys.stderr.isatty()
 
         def started(c: Check) -> None:
@@ -144,13 +152,12 @@ def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
     elapsed = time.perf_counter() - start
     err("\n" + summary_line(results, elapsed))
     if args.json:
-        print(json.dumps(to_json(target, results, elapsed_s=round(elapsed, 3)), indent=2))
+        print(json.dumps(to_json(target, results, elapsed_s=round(elapsed, 3)), indent=2, default=str))
     return exit_code(results, strict=args.strict)
 
 
 def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
-    checks = all_checks()
-    wanted = select(checks, tags={"preflight"})
+    checks, wanted = selection(args, tags={"preflight"})
     apply = args.fix and not args.dry_run
     pip_args = shlex.split(args.pip_args)
     results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args), checks,
@@ -180,7 +187,7 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     for r in manual:
         err(f"  {r.check_id}: {r.hint or r.summary}")
     if args.json:
-        print(json.dumps(to_json(target, results, fixes=[o.to_dict() for o in outcomes]), indent=2))
+        print(json.dumps(to_json(target, results, fixes=[o.to_dict() for o in outcomes]), indent=2, default=str))
     return exit_code(results)
 
 

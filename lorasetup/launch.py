@@ -463,8 +463,8 @@ def smoke_command(ctx: Context, keep: bool, as_json: bool) -> int:
     for r in results:
         err(render_result(r, ctx.verbose, color))
     if as_json:
-        print(json.dumps(to_json(ctx.target, results, elapsed_s=round(time.perf_counter() - start, 3),
-                                 smoke=result.data), indent=2, default=str))
+        print(json.dumps(to_json(ctx.target, results, elapsed_s=round(time.perf_counter() - start, 3)),
+                         indent=2, default=str))
     return 1 if result.status is not Status.OK else exit_code(results)
 
 

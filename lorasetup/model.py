@@ -94,6 +94,7 @@ class Result:
             "hint": self.hint,
             "fix": self.fix.to_dict() if self.fix else None,
             "duration_s": round(self.duration_s, 4),
+            "data": self.data,
         }
 
 

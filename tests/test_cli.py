@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RESULT_KEYS = {"id", "title", "status", "summary", "details", "hint", "fix", "duration_s"}
+RESULT_KEYS = {"id", "title", "status", "summary", "details", "hint", "fix", "duration_s", "data"}
 
 
 def lorasetup(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -86,3 +86,14 @@ def test_a_skip_hint_is_printed_once(tmp_path):
     assert "hint:" not in render_result(first, shown_hints=shown)
     failing = Result.fail("broken", hint="pass --dataset-config")
     assert "hint: pass --dataset-config" in render_result(failing, shown_hints=shown)
+
+
+def test_skip_and_only_on_doctor_and_bootstrap(make_kohya):
+    root = make_kohya("never-initialised")
+    skipped = lorasetup("doctor", "--kohya-root", str(root), "--only", "repo", "--skip", "repo.git", "--json")
+    ids = {r["id"]: r["status"] for r in json.loads(skipped.stdout)["results"]}
+    assert "repo.git" not in ids and ids["repo.submodule"] == "fail"  # a skipped check does not block
+    plan = lorasetup("bootstrap", "--kohya-root", str(root), "--only", "repo.present", "--json")
+    doc = json.loads(plan.stdout)
+    assert [f["id"] for f in doc["fixes"]] == ["repo.submodule"]  # requirements run, and offer their fixes
+    assert {r["id"] for r in doc["results"]} == {"repo.root", "repo.git", "repo.submodule", "repo.present"}

@@ -76,7 +76,7 @@ def test_good_run_passes_with_only_the_smoke_overrides(setup, capsys):
         ctx.close()
     out = capsys.readouterr()
     assert code == 0, out.err
-    data = json.loads(out.out)["smoke"]
+    data = next(r["data"] for r in json.loads(out.out)["results"] if r["id"] == "smoke.run")
     assert data["steps_done"] == 5 and len(data["losses"]) == 5 and data["stopped"] is None
     assert data["total_steps"] == 18 and data["total_steps_from"] == "dataset.steps"  # 3 images x 2 repeats x 3
     assert data["eta_s"] == pytest.approx(18 * data["s_per_step"] + data["load_s"], abs=0.2)
