@@ -35,12 +35,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorasetup.fileedit import backup
 from lorasetup.model import FixError
 from lorasetup.target import Target
 from lorasetup.trainargs import TrainArgs
@@ -120,21 +120,6 @@ def digest(path: Path) -> str | None:
         return None
     except OSError as exc:
         raise FixError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def backup(path: Path) -> Path:
-    """Copy `path` next to itself as `<name>.bak-<timestamp>` (never overwriting an older backup)."""
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    target = path.with_name(f"{path.name}.bak-{stamp}")
-    n = 1
-    while target.exists():
-        n += 1
-        target = path.with_name(f"{path.name}.bak-{stamp}-{n}")
-    try:
-        target.write_bytes(path.read_bytes())
-    except OSError as exc:
-        raise FixError(f"cannot back up {path} to {target}: {exc.strerror}") from None
-    return target
 
 
 def write_config(path: Path, values: Mapping[str, Any], seen_digest: str | None) -> Path | None:

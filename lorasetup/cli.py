@@ -11,8 +11,9 @@ import json
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lorasetup import __version__
 from lorasetup.checks import all_checks

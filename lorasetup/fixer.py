@@ -7,8 +7,8 @@ now run and offer fixes of their own, so up to MAX_ROUNDS rounds are made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from lorasetup.context import Context
 from lorasetup.model import Check, FixError, Result, Status

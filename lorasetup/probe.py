@@ -11,8 +11,9 @@ import json
 import os
 import signal
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 MARKER = "@@LORASETUP-PROBE@@"
 WRAPPER = f"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from lorasetup.context import Context
 from lorasetup.model import Check, CheckFailed, Result, Status

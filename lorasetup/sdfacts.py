@@ -73,7 +73,7 @@ def bucket_divisor(script_path: Path) -> int | None:
     except OSError:
         return None
     divisors = [int(n) for n in re.findall(r"verify_bucket_reso_steps\((\d+)\)", code)]
-    parent = re.search(r"^class \w+\((\w+)\.\w+\)", code, re.M)
+    parent = re.search(r"^class \w+\((\w+)\.\w+\)", code, re.MULTILINE)
     if parent and "super().assert_extra_args(" in code and parent.group(1) != script_path.stem:
         inherited = bucket_divisor(script_path.with_name(parent.group(1) + ".py"))
         divisors += [inherited] if inherited else []

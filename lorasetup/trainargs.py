@@ -6,9 +6,10 @@ line win. Every value remembers where it came from, so messages can name the fil
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from lorasetup.model import CheckFailed
 from lorasetup.target import tomllib

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import git
 from lorasetup.checks import all_checks
-from lorasetup.context import Context
 from lorasetup.checks.repo import submodule_fix
+from lorasetup.context import Context
 from lorasetup.fixer import bootstrap
 from lorasetup.model import FixError, Status
 from lorasetup.runner import Runner

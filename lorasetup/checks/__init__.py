@@ -7,7 +7,7 @@ and never changes once published.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from lorasetup.model import Check, Result
 

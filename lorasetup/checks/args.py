@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import time
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from lorasetup import sdfacts
 from lorasetup.argspec import ArgSpec, Option, load_argspec
 from lorasetup.checks import check
 from lorasetup.context import Context
+from lorasetup.fileedit import backup, flatten
 from lorasetup.model import CheckFailed, Fix, FixError, Result
 from lorasetup.target import tomllib
 
@@ -844,16 +844,6 @@ def replace_toml_value(text: str, key: str, new: str) -> str | None:
     return pattern.sub(lambda m: m.group("pre") + new + m.group("post"), text)
 
 
-def _flatten(data: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(value)
-        else:
-            out[key] = value
-    return out
-
-
 def toml_value_fix(path: Path, key: str, old: Any, new: int, description: str) -> Fix:
     """A safe, targeted edit of one value in a TOML file: backup next to it, refused if the file changed."""
     try:
@@ -872,18 +862,13 @@ def toml_value_fix(path: Path, key: str, old: Any, new: int, description: str) -
         edited = replace_toml_value(text, key, str(new))
         try:
             same_otherwise = edited is not None and \
-                _flatten(tomllib.loads(edited)) == {**_flatten(tomllib.loads(text)), key: new}
+                flatten(tomllib.loads(edited)) == {**flatten(tomllib.loads(text)), key: new}
         except tomllib.TOMLDecodeError:
             same_otherwise = False
         if not same_otherwise:
             raise FixError(f"could not edit `{key}` in {path} safely (it is not a plain `{key} = ...` line); "
                            f"set {key} = {new} there by hand")
-        backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-        n = 1
-        while backup.exists():
-            backup = path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-            n += 1
-        shutil.copy2(path, backup)
+        backup(path)
         tmp = path.with_name(f".{path.name}.lorasetup-tmp")
         tmp.write_bytes(edited.encode("utf-8"))
         os.replace(tmp, path)

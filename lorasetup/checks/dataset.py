@@ -12,8 +12,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -59,6 +57,7 @@ from lorasetup.dataset_schema import (
     sanitizer_support,
     train_arg_names,
 )
+from lorasetup.fileedit import backup
 from lorasetup.model import CheckFailed, Fix, FixError, Result
 from lorasetup.target import tomllib
 from lorasetup.trainargs import TrainArgs
@@ -194,10 +193,6 @@ class Edit:
     label: str
 
 
-def _backup_name(path: Path) -> Path:
-    return path.with_name(f"{path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
 def _edit_fix(path: Path, planned: str, edits: list[Edit], expected: Callable[[Any], bool],
               description: str) -> Fix:
     """A safe fix that applies targeted text edits to `path`, keeping every other byte, after a backup.
@@ -222,9 +217,8 @@ def _edit_fix(path: Path, planned: str, edits: list[Edit], expected: Callable[[A
             raise FixError(f"{path}: the edit would not parse ({exc}); nothing was changed") from None
         if not expected(data):
             raise FixError(f"{path}: the edit would change more than intended; nothing was changed")
-        backup = _backup_name(path)
+        backup(path)
         try:
-            shutil.copy2(path, backup)
             path.write_bytes(new.encode("utf-8"))
         except OSError as exc:
             raise FixError(f"{path}: cannot write it: {exc.strerror}") from None

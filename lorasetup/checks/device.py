@@ -20,6 +20,7 @@ from packaging.version import InvalidVersion, Version
 from lorasetup import accelconfig, stackprobe
 from lorasetup.checks import check
 from lorasetup.context import Context
+from lorasetup.fileedit import backup, flatten
 from lorasetup.model import Fix, FixError, Result, Status
 from lorasetup.probe import ProbeError
 from lorasetup.sdfacts import needs_bitsandbytes
@@ -390,17 +391,6 @@ def edit_toml_text(text: str, edits: dict[str, Any]) -> str:
     return "".join(lines)
 
 
-def flatten(data: dict[str, Any]) -> dict[str, Any]:
-    """sd-scripts' read_config_from_file: sections flattened one level, later wins."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(value)
-        else:
-            out[key] = value
-    return out
-
-
 def edit_train_config(path: Path, edits: dict[str, Any], seen: dict[str, Any]) -> Path:
     """Apply `edits` to the training TOML after checking the keys still hold what the check saw; back it up
     first. Returns the backup's path."""
@@ -422,7 +412,7 @@ def edit_train_config(path: Path, edits: dict[str, Any], seen: dict[str, Any]) -
     wrong = [k for k, v in edits.items() if result.get(k) != v]
     if wrong:
         raise FixError(f"could not set {', '.join(wrong)} in {path} safely; edit it by hand")
-    saved = accelconfig.backup(path)
+    saved = backup(path)
     try:
         path.write_text(new_text, encoding="utf-8")
     except OSError as exc:
