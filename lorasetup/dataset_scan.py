@@ -2,10 +2,10 @@
 
 Settings resolve as sd-scripts' BlueprintGenerator resolves them (library/config_util.py): subset -> dataset ->
 [general] -> training arguments -> argparse default, the first value that is not None winning. Folder mode
-(`--train_data_dir` without a dataset config) is rebuilt the way config_util.generate_dreambooth_subsets_config_by_subdirs
-builds it. Image lists follow train_util.glob_images, captions train_util.DreamBoothDataset.read_caption, and the
-step arithmetic DreamBoothDataset (reg balancing), BaseDataset.make_buckets / BucketManager (buckets) and
-train_network.py (epochs, accumulation, processes, save points).
+(`--train_data_dir` without a dataset config) is rebuilt the way
+config_util.generate_dreambooth_subsets_config_by_subdirs builds it. Image lists follow train_util.glob_images,
+captions train_util.DreamBoothDataset.read_caption, and the step arithmetic DreamBoothDataset (reg balancing),
+BaseDataset.make_buckets / BucketManager (buckets) and train_network.py (epochs, accumulation, processes, save points).
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ PIL_MAX_PIXELS = 89_478_485
 PLUGIN_EXTENSIONS = {".avif": "pillow-avif-plugin", ".AVIF": "pillow-avif-plugin",
                      ".jxl": "pillow-jxl-plugin or jxlpy", ".JXL": "pillow-jxl-plugin or jxlpy"}
 OTHER_IMAGE_EXTENSIONS = (".gif", ".tif", ".tiff", ".heic", ".heif", ".jfif", ".psd", ".tga", ".svg")
-NOT_CAPTIONS = (".npz", ".json", ".safetensors", ".toml", ".db", ".ini") + tuple(e.lower() for e in sdfacts.IMAGE_EXTENSIONS)
+NOT_CAPTIONS = ((".npz", ".json", ".safetensors", ".toml", ".db", ".ini")
+                + tuple(e.lower() for e in sdfacts.IMAGE_EXTENSIONS))
 WINDOWS = os.name == "nt"
 
 
@@ -852,7 +853,8 @@ def plan_steps(counts: list[DatasetCount], train_args: TrainArgs | None, num_pro
             notes.append("neither max_train_steps nor max_train_epochs is set: sd-scripts' default is 1600 steps")
     per_epoch = math.ceil(math.ceil(batches / num_processes) / g)
     if total < 1:
-        raise ImpossibleSteps(f"{total} training steps ({epochs_arg.place if epochs_arg.value is not None else steps_arg.place})")
+        raise ImpossibleSteps(f"{total} training steps "
+                              f"({epochs_arg.place if epochs_arg.value is not None else steps_arg.place})")
     epochs = math.ceil(total / per_epoch)
     saves = _save_points(train_args, total, per_epoch, epochs, notes)
     return StepPlan(counts, batches, num_processes, g, per_epoch, total, epochs, saves, exact, notes)

@@ -119,7 +119,8 @@ def read_header(path: Path) -> Header:
                 header.metadata = {str(k): str(v) for k, v in entry.items()}
             continue
         try:
-            dtype, shape, (begin, end) = str(entry["dtype"]), tuple(int(d) for d in entry["shape"]), entry["data_offsets"]
+            dtype, shape, (begin, end) = (str(entry["dtype"]), tuple(int(d) for d in entry["shape"]),
+                                          entry["data_offsets"])
             begin, end = int(begin), int(end)
         except (KeyError, TypeError, ValueError):
             raise HeaderError("corrupt", f"tensor {name!r} has no valid dtype/shape/data_offsets") from None

@@ -122,7 +122,9 @@ def get_optimizer(args, trainable_params):
         key, value = arg.split("=")
         value = ast.literal_eval(value)
     if args.fused_backward_pass:
-        assert args.optimizer_type.lower() == "adafactor", "fused_backward_pass currently only works with optimizer_type Adafactor / ..."
+        assert (
+            args.optimizer_type.lower() == "adafactor"
+        ), "fused_backward_pass currently only works with optimizer_type Adafactor / ..."
 
 
 def prepare_accelerator(args):
@@ -246,7 +248,7 @@ def setup_parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":
     parser = setup_parser()
     args = parser.parse_args()
-'''
+'''  # noqa: E501 -- sd-scripts' assertion message above is looked up whole, so it stays on one line
 
 FLUX_TRAIN_NETWORK = '''
 import argparse
@@ -426,7 +428,7 @@ def test_an_option_of_another_script_is_unknown_here(tree: Path) -> None:
 def test_values_sd_scripts_would_take_as_is_are_checked_against_type_and_choices(
         tree: Path, line: str, expected: str) -> None:
     key = line.split(" ")[0]
-    toml = "\n".join(l for l in GOOD.splitlines() if not l.startswith(key + " ")) + "\n" + line + "\n"
+    toml = "\n".join(good for good in GOOD.splitlines() if not good.startswith(key + " ")) + "\n" + line + "\n"
     result = run(tree, toml)
     assert result.status is Status.FAIL, joined(result)
     assert expected in joined(result)
@@ -561,7 +563,7 @@ def rules(tree: Path, toml: str, extra: list[str] | None = None, **kw: Any) -> R
 ])
 def test_late_assertions_fail_early_in_sd_scripts_words(tree: Path, extra: str, script: str, quoted: str) -> None:
     keys = {line.split(" ")[0] for line in extra.splitlines()}
-    base = "\n".join(l for l in GOOD.splitlines() if l.split(" ")[0] not in keys)
+    base = "\n".join(good for good in GOOD.splitlines() if good.split(" ")[0] not in keys)
     result = rules(tree, base + "\n" + extra + "\n", script=script)
     assert result.status is Status.FAIL, joined(result)
     assert quoted in joined(result)
@@ -582,7 +584,7 @@ def test_late_assertions_fail_early_in_sd_scripts_words(tree: Path, extra: str, 
 ])
 def test_accepted_combinations_pass(tree: Path, extra: str, script: str) -> None:
     keys = {line.split(" ")[0] for line in extra.splitlines()}
-    base = "\n".join(l for l in GOOD.splitlines() if l.split(" ")[0] not in keys)
+    base = "\n".join(good for good in GOOD.splitlines() if good.split(" ")[0] not in keys)
     result = rules(tree, base + "\n" + extra + "\n", script=script)
     assert result.status is Status.OK, joined(result)
 
@@ -643,7 +645,7 @@ def test_a_missing_network_module_fails_with_the_module_for_this_script(
 ])
 def test_questionable_settings_warn(tree: Path, extra: str, expected: str) -> None:
     keys = {line.split(" ")[0] for line in extra.splitlines()}
-    base = "\n".join(l for l in GOOD.splitlines() if l.split(" ")[0] not in keys)
+    base = "\n".join(good for good in GOOD.splitlines() if good.split(" ")[0] not in keys)
     result = rules(tree, base + "\n" + extra + "\n")
     assert result.status is Status.WARN and expected in joined(result), joined(result)
 

@@ -139,7 +139,8 @@ def test_seed_step_plan_for_the_smoke_gate(checkout: Path, tmp_path: Path, seed)
     ctx.close()
 
 
-def test_typo_missing_dir_and_caption_mismatch_fail_fast_with_place_and_fix(checkout: Path, tmp_path: Path, seed) -> None:
+def test_typo_missing_dir_and_caption_mismatch_fail_fast_with_place_and_fix(
+        checkout: Path, tmp_path: Path, seed) -> None:
     dataset, train = seed(tmp_path, caption_ext=".txt", toml_ext=None)
     text = dataset.read_text().replace("num_repeats = 10", "num_repeat = 10")
     text = text.replace(str(tmp_path / "img" / "reg"), str(tmp_path / "img" / "regularisation"))
@@ -312,9 +313,11 @@ def test_subset_without_images_fails(checkout: Path, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     image(tmp_path / "empty" / "photo.GIF", fmt="GIF")
     dataset = tmp_path / "d.toml"
-    dataset.write_text(f'[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "empty"}"\n')
+    dataset.write_text('[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\n'
+                       f'image_dir = "{tmp_path / "empty"}"\n')
     results = run(checkout, dataset)
-    assert results["dataset.images"].status is Status.FAIL and "no images sd-scripts picks up" in results["dataset.images"].summary
+    assert (results["dataset.images"].status is Status.FAIL
+            and "no images sd-scripts picks up" in results["dataset.images"].summary)
     assert results["dataset.steps"].status is Status.FAIL and "No data found" in results["dataset.steps"].summary
 
 
@@ -476,7 +479,8 @@ def test_accumulation_processes_epochs_and_save_points(checkout: Path, tmp_path:
 
 def test_impossible_numbers_fail(checkout: Path, tmp_path: Path) -> None:
     image(tmp_path / "t" / "a.png")
-    text = f'[general]\nresolution = 512\n[[datasets]]\nbatch_size = 0\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "t"}"\n'
+    text = ('[general]\nresolution = 512\n[[datasets]]\nbatch_size = 0\n[[datasets.subsets]]\n'
+            f'image_dir = "{tmp_path / "t"}"\n')
     dataset = tmp_path / "d.toml"
     dataset.write_text(text)
     result = run(checkout, dataset)["dataset.steps"]
@@ -490,7 +494,8 @@ def test_command_line_values_resolve_below_the_dataset_config(checkout: Path, tm
     for i in range(4):
         image(tmp_path / "t" / f"{i}.png")
     dataset = tmp_path / "d.toml"
-    dataset.write_text(f'[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "t"}"\n')
+    dataset.write_text('[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\n'
+                       f'image_dir = "{tmp_path / "t"}"\n')
     data = run(checkout, dataset, args=["--train_batch_size", "2", "--dataset_repeats", "3"])["dataset.steps"].data
     assert (data["samples_per_epoch"], data["batches_per_epoch"]) == (12, 6)
     dataset.write_text(dataset.read_text().replace("resolution = 512", "resolution = 512\nbatch_size = 4"))
@@ -548,7 +553,8 @@ def test_fine_tuning_metadata_counts_entries(checkout: Path, tmp_path: Path) -> 
                        f'metadata_file = "{tmp_path / "meta.json"}"\nimage_dir = "{folder}"\nnum_repeats = 3\n')
     results = run(checkout, dataset)
     assert results["dataset.schema"].status is Status.OK
-    assert results["dataset.images"].status is Status.WARN and "1 of 2 metadata entries" in results["dataset.images"].summary
+    assert (results["dataset.images"].status is Status.WARN
+            and "1 of 2 metadata entries" in results["dataset.images"].summary)
     data = results["dataset.steps"].data
     # 2 entries x 3 repeats; buckets 384x640 (3) and 512x512 (3) with batch 2 -> 2 + 2 batches
     assert (data["train_images_x_repeats"], data["batches_per_epoch"]) == (6, 4)
@@ -561,7 +567,8 @@ def test_controlnet_pairs_images_with_conditioning_images(checkout: Path, tmp_pa
     image(tmp_path / "cond" / "a.jpg", fmt="JPEG")
     image(tmp_path / "cond" / "z.png")
     dataset = tmp_path / "d.toml"
-    dataset.write_text(f'[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "img"}"\n'
+    dataset.write_text('[general]\nresolution = 512\n[[datasets]]\n[[datasets.subsets]]\n'
+                       f'image_dir = "{tmp_path / "img"}"\n'
                        f'conditioning_data_dir = "{tmp_path / "cond"}"\n')
     plain = run(checkout, dataset)["dataset.schema"]
     assert plain.status is Status.FAIL and "masked_loss" in plain.details[0]

@@ -284,7 +284,8 @@ def test_interpreter_gone_home_or_unsupported_version(tmp_path, bare):
     cfg.write_text("home = /nonexistent/python3.10/bin\ninclude-system-site-packages = false\n")
     result = run_deps(tree, moved, only=("deps.interpreter",))["deps.interpreter"]
     assert result.status is Status.FAIL
-    assert result.summary == f"the venv at {cfg.parent} was built on /nonexistent/python3.10/bin, which no longer exists"
+    assert result.summary == (f"the venv at {cfg.parent} was built on /nonexistent/python3.10/bin, "
+                              "which no longer exists")
 
     (tree / "pyproject.toml").write_text('[project]\nname = "x"\nrequires-python = ">=3.99"\n')
     result = run_deps(tree, bare, only=("deps.interpreter",))["deps.interpreter"]

@@ -61,7 +61,8 @@ def write_model(path: Path, names: dict[str, tuple[int, ...]], dtype: type = np.
 def sd_tree(tmp_path: Path) -> Path:
     root = tmp_path / "sd-scripts"
     for rel, text in {"train_network.py": TRAIN_NETWORK, "sdxl_train_network.py": "", "library/__init__.py": "",
-                      "library/train_util.py": "", "library/strategy_sd.py": STRATEGY_SD, "networks/lora.py": ""}.items():
+                      "library/train_util.py": "", "library/strategy_sd.py": STRATEGY_SD,
+                      "networks/lora.py": ""}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     return root
@@ -297,6 +298,7 @@ def test_tokenizers_read_from_the_real_checkout_when_present():
     ids = {s: [t.model_id for t in tokenizer_specs(REAL_SD_SCRIPTS, s, {"v2": False})]
            for s in ("train_network.py", "sdxl_train_network.py", "flux_train_network.py")}
     assert ids == {"train_network.py": ["openai/clip-vit-large-patch14"],
-                   "sdxl_train_network.py": ["openai/clip-vit-large-patch14", "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"],
+                   "sdxl_train_network.py": ["openai/clip-vit-large-patch14",
+                                             "laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"],
                    "flux_train_network.py": ["openai/clip-vit-large-patch14", "google/t5-v1_1-xxl"]}
 

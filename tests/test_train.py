@@ -66,7 +66,7 @@ def test_launches_a_good_target_after_the_smoke_run(setup, capsys, tmp_path):  #
     assert real["max_train_epochs"] == 3 and real["max_train_steps"] == 1600  # the person's settings, 18 steps
     assert real["output_dir"] == str(person_out) and real["output_name"] == "mychar"
     assert real["save_every_n_steps"] == 2 and real["pretrained_model_name_or_path"] == str(target.base_model)
-    assert sorted(p.name for p in person_out.iterdir()) == [f"mychar-step{s:08d}.safetensors" for s in range(2, 19, 2)] + \
-        ["mychar.safetensors"]
+    assert sorted(p.name for p in person_out.iterdir()) == \
+        [f"mychar-step{s:08d}.safetensors" for s in range(2, 19, 2)] + ["mychar.safetensors"]
     started = err.index("$ ")
     assert err[started:].splitlines()[0] == "$ " + shlex.join(launch.real_command(target))

@@ -345,8 +345,8 @@ def _syntax_failure(path: Path | None, exc: ConfigSyntaxError) -> Result:
     return Result.fail(f"{where}: not valid {fmt}: {exc.message}", details, hint=hint, fix=fix)
 
 
-_BASIC_PATH_LINE = re.compile(r"""^([ \t]*([A-Za-z0-9_.-]+)[ \t]*=[ \t]*)"([^"'\n\r]*\\[^"'\n\r]*)"(?=[ \t]*(#|\r?$))""",
-                              re.MULTILINE)
+_BASIC_PATH_LINE = re.compile(
+    r"""^([ \t]*([A-Za-z0-9_.-]+)[ \t]*=[ \t]*)"([^"'\n\r]*\\[^"'\n\r]*)"(?=[ \t]*(#|\r?$))""", re.MULTILINE)
 
 
 def _literal_edits_for_syntax(text: str) -> list[Edit]:
@@ -406,7 +406,8 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
             continue
         w, h = resolution.value
         lo = low.value - low.value % steps.value if isinstance(low.value, int) else None
-        hi = high.value + (steps.value - high.value % steps.value) % steps.value if isinstance(high.value, int) else None
+        hi = (high.value + (steps.value - high.value % steps.value) % steps.value
+              if isinstance(high.value, int) else None)
         if lo is not None and min(w, h) < lo:
             problems.append(f"{label} {dataset.place}: min_bucket_reso {low.value} ({low.place}) is above the "
                             f"resolution's short side {min(w, h)} ({resolution.place}); sd-scripts: 'min_bucket_reso "
@@ -543,7 +544,8 @@ def _folder_paths(ctx: Context, plan: Plan) -> Result:
             problems.append(f"{args.place(name)}: {raw.encode('unicode_escape').decode()!r} contains a control "
                             "character (a Windows path in double quotes); use single quotes")
         elif not Path(raw).is_dir():
-            problems.append(f"{args.place(name)} = {raw!r}: {'does not exist' if not Path(raw).exists() else 'is not a folder'}")
+            problems.append(f"{args.place(name)} = {raw!r}: "
+                            f"{'does not exist' if not Path(raw).exists() else 'is not a folder'}")
     train_subsets = [s for s in plan.subsets if not s.is_reg]
     if not problems and not train_subsets:
         direct = plan.scan(Path(base.value)).images
@@ -690,7 +692,8 @@ def _probe_findings(where: str, paths: list[str], probes: dict[str, ImageProbe],
         if bucket and no_upscale and steps and (w < steps or h < steps):
             bad.append(f"{name}: {w}x{h} is smaller than bucket_reso_steps {steps}: with bucket_no_upscale its "
                        "bucket is 0 pixels wide and sd-scripts crashes")
-        elif bucket and not no_upscale and min(w, h) < min_bucket or not bucket and resolution and (w < resolution[0] or h < resolution[1]):
+        elif (bucket and not no_upscale and min(w, h) < min_bucket
+              or not bucket and resolution and (w < resolution[0] or h < resolution[1])):
             small.append(f"{name} {w}x{h}")
     if bad:
         failures.extend(f"{where}: {b}" for b in bad)

@@ -238,7 +238,8 @@ def check_lora(path: Path, args: TrainArgs) -> tuple[list[str], list[str]]:
                         f"({args.place('network_alpha')}): " + ", ".join(wrong_alpha[:3]))
     meta_dim, meta_alpha = header.metadata.get("ss_network_dim"), header.metadata.get("ss_network_alpha")
     if meta_dim not in (None, "None") and _number(meta_dim) != dim:
-        problems.append(f"metadata ss_network_dim = {meta_dim} but the tensors have rank {dim if not wrong_rank else sorted(ranks)}")
+        problems.append(f"metadata ss_network_dim = {meta_dim} but the tensors have rank "
+                        f"{dim if not wrong_rank else sorted(ranks)}")
     if meta_alpha not in (None, "None") and _number(meta_alpha) is not None \
             and not math.isclose(_number(meta_alpha), alpha, rel_tol=1e-6):
         problems.append(f"metadata ss_network_alpha = {meta_alpha} but network_alpha = {alpha:g}")
