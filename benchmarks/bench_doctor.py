@@ -11,6 +11,7 @@ Each round runs, one after the other in fresh processes (so each sees the same m
 - doctor: `lorasetup doctor` over every preflight check (the stack probe imports torch and accelerate once,
           collects the device facts, builds an Accelerator and really imports every module and name the run
           imports, while the static checks run);
+- shallow: `lorasetup doctor --skip deps.deep`: the device probe imports torch and accelerate only;
 - static: `lorasetup doctor --skip <every probe-tagged check>`, what answers without importing the stack.
 Prints the median of each, the ratios to bare, and the stack probe's own stage timings.
 """
@@ -54,15 +55,17 @@ def main() -> None:
     doctor = [sys.executable, "-m", "lorasetup.cli", "doctor", *target_flags]
     probed = sorted(c.id for c in all_checks() if "probe" in c.tags)
     static = [*doctor, "--skip", *probed]
+    shallow = [*doctor, "--skip", "deps.deep"]
     target = load_target({"kohya_root": args.kohya_root, "python": args.python, "device": args.device})
     entry = Path(target.script).stem
     script = [args.python, "-c", f"import {entry}"]
-    runs: dict[str, list[float]] = {"bare": [], "script": [], "doctor": [], "static": []}
+    runs: dict[str, list[float]] = {"bare": [], "script": [], "doctor": [], "shallow": [], "static": []}
     timed([args.python, "-c", BARE])  # warm the file cache once; not counted
     for _ in range(args.repeat):
         runs["bare"].append(timed([args.python, "-c", BARE]))
         runs["script"].append(timed(script, cwd=target.sd_scripts))
         runs["doctor"].append(timed(doctor))
+        runs["shallow"].append(timed(shallow))
         runs["static"].append(timed(static))
     med = {name: statistics.median(values) for name, values in runs.items()}
 
@@ -70,9 +73,11 @@ def main() -> None:
     print(f"  bare    {med['bare']:6.2f} s   python -c '{BARE}'")
     print(f"  script  {med['script']:6.2f} s   python -c 'import {entry}' in {target.sd_scripts}")
     print(f"  doctor  {med['doctor']:6.2f} s   lorasetup doctor (every preflight check, no smoke)")
+    print(f"  shallow {med['shallow']:6.2f} s   lorasetup doctor --skip deps.deep")
     print(f"  static  {med['static']:6.2f} s   lorasetup doctor --skip {' '.join(probed)}")
     print(f"  doctor / bare = {med['doctor'] / med['bare']:.2f}x   doctor / script = "
-          f"{med['doctor'] / med['script']:.2f}x   static / bare = {med['static'] / med['bare']:.2f}x")
+          f"{med['doctor'] / med['script']:.2f}x   shallow / bare = {med['shallow'] / med['bare']:.2f}x   "
+          f"static / bare = {med['static'] / med['bare']:.2f}x")
     print("  all runs: " + json.dumps({k: [round(v, 2) for v in vs] for k, vs in runs.items()}))
 
     ctx = Context(target)

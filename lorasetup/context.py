@@ -26,6 +26,7 @@ class Context:
         self.target = target
         self.verbose = verbose
         self.pip_args = list(pip_args or [])  # passed through to every `pip install` a fix runs
+        self.planned: set[str] | None = None  # ids of the checks this run will compute (None: not known)
         self._futures: dict[str, Future] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lorasetup")

@@ -97,9 +97,7 @@ def lorasetup_results(request: pytest.FixtureRequest, target: Target) -> Any:
     ctx = Context(target, verbose=request.config.getoption("verbose") > 0)
     runner = Runner(ctx, checks)
     selected = request.config.stash.get(SELECTED, set())
-    ordered = runner.order(c for c in checks if c.id in selected)
-    runner.gating = [c.id for c in ordered if "preflight" in c.tags]
-    runner.start_prefetch(ordered)
+    runner.plan(runner.order(c for c in checks if c.id in selected))
     yield GateResults(runner, ctx.verbose)
     ctx.close()
 

@@ -50,6 +50,13 @@ class Runner:
             visit(c)
         return list(seen.values())
 
+    def plan(self, ordered: list[Check]) -> None:
+        """Announce the run: which checks it computes (so shared probes do only what they need), which
+        preflight checks gate the smoke checks; then start the slow work in the background."""
+        self.ctx.planned = {c.id for c in ordered}
+        self.gating = [c.id for c in ordered if "preflight" in c.tags]
+        self.start_prefetch(ordered)
+
     def start_prefetch(self, checks: Iterable[Check]) -> None:
         """Start slow work (probes of the training interpreter) in the background."""
         for c in checks:
@@ -64,8 +71,7 @@ class Runner:
         """Run `wanted` and their requirements; `on_start` sees each check as it starts, `on_result` each
         result as soon as it is known."""
         ordered = self.order(wanted)
-        self.gating = [c.id for c in ordered if "preflight" in c.tags]
-        self.start_prefetch(ordered)
+        self.plan(ordered)
         results = []
         for c in ordered:
             if on_start is not None:

@@ -279,7 +279,10 @@ os._exit(0)  # the answer is written; tearing down torch, transformers and diffu
 
 
 def _deep_targets(ctx: Context) -> tuple[list[str], list[tuple[str, str]], str | None]:
-    """The deps gate's deep-import targets, and the error line if computing them failed."""
+    """The deps gate's deep-import targets, and the error line if computing them failed. None when deps.deep
+    is not part of this run (`--skip deps.deep`): the probe then imports only torch and accelerate."""
+    if ctx.planned is not None and "deps.deep" not in ctx.planned:
+        return [], [], None
     try:
         modules, pairs = deep_targets(ctx)
     except Exception as exc:  # noqa: BLE001 - the deps gate reports its own failure; the device part still runs

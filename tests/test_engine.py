@@ -149,3 +149,21 @@ def test_smoke_checks_wait_for_the_preflight_checks_of_the_run():
     assert by_id["smoke.run"].summary == "blocked by failing preflight checks: dataset.schema"
     alone = Runner(Context(Target()), [smoke, bad]).run([smoke])  # `-m smoke` alone: the person chose
     assert alone[0].status is Status.OK and trained == [1]
+
+
+def test_stack_probe_skips_the_deep_imports_when_deps_deep_is_not_planned(monkeypatch):
+    from lorasetup import stackprobe
+    from lorasetup.checks import all_checks
+    from lorasetup.runner import select as pick
+
+    def deep_targets(ctx):
+        return ["imagesize"], [("imagesize", "get")]
+    monkeypatch.setattr(stackprobe, "deep_targets", deep_targets)
+    ctx = Context(Target(python=PY))
+    assert stackprobe._deep_targets(ctx)[:2] == (["imagesize"], [("imagesize", "get")])  # run not known: all
+    checks = all_checks()
+    runner = Runner(ctx, checks)
+    runner.plan(runner.order(pick(checks, only={"device"})))
+    assert "device.torch" in ctx.planned and "deps.deep" not in ctx.planned
+    assert stackprobe._deep_targets(ctx) == ([], [], None)
+    ctx.close()
