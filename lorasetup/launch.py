@@ -33,6 +33,7 @@ from typing import IO, Any
 from lorasetup.checks import all_checks, by_id
 from lorasetup.context import Context
 from lorasetup.model import CheckFailed, Result, Status
+from lorasetup.probe import kill_tree
 from lorasetup.report import err, exit_code, render_result, summary_line, to_json, use_color
 from lorasetup.runner import Runner, run_one, select
 from lorasetup.target import Target, tomllib
@@ -346,17 +347,6 @@ class RunOutcome:
     wall_s: float
     peak_rss_bytes: int | None
     watch: Watch
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """Kill the child and everything it started (it leads its own process group / session)."""
-    if os.name == "nt":
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def _reap(proc: subprocess.Popen, deadline: float) -> tuple[bool, int | None]:

@@ -55,7 +55,7 @@ def run_probe(python: Path, code: str, timeout: float = 60.0, env: Mapping[str, 
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        kill_group(proc)
+        kill_tree(proc)
         out, err = proc.communicate()
         raise ProbeError(f"the training interpreter {python} did not answer within {timeout:.0f} s "
                          f"(a hang while importing?). Last output:\n{tail(err + out)}", err + out) from None
@@ -74,8 +74,11 @@ def run_probe(python: Path, code: str, timeout: float = 60.0, env: Mapping[str, 
                      f"{tail(out + err)}", out + err)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
+def kill_tree(proc: subprocess.Popen) -> None:
     """Kill a child started with start_new_session=True, and everything it started."""
+    if os.name == "nt":
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], capture_output=True, check=False)
+        return
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
