@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tomlgen import toml_value
 from test_args import TREE, write_tree
 
 from lorasetup.argspec import extract
@@ -69,20 +69,6 @@ rule_values = st.one_of(plain, st.lists(plain, max_size=3))
 documents = st.builds(lambda rules, rest: {**rest, **rules},
                       st.dictionaries(st.sampled_from(RULE_KEYS), rule_values, min_size=8, max_size=40),
                       st.dictionaries(keys, st.one_of(values, st.dictionaries(keys, values, max_size=6)), max_size=6))
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
-    if isinstance(value, str):
-        return json.dumps(value).replace("\x7f", "\\u007f")
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
 
 
 def to_toml(doc: dict[str, Any]) -> str:

@@ -4,9 +4,7 @@ checks: each always returns a Result (ok, warn, fail or skip) and never raises o
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tomlgen import toml_value
 from PIL import Image
 from test_dataset_checks import make_checkout
 
@@ -42,25 +41,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (images / "empty.png").write_bytes(b"")
     (images / "3.caption").write_bytes(b"\xff\xfe")
     return {"checkout": make_checkout(root / "sd-scripts"), "images": images, "root": root}
-
-
-def toml_value(value: object) -> str:
-    """An inline TOML rendering (strings as JSON strings, which TOML mostly shares)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(type(value))
 
 
 def toml_document(data: dict) -> str:
