@@ -70,3 +70,15 @@ def test_config_error_in_the_gate_exits_cleanly(tmp_path):
     gate = run("-m", "pytest", str(ROOT / "validation" / "test_repo.py"), "-p", "no:cacheprovider", cwd=tmp_path)
     assert gate.returncode == 2
     assert "Did you mean `kohya_root`?" in gate.stdout + gate.stderr
+
+
+def test_ini_keys_name_the_target(make_kohya, tmp_path):
+    root = make_kohya("never-initialised")
+    (tmp_path / "pytest.ini").write_text(f"[pytest]\nlorasetup_kohya_root = {root}\n")
+    gate = run("-m", "pytest", str(ROOT / "validation" / "test_repo.py"), "-p", "no:cacheprovider", "-c",
+               str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), cwd=tmp_path)
+    assert gate.returncode == 1 and "the sd-scripts submodule is empty (never initialised)" in gate.stdout
+    flag_wins = run("-m", "pytest", str(ROOT / "validation" / "test_repo.py"), "-p", "no:cacheprovider", "-c",
+                    str(tmp_path / "pytest.ini"), "--rootdir", str(tmp_path), "--kohya-root",
+                    str(make_kohya("bare")), cwd=tmp_path)
+    assert flag_wins.returncode == 0, flag_wins.stdout
