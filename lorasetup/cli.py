@@ -54,6 +54,13 @@ def add_target_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--verbose", action="store_true", help="details, probe output, per-check timings")
 
 
+def add_selection_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--only", nargs="+", action="extend", default=[], metavar="ID",
+                   help="only these checks or gates (their requirements run too)")
+    p.add_argument("--skip", nargs="+", action="extend", default=[], metavar="ID",
+                   help="skip these checks or gates (they neither run nor block others)")
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="lorasetup", description="Will this LoRA training setup survive an hour-long run? "
                     "Arguments after `--` are passed to sd-scripts.")
@@ -62,18 +69,14 @@ def build_parser() -> Parser:
 
     doctor = sub.add_parser("doctor", help="run the checks and report")
     add_target_flags(doctor)
-    doctor.add_argument("--only", nargs="+", action="extend", default=[], metavar="ID",
-                        help="run only these checks or gates (their requirements run too)")
-    doctor.add_argument("--skip", nargs="+", action="extend", default=[], metavar="ID", help="skip these checks")
+    add_selection_flags(doctor)
     doctor.add_argument("--smoke", action="store_true", help="also run the 5-step smoke training run")
     doctor.add_argument("--json", action="store_true", help="only JSON on stdout")
     doctor.add_argument("--strict", action="store_true", help="warnings fail too")
 
     boot = sub.add_parser("bootstrap", help="show the repair plan; with --fix apply it and re-check")
     add_target_flags(boot)
-    boot.add_argument("--only", nargs="+", action="extend", default=[], metavar="ID",
-                      help="consider only these checks or gates (their requirements run too)")
-    boot.add_argument("--skip", nargs="+", action="extend", default=[], metavar="ID", help="skip these checks")
+    add_selection_flags(boot)
     boot.add_argument("--fix", action="store_true", help="apply the safe fixes")
     boot.add_argument("--yes", action="store_true", help="also apply fixes that need consent")
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
