@@ -256,3 +256,17 @@ def test_default_config_location_matches_accelerates_own(tmp_path: Path, monkeyp
         ours.append(str(accelconfig.find_config(Target()).path))
     assert ours == theirs
     assert len(set(theirs)) == 5  # HF_HOME set twice to the same folder
+
+
+def test_precision_flag_pairs_are_reported_once(tmp_path, hf_home):
+    """full_fp16 without fp16: device.precision says so alone, but leaves it to args.rules when both run."""
+    target = cpu_target(train_args=["--full_fp16"])
+    alone = run(target, "device.precision")["device.precision"]
+    assert alone.status is Status.FAIL and "full_fp16 (--full_fp16) requires mixed precision fp16" in alone.summary
+    ctx = Context(target)
+    try:
+        checks = [*DEVICE_CHECKS, *(c for c in all_checks() if c.id == "args.rules")]
+        both = {r.check_id: r for r in Runner(ctx, checks).run(checks)}
+    finally:
+        ctx.close()
+    assert both["device.precision"].status is Status.OK

@@ -525,8 +525,9 @@ def precision(ctx: Context) -> Result:
                            hint='Accelerator() stops at start with "Unknown mixed_precision mode"; change: '
                                 + change_hint(ctx, edits),
                            fix=args_fix(ctx, edits, 'set mixed_precision = "no"'))
+    pairs_owned_by_args = ctx.planned is not None and "args.rules" in ctx.planned  # one mistake, one result
     for flag, needs in (("full_fp16", ("fp16",)), ("full_bf16", ("bf16",)), ("fp8_base", ("fp16", "bf16"))):
-        if args.flag(flag) and mp not in needs:
+        if args.flag(flag) and mp not in needs and not pairs_owned_by_args:
             return Result.fail(f"{flag} ({args.place(flag)}) requires mixed precision {' or '.join(needs)}, "
                                f"but it is {mp} ({place})",
                                hint=f'sd-scripts stops with "{flag} requires mixed precision=..." after '
