@@ -133,9 +133,8 @@ def selection(args: argparse.Namespace, tags: set[str]) -> tuple[list[Check], li
 def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
     checks, wanted = selection(args, tags={"preflight", "smoke"} if args.smoke else {"preflight"})
     color = use_color(sys.stderr)
-    ctx = Context(target, verbose=args.verbose)
     start = time.perf_counter()
-    try:
+    with Context(target, verbose=args.verbose) as ctx:
         runner = Runner(ctx, checks)
         live = sys.stderr.isatty()
 
@@ -151,8 +150,6 @@ def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
                 sys.stderr.write("\033[K")
             err(render_result(r, args.verbose, color, shown_hints=hints))
         results = runner.run(wanted, on_result=finished, on_start=started)
-    finally:
-        ctx.close()
     elapsed = time.perf_counter() - start
     err("\n" + summary_line(results, elapsed))
     if args.json:
@@ -204,30 +201,21 @@ def cmd_list_checks(_: argparse.Namespace) -> int:
 
 def cmd_env(args: argparse.Namespace, target: Target) -> int:
     from lorasetup.envinfo import render_env
-    ctx = Context(target, verbose=args.verbose)
-    try:
+    with Context(target, verbose=args.verbose) as ctx:
         print(render_env(ctx))
-    finally:
-        ctx.close()
     return 0
 
 
 def cmd_smoke(args: argparse.Namespace, target: Target) -> int:
     from lorasetup.launch import smoke_command
-    ctx = Context(target, verbose=args.verbose)
-    try:
+    with Context(target, verbose=args.verbose) as ctx:
         return smoke_command(ctx, keep=args.keep, as_json=args.json)
-    finally:
-        ctx.close()
 
 
 def cmd_train(args: argparse.Namespace, target: Target) -> int:
     from lorasetup.launch import train_command
-    ctx = Context(target, verbose=args.verbose)
-    try:
+    with Context(target, verbose=args.verbose) as ctx:
         return train_command(ctx, no_smoke=args.no_smoke, force=args.force)
-    finally:
-        ctx.close()
 
 
 COMMANDS: dict[str, Callable[..., int]] = {

@@ -7,7 +7,6 @@ Every fact it cannot collect says "could not collect" and why, instead of failin
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 import sys
@@ -16,7 +15,9 @@ from typing import Any
 
 from lorasetup import __version__, accelconfig, stackprobe
 from lorasetup.checks.device import GIB, build_label, rosetta, yes
+from lorasetup.checks.repo import git
 from lorasetup.context import Context
+from lorasetup.model import CheckFailed
 from lorasetup.probe import ProbeError
 
 UNKNOWN = "could not collect"
@@ -29,13 +30,15 @@ def git_state(path: Path | None) -> str:
     if not (path / ".git").exists():
         return f"{path} ({UNKNOWN} the commit: not a git checkout, e.g. a ZIP download)"
     try:
-        def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10,
-                                  stdin=subprocess.DEVNULL, env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},
-                                  check=True).stdout.strip()
-        return f"{path} @ {git('rev-parse', 'HEAD')} ({git('describe', '--tags', '--always', '--dirty')})"
-    except (OSError, subprocess.SubprocessError) as exc:
+        head = git(path, "rev-parse", "HEAD")
+        described = git(path, "describe", "--tags", "--always", "--dirty")
+    except CheckFailed as exc:  # git is not installed
+        return f"{path} ({UNKNOWN} the commit: {exc.summary})"
+    except subprocess.SubprocessError as exc:
         return f"{path} ({UNKNOWN} the commit: {exc})"
+    if head.returncode or described.returncode:
+        return f"{path} ({UNKNOWN} the commit: {(head.stderr or described.stderr).strip()})"
+    return f"{path} @ {head.stdout.strip()} ({described.stdout.strip()})"
 
 
 def _torch_lines(found: dict[str, Any]) -> list[tuple[str, str]]:

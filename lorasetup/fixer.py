@@ -50,11 +50,8 @@ def dependents(checks: list[Check], ids: set[str]) -> set[str]:
 def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected: list[Check], *,
               apply: bool, yes: bool) -> tuple[list[Result], list[Outcome]]:
     """Run the selected checks, fix what may be fixed, re-check; return final results and outcomes."""
-    ctx = new_context()
-    try:
+    with new_context() as ctx:
         results = {r.check_id: r for r in Runner(ctx, checks).run(selected)}
-    finally:
-        ctx.close()
     outcomes: dict[str, Outcome] = {}
     for _ in range(MAX_ROUNDS if apply else 1):
         todo = [r for r in results.values() if r.status in FAILING and r.fix and r.check_id not in outcomes]
@@ -84,12 +81,8 @@ def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected:
         if not applied:
             break
         recheck = dependents(checks, applied)
-        ctx = new_context()
-        try:
-            runner = Runner(ctx, checks)
-            fresh = {r.check_id: r for r in runner.run([c for c in checks if c.id in recheck])}
-        finally:
-            ctx.close()
+        with new_context() as ctx:
+            fresh = {r.check_id: r for r in Runner(ctx, checks).run([c for c in checks if c.id in recheck])}
         results.update(fresh)
         for check_id in applied:
             after = results[check_id]
