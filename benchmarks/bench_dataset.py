@@ -20,9 +20,9 @@ from pathlib import Path
 from PIL import Image
 
 from lorasetup.checks import all_checks
-from lorasetup.context import Context
-from lorasetup.runner import Runner
-from lorasetup.target import Target
+from lorasetup.engine.context import Context
+from lorasetup.engine.runner import Runner
+from lorasetup.engine.target import Target
 
 SIZES = [(512, 512), (512, 768), (768, 512), (640, 480), (1024, 1024)]
 

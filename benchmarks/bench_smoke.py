@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from lorasetup.sd.trainargs import train_args
 from lorasetup.cli import build_parser, make_target, split_passthrough
-from lorasetup.context import Context
-from lorasetup.launch import run_env, smoke_plan
+from lorasetup.engine.context import Context
+from lorasetup.sd.launch import run_env, smoke_plan
 
 
 def timed(argv: list[str], log: Path) -> tuple[float, subprocess.CompletedProcess]:
@@ -48,7 +49,7 @@ def main() -> int:
     for i in range(opts.repeat):
         temp = logs / f"raw-{i}"
         temp.mkdir()
-        plan = smoke_plan(target, ctx.train_args.config_file, bool(ctx.train_args.get("logging_dir")), temp,
+        plan = smoke_plan(target, train_args(ctx).config_file, bool(train_args(ctx).get("logging_dir")), temp,
                           target.smoke_steps)
         smoke_argv = [sys.executable, "-m", "lorasetup.cli", *own, "--json", *(["--", *extra] if extra else [])]
         pair = {}

@@ -17,12 +17,12 @@ from typing import Any
 
 from lorasetup import __version__
 from lorasetup.checks import all_checks
-from lorasetup.context import Context
-from lorasetup.fixer import bootstrap, needs_you
-from lorasetup.model import Check, Result
-from lorasetup.report import err, exit_code, render_result, summary_line, to_json, use_color
-from lorasetup.runner import Runner, select
-from lorasetup.target import ConfigError, Target, load_target
+from lorasetup.engine.context import Context
+from lorasetup.engine.fixer import bootstrap, needs_you
+from lorasetup.engine.result import Check, Result
+from lorasetup.engine.report import err, exit_code, render_result, summary_line, to_json, use_color
+from lorasetup.engine.runner import Runner, select
+from lorasetup.engine.target import ConfigError, Target, load_target
 
 TARGET_FLAGS = {
     "kohya_root": "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout",
@@ -207,13 +207,13 @@ def cmd_env(args: argparse.Namespace, target: Target) -> int:
 
 
 def cmd_smoke(args: argparse.Namespace, target: Target) -> int:
-    from lorasetup.launch import smoke_command
+    from lorasetup.commands import smoke_command
     with Context(target, verbose=args.verbose) as ctx:
         return smoke_command(ctx, keep=args.keep, as_json=args.json)
 
 
 def cmd_train(args: argparse.Namespace, target: Target) -> int:
-    from lorasetup.launch import train_command
+    from lorasetup.commands import train_command
     with Context(target, verbose=args.verbose) as ctx:
         return train_command(ctx, no_smoke=args.no_smoke, force=args.force)
 

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lorasetup import __version__, accelconfig, stackprobe
-from lorasetup.checks.device import GIB, build_label, rosetta, yes
-from lorasetup.checks.repo import git
-from lorasetup.context import Context
-from lorasetup.model import CheckFailed
-from lorasetup.probe import ProbeError
+from lorasetup import __version__
+from lorasetup.sd import accelconfig, stackprobe
+from lorasetup.sd.devices import GIB, build_label, rosetta, yes
+from lorasetup.sd.git import git
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import CheckFailed
+from lorasetup.engine.probe import ProbeError
 
 UNKNOWN = "could not collect"
 

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from lorasetup.checks import MARKERS, all_checks
-from lorasetup.context import Context
-from lorasetup.model import Status
-from lorasetup.report import render_result
-from lorasetup.runner import Runner
-from lorasetup.target import FIELD_NAMES, ConfigError, Target, load_target
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Status
+from lorasetup.engine.report import render_result
+from lorasetup.engine.runner import Runner
+from lorasetup.engine.target import FIELD_NAMES, ConfigError, Target, load_target
 
 OPTION_FIELDS = ("kohya_root", "python", "script", "dataset_config", "train_config", "base_model",
                  "output_dir", "device", "accelerate_config", "smoke_steps")

@@ -10,10 +10,10 @@ import textwrap
 from pathlib import Path
 
 from lorasetup.checks import all_checks
-from lorasetup.context import Context
-from lorasetup.model import Result
-from lorasetup.runner import Runner, select
-from lorasetup.target import Target
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Result
+from lorasetup.engine.runner import Runner, select
+from lorasetup.engine.target import Target
 
 # (distribution, import name, version, module body): stand-ins with sd-scripts' real names and pins
 PACKAGES = [

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from lorasetup.checks import by_id
-from lorasetup.checks.args import build_args, replace_toml_value, save_counts
-from lorasetup.context import Context
-from lorasetup.model import FixError, Result, Status
-from lorasetup.runner import run_one
-from lorasetup.target import Target
+from lorasetup.checks.args.checks import build_args, replace_toml_value, save_counts
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import FixError, Result, Status
+from lorasetup.engine.runner import run_one
+from lorasetup.engine.target import Target
 
 TRAIN_UTIL = '''
 import argparse

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 from tomlgen import toml_value
 from test_args import TREE, write_tree
 
-from lorasetup.argspec import extract
+from lorasetup.sd.argspec import extract
 from lorasetup.checks import by_id
-from lorasetup.context import Context
-from lorasetup.model import Status
-from lorasetup.runner import run_one
-from lorasetup.target import Target, tomllib
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Status
+from lorasetup.engine.runner import run_one
+from lorasetup.engine.target import Target, tomllib
 
 SCRIPTS = ("train_network.py", "sdxl_train_network.py", "flux_train_network.py", "fine_tune.py")
 ROOT_HOLDER: dict[str, Path] = {}

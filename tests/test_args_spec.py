@@ -1,4 +1,4 @@
-"""lorasetup.argspec: the options read statically from an entry script equal what its real argparse builds,
+"""lorasetup.sd.argspec: the options read statically from an entry script equal what its real argparse builds,
 and the cache follows the checkout's commit and files."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_args import TREE, write_tree
 
-from lorasetup.argspec import ArgSpecError, extract, git_head, load_argspec
+from lorasetup.sd.argspec import ArgSpecError, extract, git_head, load_argspec
 
 GIT = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@t.invalid"}

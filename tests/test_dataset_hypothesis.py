@@ -18,11 +18,11 @@ from PIL import Image
 from test_dataset_checks import make_checkout
 
 from lorasetup.checks import all_checks
-from lorasetup.context import Context
-from lorasetup.dataset_schema import BUILTIN_SCHEMA
-from lorasetup.model import Result, Status
-from lorasetup.runner import Runner
-from lorasetup.target import Target
+from lorasetup.engine.context import Context
+from lorasetup.sd.dataset.schema import BUILTIN_SCHEMA
+from lorasetup.engine.result import Result, Status
+from lorasetup.engine.runner import Runner
+from lorasetup.engine.target import Target
 
 KEYS = sorted({k for table in BUILTIN_SCHEMA.values() for k in table}) + [
     "general", "datasets", "subsets", "num_repeat", "learning_rate", "train_batch_size", ""]

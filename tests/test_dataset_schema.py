@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.dataset_schema import (
+from lorasetup.sd.dataset.schema import (
     BUILTIN_SCHEMA,
     FLOAT_PAIR,
     INT_OR_PAIR,
@@ -22,7 +22,7 @@ from lorasetup.dataset_schema import (
     read_schema,
     sanitizer_support,
 )
-from lorasetup.target import tomllib
+from lorasetup.engine.target import tomllib
 
 CORPUS = Path(__file__).parent / "data" / "dataset_corpus"
 MANIFEST = tomllib.loads((CORPUS / "manifest.toml").read_text(encoding="utf-8"))["case"]

@@ -24,11 +24,11 @@ from deps_fixtures import (
 )
 
 from lorasetup.checks import all_checks
-from lorasetup.context import Context
-from lorasetup.fixer import bootstrap
-from lorasetup.model import FixError, Status
-from lorasetup.requirements import checkout_files
-from lorasetup.runner import Runner, select
+from lorasetup.engine.context import Context
+from lorasetup.engine.fixer import bootstrap
+from lorasetup.engine.result import FixError, Status
+from lorasetup.checks.deps.requirements import checkout_files
+from lorasetup.engine.runner import Runner, select
 
 STATIC = ["deps.interpreter", "deps.imports", "deps.versions", "deps.library", "deps.isolation"]
 THIS_PLATFORM_EXCLUDED = f'winonly==1.0; sys_platform != "{sys.platform}"'
@@ -323,7 +323,7 @@ def test_fix_in_a_venv_without_pip_says_how_to_get_pip(tmp_path, bare):
 def test_no_pip_fix_into_lorasetups_own_interpreter(tmp_path, bare):
     """Without a training venv the checks fall back to lorasetup's interpreter: never pip into that one."""
     tree = make_tree(tmp_path / "sd-scripts", ["import sentencepiece"], ["toml==0.10.2", "sentencepiece==0.2.1"])
-    from lorasetup.target import Target
+    from lorasetup.engine.target import Target
     ctx = Context(Target(kohya_root=tree, python=bare, sources={"python": "current interpreter"}))
     try:
         checks = all_checks()

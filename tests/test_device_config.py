@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup import accelconfig
-from lorasetup.checks.device import edit_toml_text, edit_train_config
-from lorasetup.model import FixError
-from lorasetup.target import tomllib
-from lorasetup.trainargs import load_train_args
+from lorasetup.sd import accelconfig
+from lorasetup.checks.device.checks import edit_toml_text, edit_train_config
+from lorasetup.engine.result import FixError
+from lorasetup.engine.target import tomllib
+from lorasetup.sd.trainargs import load_train_args
 
 
 def test_written_config_is_what_accelerate_reads_back(tmp_path: Path):

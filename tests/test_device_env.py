@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lorasetup import stackprobe
-from lorasetup.context import Context
+from lorasetup.sd import stackprobe
+from lorasetup.engine.context import Context
 from lorasetup.envinfo import render_env
-from lorasetup.target import Target
+from lorasetup.engine.target import Target
 
 PROBES = Path(__file__).parent / "data" / "probes"
 

@@ -1,5 +1,5 @@
 """The device gate on machines this project cannot run on (MPS, CUDA, a CPU-only torch next to nvidia-smi),
-fed RECORDED PROBE OUTPUT: tests/data/probes/*.json hold what lorasetup.stackprobe answers there (see each
+fed RECORDED PROBE OUTPUT: tests/data/probes/*.json hold what lorasetup.sd.stackprobe answers there (see each
 file's `_source`) and, under `_optimizer_step`, what the bitsandbytes one-step probe answers. The checks run
 for real on those answers; only the training interpreter's answer is recorded."""
 
@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from lorasetup import stackprobe
+from lorasetup.sd import stackprobe
 from lorasetup.checks import all_checks
-from lorasetup.context import Context
-from lorasetup.model import Result, Status
-from lorasetup.runner import Runner
-from lorasetup.target import Target
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Result, Status
+from lorasetup.engine.runner import Runner
+from lorasetup.engine.target import Target
 
 PROBES = Path(__file__).parent / "data" / "probes"
 DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]

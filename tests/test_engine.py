@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.context import Context
-from lorasetup.model import Check, CheckFailed, Result, Status
-from lorasetup.probe import ProbeError, run_probe
-from lorasetup.runner import Runner, select
-from lorasetup.target import Target
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Check, CheckFailed, Result, Status
+from lorasetup.engine.probe import ProbeError, run_probe
+from lorasetup.engine.runner import Runner, select
+from lorasetup.engine.target import Target
 
 PY = Path(sys.executable)
 
@@ -105,8 +105,8 @@ def test_memo_runs_once_across_threads():
 
 
 def test_bootstrap_runs_a_shared_fix_once_and_rechecks_dependents():
-    from lorasetup.fixer import bootstrap
-    from lorasetup.model import Fix
+    from lorasetup.engine.fixer import bootstrap
+    from lorasetup.engine.result import Fix
 
     state = {"installed": False, "runs": 0}
 
@@ -127,8 +127,8 @@ def test_bootstrap_runs_a_shared_fix_once_and_rechecks_dependents():
 
 
 def test_bootstrap_leaves_unsafe_fixes_without_yes():
-    from lorasetup.fixer import bootstrap
-    from lorasetup.model import Fix
+    from lorasetup.engine.fixer import bootstrap
+    from lorasetup.engine.result import Fix
 
     applied = []
     check = mk("device.x", lambda ctx: Result.fail("x", fix=Fix("rewrite", ["edit"], lambda: applied.append(1),
@@ -152,9 +152,9 @@ def test_smoke_checks_wait_for_the_preflight_checks_of_the_run():
 
 
 def test_stack_probe_skips_the_deep_imports_when_deps_deep_is_not_planned(monkeypatch):
-    from lorasetup import stackprobe
+    from lorasetup.sd import stackprobe
     from lorasetup.checks import all_checks
-    from lorasetup.runner import select as pick
+    from lorasetup.engine.runner import select as pick
 
     def deep_targets(ctx):
         return ["imagesize"], [("imagesize", "get")]

@@ -8,12 +8,12 @@ import pytest
 
 from conftest import git
 from lorasetup.checks import all_checks
-from lorasetup.checks.repo import submodule_fix
-from lorasetup.context import Context
-from lorasetup.fixer import bootstrap
-from lorasetup.model import FixError, Status
-from lorasetup.runner import Runner
-from lorasetup.target import Target, load_target
+from lorasetup.checks.repo.checks import submodule_fix
+from lorasetup.engine.context import Context
+from lorasetup.engine.fixer import bootstrap
+from lorasetup.engine.result import FixError, Status
+from lorasetup.engine.runner import Runner
+from lorasetup.engine.target import Target, load_target
 
 REPO = [c for c in all_checks() if c.gate == "repo"]
 

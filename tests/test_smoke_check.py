@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from test_smoke_run import FIXTURE, alive, dataset  # noqa: F401 - the session dataset fixture
 
-from lorasetup.checks.smoke import run_smoke
-from lorasetup.context import Context
-from lorasetup.launch import smoke_command
-from lorasetup.model import Status
-from lorasetup.target import Target
+from lorasetup.checks.smoke.checks import run_smoke
+from lorasetup.engine.context import Context
+from lorasetup.commands import smoke_command
+from lorasetup.engine.result import Status
+from lorasetup.engine.target import Target
 
 ROOT = Path(__file__).resolve().parents[1]
 GUI_CONFIG = """

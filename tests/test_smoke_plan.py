@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from lorasetup.checks.smoke import check_lora, explain, smoke_pytest_timeout
-from lorasetup.launch import (
+from lorasetup.checks.smoke.checks import check_lora, explain, smoke_pytest_timeout
+from lorasetup.sd.launch import (
     SMOKE_DROPPED,
     config_without,
     launcher,
@@ -24,8 +24,8 @@ from lorasetup.launch import (
     toml_key,
     toml_value,
 )
-from lorasetup.target import Target, tomllib
-from lorasetup.trainargs import load_train_args
+from lorasetup.engine.target import Target, tomllib
+from lorasetup.sd.trainargs import load_train_args
 
 GUI_CONFIG = '''
 # written by the kohya_ss GUI

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.target import ConfigError, load_target
+from lorasetup.engine.target import ConfigError, load_target
 
 
 def kohya_tree(root: Path, venv: bool = False) -> Path:

@@ -17,9 +17,10 @@ from safetensors.numpy import save_file
 from test_smoke_check import setup  # noqa: F401 - the fixture-trainer target
 from test_smoke_run import dataset  # noqa: F401 - the session dataset fixture
 
-from lorasetup import launch
+from lorasetup import commands
+from lorasetup.sd import launch
 from lorasetup.checks import all_checks
-from lorasetup.context import Context
+from lorasetup.engine.context import Context
 
 SD1 = {"cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (77, 8),
        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}
@@ -27,13 +28,13 @@ SD1 = {"cond_stage_model.transformer.text_model.embeddings.position_embedding.we
 
 @pytest.fixture(autouse=True)
 def gates(monkeypatch):
-    monkeypatch.setattr(launch, "all_checks", lambda: [c for c in all_checks() if c.gate in ("repo", "model", "smoke")])
+    monkeypatch.setattr(commands, "all_checks", lambda: [c for c in all_checks() if c.gate in ("repo", "model", "smoke")])
 
 
 def train(target, **kw) -> int:
     ctx = Context(target)
     try:
-        return launch.train_command(ctx, **{"no_smoke": False, "force": False, **kw})
+        return commands.train_command(ctx, **{"no_smoke": False, "force": False, **kw})
     finally:
         ctx.close()
 

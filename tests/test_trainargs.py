@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lorasetup.trainargs import TrainArgsError, load_train_args, parse_cli
+from lorasetup.sd.trainargs import TrainArgsError, load_train_args, parse_cli
 
 
 def test_parse_cli_forms():

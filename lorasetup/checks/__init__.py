@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 
-from lorasetup.model import Check, Result
+from lorasetup.engine.result import Check, Result
 
 GATES = ("repo", "deps", "device", "dataset", "args", "model", "smoke")
 MARKERS = {
@@ -41,7 +41,7 @@ def check(check_id: str, title: str, *, tags: Iterable[str] = ("preflight",), re
 def all_checks() -> list[Check]:
     """Every registered check, gate by gate in run order, in registration order within a gate."""
     for gate in GATES:
-        importlib.import_module(f"lorasetup.checks.{gate}")
+        importlib.import_module(f"lorasetup.checks.{gate}.checks")
     order = {gate: i for i, gate in enumerate(GATES)}
     return sorted(_REGISTRY.values(), key=lambda c: order[c.gate])
 

@@ -27,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.argspec import cache_dir
-from lorasetup.context import Context
-from lorasetup.model import CheckFailed
-from lorasetup.probe import ProbeError
-from lorasetup.sdfacts import MODULE_TO_DIST, optimizer_module
+from lorasetup.sd.trainargs import train_args
+from lorasetup.sd.argspec import cache_dir
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import CheckFailed
+from lorasetup.engine.probe import ProbeError
+from lorasetup.sd.facts import MODULE_TO_DIST, optimizer_module
 
 CACHE_VERSION = 1
 CATCHES_IMPORT_ERROR = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
@@ -316,7 +317,7 @@ def arg_imports(ctx: Context, root: Path) -> tuple[list[str], list[ImportUse], l
     Returns first-party modules to scan, third-party imports (required), and notes for the report.
     """
     try:
-        args = ctx.train_args
+        args = train_args(ctx)
     except CheckFailed as exc:
         note = f"training arguments not read ({exc.summary}); only the entry script's own imports are checked"
         return [DEFAULT_NETWORK_MODULE], [], [note]
@@ -408,7 +409,7 @@ def resolve(ctx: Context) -> Resolution | None:
 
 
 def deep_targets(ctx: Context) -> tuple[list[str], list[tuple[str, str]]]:
-    """For the deep import (lorasetup.stackprobe): the required third-party top-level modules of the
+    """For the deep import (lorasetup.sd.stackprobe): the required third-party top-level modules of the
     closure, and each (module, name) of its required `from X import Y` statements on them.
 
     `name` may be an attribute or a submodule (`from X import Y` semantics). Empty without a tree.

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lorasetup.model import FixError
+from lorasetup.engine.result import FixError
 
 
 def backup(path: Path) -> Path:

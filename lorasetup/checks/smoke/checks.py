@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from lorasetup.checks import check
-from lorasetup.checks.dataset import dataset_step_plan
-from lorasetup.context import Context
-from lorasetup.launch import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
-from lorasetup.model import Result
-from lorasetup.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
-from lorasetup.target import Target
-from lorasetup.trainargs import TrainArgs
+from lorasetup.sd.dataset.plan import dataset_step_plan
+from lorasetup.engine.context import Context
+from lorasetup.sd.launch import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
+from lorasetup.engine.result import Result
+from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
+from lorasetup.engine.target import Target
+from lorasetup.sd.trainargs import TrainArgs, train_args
 
 PYTEST_MARGIN_S = 120.0  # the pytest timeout of the smoke gate: the run's own timeout plus this
 DEFAULT_MAX_TRAIN_STEPS = 1600  # library/train_util.py add_training_arguments: --max_train_steps default
@@ -139,7 +139,7 @@ def planned_steps(ctx: Context) -> tuple[int | None, str]:
         note = ""
     if plan and isinstance(plan.get("total_steps"), int):
         return plan["total_steps"], "dataset.steps"
-    args = ctx.train_args
+    args = train_args(ctx)
     if args.get("max_train_epochs") not in (None, ""):
         return None, f"max_train_epochs needs the dataset's step count{note}"
     if args.get("max_train_steps") not in (None, ""):
@@ -310,8 +310,8 @@ def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
     tail = list(watch.tail)[-12:]
     if outcome.stopped == "nonfinite" and watch.nonfinite:
         step, value = watch.nonfinite
-        lr = ctx.train_args.get("learning_rate")
-        where = f" (learning_rate = {lr} at {ctx.train_args.place('learning_rate')})" if lr is not None else ""
+        lr = train_args(ctx).get("learning_rate")
+        where = f" (learning_rate = {lr} at {train_args(ctx).place('learning_rate')})" if lr is not None else ""
         return Result.fail(f"avr_loss={value} at step {step} of {steps}: training diverges; stopped {elapsed}",
                            lines, hint="sd-scripts would carry on and save a LoRA of NaN that renders black. "
                                        f"Lower the learning rate{where}; with fp16 also try --no_half_vae or "
@@ -345,7 +345,7 @@ def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
     if not plan.output.is_file():
         return Result.fail(f"the run exited 0 but saved no LoRA ({plan.output.name})", lines,
                            hint="read the output above for why sd-scripts did not save", data=data)
-    problems, facts = check_lora(plan.output, ctx.train_args)
+    problems, facts = check_lora(plan.output, train_args(ctx))
     data["output"] = str(plan.output)
     if problems:
         return Result.fail(f"the saved LoRA is broken: {problems[0]}", problems[1:] + facts + lines,
@@ -363,7 +363,7 @@ def run_smoke(ctx: Context, echo: IO[str] | None, keep: bool = False) -> Result:
     folder unless `keep`."""
     temp = Path(tempfile.mkdtemp(prefix="lorasetup-smoke-"))
     try:
-        args = ctx.train_args
+        args = train_args(ctx)
         plan = smoke_plan(ctx.target, args.config_file, bool(args.get("logging_dir")), temp, ctx.target.smoke_steps)
         if echo is not None:
             echo.write(f"lorasetup smoke: {shlex.join(plan.argv)}\n")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from lorasetup.context import Context
+    from lorasetup.engine.context import Context
 
 
 class Status(str, enum.Enum):

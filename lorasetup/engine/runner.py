@@ -6,9 +6,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 
-from lorasetup.context import Context
-from lorasetup.model import Check, CheckFailed, Result, Status
-from lorasetup.probe import ProbeError
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Check, CheckFailed, Result, Status
+from lorasetup.engine.probe import ProbeError
 
 
 def select(checks: list[Check], only: Iterable[str] = (), skip: Iterable[str] = (),

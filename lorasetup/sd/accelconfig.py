@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorasetup.fileedit import backup
-from lorasetup.model import FixError
-from lorasetup.target import Target
-from lorasetup.trainargs import TrainArgs
+from lorasetup.engine.fileedit import backup
+from lorasetup.engine.result import FixError
+from lorasetup.engine.target import Target
+from lorasetup.sd.trainargs import TrainArgs
 
 PRECISIONS = ("no", "fp16", "bf16")  # library/train_util.py: --mixed_precision choices
 

@@ -1,7 +1,7 @@
 """The device gate: torch can use the expected device, accelerate reports that device, the mixed precision
 fits it, and the training args ask nothing the device cannot do.
 
-Facts come from the one shared training-interpreter process (lorasetup.stackprobe); where the answer does not
+Facts come from the one shared training-interpreter process (lorasetup.sd.stackprobe); where the answer does not
 depend on them (fp16 with `device = "cpu"`, `--xformers` off CUDA) a check answers at once without waiting.
 Fixes: an accelerate config that matches the machine (safe when none exists; an existing file is backed up
 and rewritten only with --yes), and training-args edits of the `--config_file` TOML, with a backup, only with
@@ -15,19 +15,29 @@ import re
 from pathlib import Path
 from typing import Any
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 
-from lorasetup import accelconfig, stackprobe
+from lorasetup.sd.trainargs import train_args
+from lorasetup.sd import accelconfig, stackprobe
 from lorasetup.checks import check
-from lorasetup.context import Context
-from lorasetup.fileedit import backup, flatten
-from lorasetup.model import Fix, FixError, Result, Status
-from lorasetup.probe import ProbeError
-from lorasetup.sdfacts import needs_bitsandbytes
-from lorasetup.target import tomllib
+from lorasetup.engine.context import Context
+from lorasetup.engine.fileedit import backup, flatten
+from lorasetup.engine.result import Fix, FixError, Result, Status
+from lorasetup.engine.probe import ProbeError
+from lorasetup.sd.devices import (
+    available,
+    build_label,
+    device_lines,
+    machine_offers,
+    rosetta,
+    smi_gpus,
+    torch_facts,
+    version,
+)
+from lorasetup.sd.facts import needs_bitsandbytes
+from lorasetup.engine.target import tomllib
 
 PROBED = ("preflight", "probe")
-GIB = 1024 ** 3
 TORCH_INSTALL = "https://pytorch.org/get-started/locally/"
 OPTIMIZER_TIMEOUT_S = 90.0
 # accelerate >= 1.11 lets fp16/bf16 run on MPS (accelerator.py); fp16 there needs torch >= 2.5, bf16 needs
@@ -44,105 +54,12 @@ def facts(ctx: Context) -> dict[str, Any]:
     return stackprobe.result(ctx)
 
 
-def torch_facts(found: dict[str, Any]) -> dict[str, Any]:
-    return found.get("torch") or {}
-
-
-def version(text: str | None) -> Version | None:
-    try:
-        return Version(str(text).split("+")[0]) if text else None
-    except InvalidVersion:
-        return None
-
-
-def rosetta(found: dict[str, Any]) -> bool:
-    """An x86_64 Python translated by Rosetta on an Apple Silicon Mac: torch there has no MPS."""
-    py = found.get("python") or {}
-    return py.get("sys_platform") == "darwin" and py.get("machine") == "x86_64" and (
-        py.get("proc_translated") == "1" or py.get("arm64_hardware") == "1")
-
-
-def smi_gpus(found: dict[str, Any]) -> list[dict[str, Any]]:
-    return ((found.get("nvidia_smi") or {}).get("gpus")) or []
-
-
-def available(found: dict[str, Any], device: str) -> bool:
-    t = torch_facts(found)
-    return device == "cpu" or bool(t.get(f"{device}_available"))
-
-
-def best_available(found: dict[str, Any]) -> str:
-    """The device accelerate picks when nothing forces the CPU: MPS, then CUDA, then XPU (state.py)."""
-    return next((d for d in ("mps", "cuda", "xpu") if available(found, d)), "cpu")
-
-
-def machine_offers(found: dict[str, Any]) -> str:
-    """The best device this machine has, even when torch cannot use it (what `device = "auto"` asks for)."""
-    best = best_available(found)
-    if best != "cpu":
-        return best
-    py = found.get("python") or {}
-    if smi_gpus(found) or torch_facts(found).get("cuda_device_count_machine"):
-        return "cuda"
-    if py.get("sys_platform") == "darwin" and (py.get("machine") == "arm64" or rosetta(found)):
-        return "mps"
-    return "cpu"
-
-
 def wanted(ctx: Context, found: dict[str, Any] | None) -> str | None:
     """The device training must use: the target's, or for `auto` the best the machine offers (None:
     unknown without the probe)."""
     if ctx.target.device != "auto":
         return ctx.target.device
     return machine_offers(found) if found is not None else None
-
-
-def build_label(t: dict[str, Any]) -> str:
-    if t.get("hip"):
-        return f"ROCm {t['hip']} build"
-    if t.get("cuda"):
-        return f"CUDA {t['cuda']} build"
-    if t.get("mps_built"):
-        return "build with MPS"
-    if t.get("xpu_available"):
-        return "XPU build"
-    return "CPU-only build"
-
-
-def device_lines(found: dict[str, Any]) -> list[str]:
-    """What the probe saw, one fact a line, for details and `lorasetup env`."""
-    t, py = torch_facts(found), found.get("python") or {}
-    lines = [f"python {py.get('version')} {py.get('machine')} at {py.get('executable')}"]
-    if py.get("sys_platform") == "darwin":
-        lines.append(f"macOS {py.get('mac_ver')}; Rosetta: {'yes' if rosetta(found) else 'no'}")
-    if not t:
-        return lines + [f"torch: cannot be imported: {found.get('torch_error')}"]
-    lines.append(f"torch {t.get('version')} ({build_label(t)})"
-                 + (f", torchvision {t['torchvision']}" if t.get("torchvision") else ""))
-    count = t.get("cuda_device_count") or 0
-    lines.append(f"cuda available: {yes(t.get('cuda_available'))}, {count} device(s)")
-    for i, d in enumerate(t.get("cuda_devices") or []):
-        cap = d.get("capability") or [0, 0]
-        lines.append(f"  cuda:{i} {d.get('name')}, sm_{cap[0]}{cap[1]}, "
-                     f"{(d.get('total_memory') or 0) / GIB:.1f} GiB")
-    if t.get("cuda_arch_list"):
-        lines.append(f"  torch built for: {' '.join(t['cuda_arch_list'])}")
-    mem = t.get("mps_recommended_max_memory")
-    lines.append(f"mps built: {yes(t.get('mps_built'))}, available: {yes(t.get('mps_available'))}"
-                 + (f", recommended max memory {mem / GIB:.1f} GiB" if mem else ""))
-    if t.get("xpu_available"):
-        lines.append(f"xpu available: {', '.join(t.get('xpu_devices') or []) or 'yes'}")
-    smi = found.get("nvidia_smi")
-    if smi:
-        gpus = [f"{g['name']} ({g['memory_mib']} MiB, sm {g['capability']}, driver {g['driver']})"
-                for g in smi.get("gpus") or []]
-        lines.append(f"nvidia-smi: {'; '.join(gpus) or smi.get('error') or 'no GPU listed'}")
-    lines += [f"torch warned: {w.splitlines()[0]}" for w in t.get("warnings") or []]
-    return lines
-
-
-def yes(value: Any) -> str:
-    return "yes" if value else "no"
 
 
 # --- device.torch -----------------------------------------------------------------------------------------
@@ -320,7 +237,7 @@ def accelerate_device(ctx: Context) -> Result:
         error = acc.get("config_error") or acc.get("launch_error")
         return Result.fail(f"accelerate launch stops before training: {error}", details,
                            hint=f"repair or replace {location.path}", fix=fix)
-    precision, _ = accelconfig.effective_mixed_precision(ctx.train_args)
+    precision, _ = accelconfig.effective_mixed_precision(train_args(ctx))
     if launch.get("mixed_precision") not in (None, precision):
         details.append(f"note: accelerate launch would use mixed_precision {launch['mixed_precision']}, but "
                        f"sd-scripts passes its own ({precision}) to Accelerator(), which wins")
@@ -423,7 +340,7 @@ def edit_train_config(path: Path, edits: dict[str, Any], seen: dict[str, Any]) -
 def args_fix(ctx: Context, edits: dict[str, Any], description: str) -> Fix | None:
     """A --yes fix that edits the `--config_file` TOML; None when a value comes from the command line (the
     person changes their command) or there is no TOML."""
-    args = ctx.train_args
+    args = train_args(ctx)
     path = args.config_file
     if path is None or any(k in args and args.place(k).startswith("--") for k in edits):
         return None
@@ -438,7 +355,7 @@ def args_fix(ctx: Context, edits: dict[str, Any], description: str) -> Fix | Non
 
 def change_hint(ctx: Context, edits: dict[str, Any]) -> str:
     """How to make the change by hand: in the TOML unless the value comes from the command line."""
-    args = ctx.train_args
+    args = train_args(ctx)
     parts = []
     for key, value in edits.items():
         on_cli = key in args and args.place(key).startswith("--")
@@ -505,7 +422,7 @@ def precision_edits(ctx: Context) -> dict[str, Any]:
     """mixed_precision -> no, and the flags that need a mixed precision turned off with it."""
     edits: dict[str, Any] = {"mixed_precision": "no"}
     edits.update({flag: False for flag in ("full_fp16", "full_bf16", "fp8_base")
-                  if ctx.train_args.flag(flag)})
+                  if train_args(ctx).flag(flag)})
     return edits
 
 
@@ -517,7 +434,7 @@ def skipped(exc: ProbeError) -> Result:
 @check("device.precision", "the mixed precision fits the device and the installed versions", tags=PROBED,
        timeout_s=stackprobe.TIMEOUT_S + 10)
 def precision(ctx: Context) -> Result:
-    args = ctx.train_args
+    args = train_args(ctx)
     mp, place = accelconfig.effective_mixed_precision(args)
     if mp not in accelconfig.PRECISIONS:
         edits = precision_edits(ctx)
@@ -620,7 +537,7 @@ except (Exception, SystemExit) as exc:
 
 def optimizer_name(ctx: Context) -> tuple[str, str]:
     """The optimizer sd-scripts will build (library/train_util.py get_optimizer) and where it is set."""
-    args = ctx.train_args
+    args = train_args(ctx)
     if args.flag("use_8bit_adam"):
         return "AdamW8bit", args.place("use_8bit_adam")
     name = str(args.get("optimizer_type") or "")
@@ -646,7 +563,7 @@ def features_prefetch(ctx: Context) -> None:
 @check("device.features", "the training args ask nothing the device cannot do", tags=PROBED,
        prefetch=features_prefetch, timeout_s=max(stackprobe.TIMEOUT_S, OPTIMIZER_TIMEOUT_S) + 10)
 def features(ctx: Context) -> Result:
-    args = ctx.train_args
+    args = train_args(ctx)
     try:
         device = wanted(ctx, facts(ctx) if ctx.target.device == "auto" else None)
     except ProbeError as exc:

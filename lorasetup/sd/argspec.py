@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.model import CheckFailed
+from lorasetup.engine.result import CheckFailed
 
 CACHE_VERSION = 1
 _MAX_DEPTH = 12

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.target import tomllib
+from lorasetup.engine.target import tomllib
 
 # Value kinds, one per validator that ConfigSanitizer uses (library/config_util.py).
 BOOL, INT, FLOAT, STR, TABLE = "bool", "int", "float", "str", "table"

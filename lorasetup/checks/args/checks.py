@@ -5,7 +5,7 @@ write its results.
 sd-scripts merges `--config_file X.toml` into its arguments without argparse's checks: an unknown key is
 dropped silently and a value of the wrong type gets through (`mixed_precision = "fp32"`, `resolution = 512`),
 and many combinations are asserted only after the model is loaded. The options are read statically from the
-checkout (lorasetup.argspec); the rules quote the assertion sd-scripts would stop with.
+checkout (lorasetup.sd.argspec); the rules quote the assertion sd-scripts would stop with.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup import sdfacts
-from lorasetup.argspec import ArgSpec, Option, load_argspec
+from lorasetup.sd.trainargs import train_args, path_setting
+from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.argspec import ArgSpec, Option, load_argspec
 from lorasetup.checks import check
-from lorasetup.context import Context
-from lorasetup.fileedit import backup, flatten
-from lorasetup.model import CheckFailed, Fix, FixError, Result
-from lorasetup.target import tomllib
+from lorasetup.engine.context import Context
+from lorasetup.engine.fileedit import backup, flatten
+from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
+from lorasetup.engine.target import tomllib
 
 REQUIRES = ("repo.present",)
 NO_ARGS_HINT = ("pass the training config with `--train-config config.toml` (sd-scripts' --config_file) and "
@@ -162,7 +163,7 @@ def _args(ctx: Context) -> Args:
 
 def build_args(ctx: Context) -> Args:
     spec = _spec(ctx)
-    config_file = ctx.train_args.config_file  # raises a clear TrainArgsError for a missing or broken file
+    config_file = train_args(ctx).config_file  # raises a clear TrainArgsError for a missing or broken file
     items = toml_items(config_file) if config_file is not None else []
     cli, stray = scan_cli(ctx.target.train_args)
     args = Args(spec, items, cli, stray, config_file)
@@ -510,7 +511,7 @@ class Scope:
 def _dataset_config(ctx: Context) -> tuple[Path, Mapping[str, Any]] | None:
     """The dataset config as data, or None when there is none or it does not parse (dataset.schema says why)."""
     def read() -> tuple[Path, Mapping[str, Any]] | None:
-        path = ctx.path_setting("dataset_config", "dataset_config")
+        path = path_setting(ctx, "dataset_config", "dataset_config")
         if path is None:
             return None
         try:
@@ -1026,7 +1027,7 @@ def output(ctx: Context) -> Result:
     fails: list[str] = []
     warns: list[str] = []
     info: list[str] = []
-    out_dir = ctx.path_setting("output_dir", "output_dir")
+    out_dir = path_setting(ctx, "output_dir", "output_dir")
     if out_dir is None:
         fails.append("output_dir is not set: the whole run trains, then crashes at the first save in "
                      "os.makedirs(args.output_dir) (inferred from train_network.py save_model)")

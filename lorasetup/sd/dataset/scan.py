@@ -22,8 +22,8 @@ from typing import Any
 
 import imagesize
 
-from lorasetup import sdfacts
-from lorasetup.dataset_schema import (
+from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.dataset.schema import (
     BOOL,
     FLOAT,
     FLOAT_PAIR,
@@ -37,7 +37,7 @@ from lorasetup.dataset_schema import (
     accepts,
     format_place,
 )
-from lorasetup.trainargs import TrainArgs
+from lorasetup.sd.trainargs import TrainArgs
 
 # argparse defaults of the dataset options (library/train_util.py add_dataset_arguments, train_network.py
 # validation options), which every run's namespace carries, and the params dataclass defaults for keys that have

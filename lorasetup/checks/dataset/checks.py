@@ -13,15 +13,15 @@ import copy
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorasetup import sdfacts
+from lorasetup.sd import facts as sdfacts
 from lorasetup.checks import check
-from lorasetup.context import Context
-from lorasetup.dataset_scan import (
+from lorasetup.engine.context import Context
+from lorasetup.sd.dataset.scan import (
     EXTENSION_FORMAT,
     NOT_CAPTIONS,
     PLUGIN_EXTENSIONS,
@@ -29,38 +29,39 @@ from lorasetup.dataset_scan import (
     ImageProbe,
     ImpossibleSteps,
     Plan,
-    StepPlan,
     SubsetPlan,
     Value,
-    build_plan,
-    count_dataset,
     finetune_entries,
-    plan_steps,
     probe_image,
     read_caption,
-    read_num_processes,
     shuffles,
     subset_images,
     token_keeper,
 )
-from lorasetup.dataset_schema import (
+from lorasetup.sd.dataset.schema import (
     PATH_KEYS,
     ConfigSyntaxError,
-    LoadedConfig,
     SchemaChecker,
-    SchemaError,
     TomlLayout,
     format_place,
-    load_config,
     parse_place,
-    read_schema,
-    sanitizer_support,
-    train_arg_names,
 )
-from lorasetup.fileedit import backup
-from lorasetup.model import CheckFailed, Fix, FixError, Result
-from lorasetup.target import tomllib
-from lorasetup.trainargs import TrainArgs
+from lorasetup.engine.fileedit import backup
+from lorasetup.sd.dataset.plan import (
+    compute_steps,
+    config_path,
+    dataset_plan,
+    dataset_step_plan,
+    entry_script,
+    image_probes,
+    loaded_config,
+    prefetch_image_probes,
+    schema_checker,
+    schema_errors,
+    train_args_or_none,
+)
+from lorasetup.engine.result import Fix, FixError, Result
+from lorasetup.engine.target import tomllib
 
 SHOWN = 12  # detail lines per finding before "... and N more"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -68,61 +69,11 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # ----------------------------------------------------------------------------- shared, once per run
 
-def _train_args(ctx: Context) -> TrainArgs | None:
-    """The training arguments, or None when their config file is unreadable (the args gate reports that)."""
-    try:
-        return ctx.train_args
-    except CheckFailed:
-        return None
-
-
-def _script(ctx: Context) -> Path | None:
-    root = ctx.target.sd_scripts
-    return root / ctx.target.script if root is not None else None
-
-
-def _config_path(ctx: Context) -> Path | None:
-    """The Target's dataset config, else the training arguments' `dataset_config`."""
-    try:
-        return ctx.path_setting("dataset_config", "dataset_config")
-    except CheckFailed:
-        return None
-
-
-def _checker(ctx: Context) -> SchemaChecker:
-    def build() -> SchemaChecker:
-        args = _train_args(ctx)
-        support = sanitizer_support(_script(ctx), lambda name: bool(args and args.flag(name)))
-        root = ctx.target.sd_scripts
-        tables, origin = read_schema(root / "library" / "config_util.py" if root else None)
-        return SchemaChecker(support, tables, train_arg_names(root, _script(ctx)), origin)
-    return ctx.memo("dataset:checker", build)
-
-
-def _loaded(ctx: Context) -> LoadedConfig | None:
-    """The parsed dataset config; None in folder mode. Raises ConfigSyntaxError (cached)."""
-    def load() -> LoadedConfig | None:
-        path = _config_path(ctx)
-        return load_config(path) if path is not None else None
-    return ctx.memo("dataset:config", load)
-
-
-def _schema_errors(ctx: Context) -> list[SchemaError]:
-    """The sanitizer's errors for the dataset config (none in folder mode); raises ConfigSyntaxError."""
-    def validate() -> list[SchemaError]:
-        loaded = _loaded(ctx)
-        return _checker(ctx).validate(loaded.data, loaded.fmt, loaded.layout) if loaded is not None else []
-    return ctx.memo("dataset:errors", validate)
-
-
-def _plan(ctx: Context) -> Plan:
-    return ctx.memo("dataset:plan", lambda: build_plan(_loaded(ctx), _train_args(ctx), _checker(ctx)))
-
 
 def _usable_plan(ctx: Context) -> Plan | Result:
     """The plan, or the skip result a content check returns when there is nothing it can look at."""
     try:
-        plan = _plan(ctx)
+        plan = dataset_plan(ctx)
     except ConfigSyntaxError as exc:
         return Result.skip(f"dataset config unreadable ({exc.message}); see dataset.schema")
     if plan.mode == "none":
@@ -134,31 +85,6 @@ def _usable_plan(ctx: Context) -> Plan | Result:
 
 _NO_DATASET_HINT = ("point lorasetup at the dataset: `--dataset-config path/to/dataset.toml` (or dataset_config in "
                     "lorasetup.toml), or set dataset_config / train_data_dir in the training config")
-
-
-def _image_paths(plan: Plan) -> list[str]:
-    paths: list[str] = []
-    for subset in plan.subsets:
-        if subset.kind == "finetuning":
-            entries, _ = finetune_entries(subset)
-            paths.extend(e["abs_path"] for e in entries.values() if os.path.exists(e["abs_path"]))
-        else:
-            paths.extend(subset_images(plan, subset) or [])
-    return paths
-
-
-def _probe_all(ctx: Context) -> dict[str, ImageProbe]:
-    return {path: probe_image(path) for path in dict.fromkeys(_image_paths(_plan(ctx)))}
-
-
-def _probes(ctx: Context) -> dict[str, ImageProbe]:
-    """Header probes of every image the plan loads, once per run."""
-    return ctx.memo("dataset:probes", lambda: _probe_all(ctx))
-
-
-def _prefetch_probes(ctx: Context) -> None:
-    """Read the image headers in the background while earlier gates run."""
-    ctx.prefetch("dataset:probes", lambda: _probe_all(ctx))
 
 
 def _capped(lines: list[str], limit: int = SHOWN) -> list[str]:
@@ -273,15 +199,15 @@ def _expect_changes(old: Any, changes: list[tuple[tuple, str, Any]]) -> Callable
 
 @check("dataset.schema", "the dataset config is what sd-scripts' ConfigSanitizer accepts for this script")
 def schema(ctx: Context) -> Result:
-    path = _config_path(ctx)
-    checker = _checker(ctx)
+    path = config_path(ctx)
+    checker = schema_checker(ctx)
     try:
-        loaded = _loaded(ctx)
+        loaded = loaded_config(ctx)
     except ConfigSyntaxError as exc:
         return _syntax_failure(path, exc)
-    args = _train_args(ctx)
+    args = train_args_or_none(ctx)
     if loaded is None:
-        plan = _plan(ctx)
+        plan = dataset_plan(ctx)
         if plan.mode == "none":
             return Result.skip("no dataset configured (no dataset config, no train_data_dir)", hint=_NO_DATASET_HINT)
         if plan.mode == "custom":
@@ -291,10 +217,10 @@ def schema(ctx: Context) -> Result:
             return Result.fail(_count_summary(problems, "problem"), _rest(problems), hint=_RULES_HINT)
         return Result.ok(f"folder mode: {plan.train_data_dir.value} ({plan.train_data_dir.place}); no dataset "
                          "config to validate", [f"rules of {checker.support.origin}"])
-    errors = _schema_errors(ctx)
+    errors = schema_errors(ctx)
     label = loaded.path.name
     details = [e.render(label) for e in errors]
-    plan = _plan(ctx)
+    plan = dataset_plan(ctx)
     rule_problems, fixes = _dataset_rules(ctx, plan, checker)
     details += rule_problems
     info = [(f"schema: {checker.support.origin} ({checker.support.describe()}); tables from "
@@ -379,7 +305,7 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
     fix_edits: list[Edit] = []
     changes: list[tuple[tuple, str, Any]] = []
     seen: set[str] = set()
-    divisor = sdfacts.bucket_divisor(_script(ctx)) if _script(ctx) is not None else None
+    divisor = sdfacts.bucket_divisor(entry_script(ctx)) if entry_script(ctx) is not None else None
     label = _file_label(plan)
     for dataset in plan.datasets:
         get = dataset.get
@@ -531,7 +457,7 @@ def _literal_edit(plan: Plan, value: Value) -> tuple[Edit, str] | None:
 
 def _folder_paths(ctx: Context, plan: Plan) -> Result:
     """Folder mode: train_data_dir must hold `<repeats>_<name>` subfolders (D1)."""
-    args = _train_args(ctx)
+    args = train_args_or_none(ctx)
     base = plan.train_data_dir
     problems: list[str] = []
     for name in ("train_data_dir", "reg_data_dir"):
@@ -568,12 +494,12 @@ def _folder_paths(ctx: Context, plan: Plan) -> Result:
 # ----------------------------------------------------------------------------- dataset.images
 
 @check("dataset.images", "the images sd-scripts picks up are readable, the right format and size",
-       prefetch=_prefetch_probes)
+       prefetch=prefetch_image_probes)
 def images(ctx: Context) -> Result:
     plan = _usable_plan(ctx)
     if isinstance(plan, Result):
         return plan
-    probes = _probes(ctx)
+    probes = image_probes(ctx)
     label = _file_label(plan)
     failures: list[str] = []
     warnings: list[str] = []
@@ -873,7 +799,7 @@ def _caption_fix(ctx: Context, plan: Plan, mismatched: list[tuple[SubsetPlan, Va
 
 def _train_config_caption_fix(ctx: Context, mismatched: list[tuple[SubsetPlan, Value, str]]) -> Fix | None:
     exts = {m[2] for m in mismatched}
-    args = _train_args(ctx)
+    args = train_args_or_none(ctx)
     if len(exts) != 1 or args is None or args.config_file is None or mismatched[0][1].place.startswith("--"):
         return None
     path = args.config_file
@@ -893,27 +819,6 @@ def _train_config_caption_fix(ctx: Context, mismatched: list[tuple[SubsetPlan, V
 
 
 # ----------------------------------------------------------------------------- dataset.steps
-
-def compute_steps(ctx: Context) -> StepPlan:
-    """The run's step plan (raises ImpossibleSteps); shared by dataset.steps and the smoke gate's ETA."""
-    def run() -> StepPlan:
-        plan = _plan(ctx)
-        probes: dict[str, ImageProbe] | None = None
-
-        def sizes(paths_: Iterable[str]) -> dict[str, tuple[int, int]]:
-            nonlocal probes
-            if probes is None:
-                probes = _probes(ctx)
-            out = {}
-            for p in paths_:
-                probe = probes.get(p) or probe_image(p)
-                if probe.size:
-                    out[p] = probe.size
-            return out
-        counts = [count_dataset(plan, d, sizes) for d in plan.datasets]
-        processes, _ = read_num_processes(ctx.target.accelerate_config)
-        return plan_steps(counts, _train_args(ctx), processes)
-    return ctx.memo("dataset:steps", run)
 
 
 @check("dataset.steps", "images x repeats, reg balancing, buckets and batches give the steps and save points "
@@ -950,17 +855,9 @@ def steps(ctx: Context) -> Result:
         if step_saves else "; saves only at the end"
     summary = (f"{sp.steps_per_epoch} steps per epoch; {sp.total_steps} steps = {sp.epochs} epoch"
                f"{'s' if sp.epochs != 1 else ''}{saves}")
-    if _schema_errors(ctx):
+    if schema_errors(ctx):
         summary += " (counting as if the keys dataset.schema rejects were left out)"
     return Result.ok(summary, details, data=sp.data())
-
-
-def dataset_step_plan(ctx: Context) -> dict[str, Any] | None:
-    """The step plan as a dict (total_steps, steps_per_epoch, save_steps, ...), or None when it cannot be made."""
-    try:
-        return compute_steps(ctx).data()
-    except (ImpossibleSteps, ConfigSyntaxError, CheckFailed):
-        return None
 
 
 __all__ = ["captions", "compute_steps", "dataset_step_plan", "images", "paths", "schema", "steps"]

@@ -22,12 +22,12 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion
 
 from lorasetup.checks import check
-from lorasetup.context import Context
-from lorasetup.imports import Closure, ImportUse, closure, deep_targets, dist_for, resolve
-from lorasetup.model import CheckFailed, Fix, FixError, Result
-from lorasetup.probe import ProbeError, tail
-from lorasetup.requirements import Pin, RequirementSet, checkout_files, parse_files
-from lorasetup.target import tomllib
+from lorasetup.engine.context import Context
+from lorasetup.sd.imports import Closure, ImportUse, closure, deep_targets, dist_for, resolve
+from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
+from lorasetup.engine.probe import ProbeError, tail
+from lorasetup.checks.deps.requirements import Pin, RequirementSet, checkout_files, parse_files
+from lorasetup.engine.target import tomllib
 
 DEFAULT_PYTHONS = ">=3.10,<3.13"  # sd-scripts README: Python 3.10; 3.11 and 3.12 "will work but not tested"
 # Wheels built for one torch build (CUDA, ROCm, CPU, MPS): pip would fetch a mismatched build or replace
@@ -348,7 +348,7 @@ def prefetch(ctx: Context) -> None:
 
 def prefetch_deep(ctx: Context) -> None:
     prefetch(ctx)
-    from lorasetup import stackprobe
+    from lorasetup.sd import stackprobe
     stackprobe.start(ctx)
 
 
@@ -605,7 +605,7 @@ def isolation(ctx: Context) -> Result:
        tags=("preflight", "probe"), requires=("repo.present", "deps.imports"), timeout_s=300,
        prefetch=prefetch_deep)
 def deep(ctx: Context) -> Result:
-    from lorasetup import stackprobe  # the device gate's module: one process imports the stack for both
+    from lorasetup.sd import stackprobe  # one process imports the stack for deps.deep and the device gate
     modules, pairs = deep_targets(ctx)
     answer = stackprobe.result(ctx)
     found = closure(ctx)

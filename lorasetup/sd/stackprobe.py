@@ -2,7 +2,7 @@
 
 It imports torch and accelerate once, collects the device facts, builds an `Accelerator` the way sd-scripts
 does under the environment `accelerate launch` would set from the accelerate config, then imports the deps
-gate's deep-import targets (lorasetup.imports.deep_targets) one by one. `start(ctx)` launches it in the
+gate's deep-import targets (lorasetup.sd.imports.deep_targets) one by one. `start(ctx)` launches it in the
 background while the static checks run; `result(ctx)` waits for it.
 
 The answer (`result(ctx)`), every key always present:
@@ -33,10 +33,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorasetup import accelconfig
-from lorasetup.context import Context
-from lorasetup.imports import deep_targets
-from lorasetup.probe import MARKER, ProbeError, run_probe
+from lorasetup.sd.trainargs import train_args
+from lorasetup.sd import accelconfig
+from lorasetup.engine.context import Context
+from lorasetup.sd.imports import deep_targets
+from lorasetup.engine.probe import MARKER, ProbeError, run_probe
 
 KEY = "stackprobe"
 TIMEOUT_S = 240.0  # a cold first import of torch on a laptop disk can take a minute
@@ -295,9 +296,9 @@ def params(ctx: Context) -> dict[str, Any]:
     target = ctx.target
     location = accelconfig.find_config(target)
     try:
-        precision = accelconfig.effective_mixed_precision(ctx.train_args)[0]
-        compile_on = ctx.train_args.flag("torch_compile")
-        dynamo = str(ctx.train_args.get("dynamo_backend", "inductor")) if compile_on else "NO"
+        precision = accelconfig.effective_mixed_precision(train_args(ctx))[0]
+        compile_on = train_args(ctx).flag("torch_compile")
+        dynamo = str(train_args(ctx).get("dynamo_backend", "inductor")) if compile_on else "NO"
     except Exception:  # noqa: BLE001 - an unreadable training config is reported by the args checks
         precision, dynamo = "no", "NO"
     modules, pairs, targets_error = _deep_targets(ctx)

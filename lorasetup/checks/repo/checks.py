@@ -5,28 +5,17 @@ changes."""
 from __future__ import annotations
 
 import difflib
-import os
-import subprocess
 from pathlib import Path
 
 from lorasetup.checks import check
-from lorasetup.context import Context
-from lorasetup.model import CheckFailed, Fix, FixError, Result
-from lorasetup.target import DISCOVERY_DIRS
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Fix, FixError, Result
+from lorasetup.engine.target import DISCOVERY_DIRS
+from lorasetup.sd.git import git
 
 SUBMODULE = "sd-scripts"  # the submodule path in kohya_ss's .gitmodules
 NEEDED_FILES = ("library/train_util.py", "networks/lora.py")
 RECLONE = "git clone --recursive https://github.com/bmaltais/kohya_ss.git"
-
-
-def git(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run git in `cwd` (never prompting); a missing git is bad input, not a crash."""
-    try:
-        return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, timeout=30,
-                              env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"},
-                              stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise CheckFailed("git is not installed", hint="install git, then run lorasetup again") from None
 
 
 def gitlink(root: Path) -> str | None:

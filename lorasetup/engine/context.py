@@ -5,12 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
-from lorasetup.probe import run_probe
-from lorasetup.target import Target
-from lorasetup.trainargs import TrainArgs, load_train_args
+from lorasetup.engine.probe import run_probe
+from lorasetup.engine.target import Target
 
 T = TypeVar("T")
 
@@ -54,31 +52,13 @@ class Context:
 
     def probe(self, key: str, code: str, timeout: float = 60.0, env: Mapping[str, str] | None = None,
               background: bool = False) -> dict[str, Any] | None:
-        """Run a snippet in the training interpreter once per run (see lorasetup.probe)."""
+        """Run a snippet in the training interpreter once per run (see lorasetup.engine.probe)."""
         def call() -> dict[str, Any]:
             return run_probe(self.target.python_exe, code, timeout=timeout, env=env)
         if background:
             self.prefetch(f"probe:{key}", call)
             return None
         return self.memo(f"probe:{key}", call)
-
-    @property
-    def train_args(self) -> TrainArgs:
-        """The merged training arguments (raises TrainArgsError for an unreadable config file)."""
-        return self.memo("train_args", lambda: load_train_args(self.target.train_config,
-                                                              self.target.train_args))
-
-    def path_setting(self, field: str, arg: str) -> Path | None:
-        """A path from the Target, else from the training arguments (e.g. base_model vs
-        `pretrained_model_name_or_path`); relative paths resolve from the working directory, as in sd-scripts."""
-        value = getattr(self.target, field)
-        if value is not None:
-            return value
-        raw = self.train_args.get(arg)
-        if not raw or not isinstance(raw, str):
-            return None
-        path = Path(raw).expanduser()
-        return path if path.is_absolute() else (Path.cwd() / path)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

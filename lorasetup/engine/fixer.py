@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lorasetup.context import Context
-from lorasetup.model import Check, FixError, Result, Status
-from lorasetup.runner import Runner
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Check, FixError, Result, Status
+from lorasetup.engine.runner import Runner
 
 MAX_ROUNDS = 3
 FAILING = (Status.FAIL, Status.ERROR)

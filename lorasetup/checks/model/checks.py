@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorasetup.sd.trainargs import train_args, path_setting
 from lorasetup.checks import check
-from lorasetup.context import Context
-from lorasetup.model import Fix, FixError, Result
-from lorasetup.safetensors_header import Header, HeaderError, read_header, sniff
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import Fix, FixError, Result
+from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
 
 BASE_MODEL_ARG = "pretrained_model_name_or_path"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
@@ -47,8 +48,8 @@ WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "dif
 
 def base_model(ctx: Context) -> tuple[Path | None, str | None]:
     """The base model path, and the raw value when it is a Hugging Face Hub id rather than a local path."""
-    path = ctx.path_setting("base_model", BASE_MODEL_ARG)
-    raw = None if ctx.target.base_model is not None else ctx.train_args.get(BASE_MODEL_ARG)
+    path = path_setting(ctx, "base_model", BASE_MODEL_ARG)
+    raw = None if ctx.target.base_model is not None else train_args(ctx).get(BASE_MODEL_ARG)
     if path is not None and not path.exists() and isinstance(raw, str) and HUB_ID.match(raw):
         return path, raw
     return path, None
@@ -57,7 +58,7 @@ def base_model(ctx: Context) -> tuple[Path | None, str | None]:
 def _where(ctx: Context) -> str:
     if ctx.target.base_model is not None:
         return f"base_model ({ctx.target.sources.get('base_model', 'lorasetup config')})"
-    return ctx.train_args.place(BASE_MODEL_ARG)
+    return train_args(ctx).place(BASE_MODEL_ARG)
 
 
 def _header(ctx: Context, path: Path) -> Header:
@@ -250,15 +251,15 @@ def model_family(ctx: Context) -> Result:
                 else f"this sd-scripts checkout has no script for {label}; use a base model that {script} trains")
         return Result.fail(f"{label} model with {script}: the run dies after loading the model "
                            "(Missing key(s) in state_dict)", details=details, hint=hint, data=data)
-    v2 = ctx.train_args.flag("v2")
+    v2 = train_args(ctx).flag("v2")
     if family.name == "sd2" and not v2:
         return Result.fail(f"SD2.x model without --v2: {script} builds an SD1 model and dies loading the weights",
                            details=details, hint="add `v2 = true` to the training config (and "
                                                  "`v_parameterization = true` for 768-v models)", data=data)
     if family.name == "sd1" and v2:
-        return Result.fail(f"SD1.x model with --v2 ({ctx.train_args.place('v2')}): the run dies loading the weights",
-                           details=details, hint=f"remove v2 from {ctx.train_args.place('v2')}", data=data)
-    if family.v_prediction is not None and family.v_prediction != ctx.train_args.flag("v_parameterization"):
+        return Result.fail(f"SD1.x model with --v2 ({train_args(ctx).place('v2')}): the run dies loading the weights",
+                           details=details, hint=f"remove v2 from {train_args(ctx).place('v2')}", data=data)
+    if family.v_prediction is not None and family.v_prediction != train_args(ctx).flag("v_parameterization"):
         want = "needs" if family.v_prediction else "must not have"
         return Result.fail(f"{label} {'v-prediction' if family.v_prediction else 'epsilon'} model {want} "
                            "--v_parameterization: the run trains but the LoRA learns the wrong target",
@@ -380,16 +381,16 @@ def model_tokenizer(ctx: Context) -> Result:
     sd_scripts = ctx.target.sd_scripts
     if sd_scripts is None:
         return Result.skip("no sd-scripts checkout")
-    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": ctx.train_args.flag("v2")})
+    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).flag("v2")})
     if specs is None:
         return Result.skip(f"{ctx.target.script} does not load its tokenizers through a strategy_* "
                            "_load_tokenizer call; not checked")
     environ = os.environ
     offline = _env_true(environ, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    cache_dir_raw = ctx.train_args.get("tokenizer_cache_dir")
+    cache_dir_raw = train_args(ctx).get("tokenizer_cache_dir")
     cache_dir = Path(str(cache_dir_raw)).expanduser() if cache_dir_raw else None
     hub = hub_cache(environ)
-    max_len = ctx.train_args.get("max_token_length")
+    max_len = train_args(ctx).get("max_token_length")
     details: list[str] = []
     missing: list[TokenizerSpec] = []
     broken: list[str] = []

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.model import CheckFailed
-from lorasetup.target import tomllib
+from lorasetup.engine.context import Context
+from lorasetup.engine.result import CheckFailed
+from lorasetup.engine.target import tomllib
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,21 @@ def load_train_args(config_file: Path | None, extra: list[str]) -> TrainArgs:
     for key, value in cli.items():
         result.values[key] = ArgValue(key, value, f"--{key}")
     return result
+
+
+def train_args(ctx: Context) -> TrainArgs:
+    """The run's merged training arguments, once per run (raises TrainArgsError for an unreadable config)."""
+    return ctx.memo("train_args", lambda: load_train_args(ctx.target.train_config, ctx.target.train_args))
+
+
+def path_setting(ctx: Context, field_name: str, arg: str) -> Path | None:
+    """A path from the Target, else from the training arguments (e.g. base_model vs
+    `pretrained_model_name_or_path`); relative paths resolve from the working directory, as in sd-scripts."""
+    value = getattr(ctx.target, field_name)
+    if value is not None:
+        return value
+    raw = train_args(ctx).get(arg)
+    if not raw or not isinstance(raw, str):
+        return None
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path)

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
-from lorasetup.model import Result, Status
-from lorasetup.target import Target
+from lorasetup.engine.result import Result, Status
+from lorasetup.engine.target import Target
 
 SCHEMA_VERSION = 1
 MARKS = {Status.OK: "✓", Status.WARN: "!", Status.FAIL: "✗", Status.SKIP: "-", Status.ERROR: "E"}
