@@ -24,11 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorasetup.sd.argspec import extract, load_argspec
 from lorasetup.checks import by_id
 from lorasetup.engine.context import Context
 from lorasetup.engine.runner import run_one
 from lorasetup.engine.target import Target
+from lorasetup.sd.argspec import extract, load_argspec
 
 SEED_TOML = """
 [model]

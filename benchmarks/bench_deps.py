@@ -23,13 +23,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lorasetup.sd import stackprobe
 from lorasetup.checks import by_id
 from lorasetup.engine.context import Context
-from lorasetup.sd.imports import deep_targets
 from lorasetup.engine.result import Status
 from lorasetup.engine.runner import Runner, run_one
 from lorasetup.engine.target import Target, load_target
+from lorasetup.sd import stackprobe
+from lorasetup.sd.imports import deep_targets
 
 
 def median_time(fn: Callable[[], object], repeat: int) -> float:

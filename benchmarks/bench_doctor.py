@@ -26,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-from lorasetup.sd import stackprobe
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import load_target
+from lorasetup.sd import stackprobe
 
 BARE = "import torch, accelerate, transformers, diffusers"
 

@@ -21,10 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from lorasetup.sd.trainargs import train_args
 from lorasetup.cli import build_parser, make_target, split_passthrough
 from lorasetup.engine.context import Context
 from lorasetup.sd.launch import run_env, smoke_plan
+from lorasetup.sd.trainargs import train_args
 
 
 def timed(argv: list[str], log: Path) -> tuple[float, subprocess.CompletedProcess]:

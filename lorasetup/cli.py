@@ -19,8 +19,8 @@ from lorasetup import __version__
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap, needs_you
-from lorasetup.engine.result import Check, Result
 from lorasetup.engine.report import err, exit_code, render_result, summary_line, to_json, use_color
+from lorasetup.engine.result import Check, Result
 from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import ConfigError, Target, load_target
 

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup import __version__
+from lorasetup.engine.context import Context
+from lorasetup.engine.probe import ProbeError
+from lorasetup.engine.result import CheckFailed
 from lorasetup.sd import accelconfig, stackprobe
 from lorasetup.sd.devices import GIB, build_label, rosetta, yes
 from lorasetup.sd.git import git
-from lorasetup.engine.context import Context
-from lorasetup.engine.result import CheckFailed
-from lorasetup.engine.probe import ProbeError
 
 UNKNOWN = "could not collect"
 

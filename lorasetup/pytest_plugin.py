@@ -14,8 +14,8 @@ import pytest
 
 from lorasetup.checks import MARKERS, all_checks
 from lorasetup.engine.context import Context
-from lorasetup.engine.result import Status
 from lorasetup.engine.report import render_result
+from lorasetup.engine.result import Status
 from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import FIELD_NAMES, ConfigError, Target, load_target
 

@@ -7,8 +7,8 @@ a margin, so it is set here, once pytest's options give the target.
 import pytest
 
 from lorasetup.checks.smoke.checks import smoke_pytest_timeout
-from lorasetup.pytest_plugin import gate_params, target_from_config
 from lorasetup.engine.target import ConfigError, Target
+from lorasetup.pytest_plugin import gate_params, target_from_config
 
 
 def pytest_generate_tests(metafunc):

@@ -7,8 +7,8 @@ import traceback
 from collections.abc import Callable, Iterable
 
 from lorasetup.engine.context import Context
-from lorasetup.engine.result import Check, CheckFailed, Result, Status
 from lorasetup.engine.probe import ProbeError
+from lorasetup.engine.result import Check, CheckFailed, Result, Status
 
 
 def select(checks: list[Check], only: Iterable[str] = (), skip: Iterable[str] = (),

@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.sd.trainargs import train_args
-from lorasetup.sd.argspec import cache_dir
 from lorasetup.engine.context import Context
-from lorasetup.engine.result import CheckFailed
 from lorasetup.engine.probe import ProbeError
+from lorasetup.engine.result import CheckFailed
+from lorasetup.sd.argspec import cache_dir
 from lorasetup.sd.facts import MODULE_TO_DIST, optimizer_module
+from lorasetup.sd.trainargs import train_args
 
 CACHE_VERSION = 1
 CATCHES_IMPORT_ERROR = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lorasetup.engine.result import CheckFailed
 from lorasetup.engine.probe import kill_tree
+from lorasetup.engine.result import CheckFailed
 from lorasetup.engine.target import Target, tomllib
 
 SMOKE_OUTPUT_NAME = "lorasetup-smoke"

@@ -33,11 +33,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from lorasetup.sd.trainargs import train_args
-from lorasetup.sd import accelconfig
 from lorasetup.engine.context import Context
-from lorasetup.sd.imports import deep_targets
 from lorasetup.engine.probe import MARKER, ProbeError, run_probe
+from lorasetup.sd import accelconfig
+from lorasetup.sd.imports import deep_targets
+from lorasetup.sd.trainargs import train_args
 
 KEY = "stackprobe"
 TIMEOUT_S = 240.0  # a cold first import of torch on a laptop disk can take a minute

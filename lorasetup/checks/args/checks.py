@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.sd.trainargs import train_args, path_setting
-from lorasetup.sd import facts as sdfacts
-from lorasetup.sd.argspec import ArgSpec, Option, load_argspec
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import backup, flatten
 from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
 from lorasetup.engine.target import tomllib
+from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.argspec import ArgSpec, Option, load_argspec
+from lorasetup.sd.trainargs import path_setting, train_args
 
 REQUIRES = ("repo.present",)
 NO_ARGS_HINT = ("pass the training config with `--train-config config.toml` (sd-scripts' --config_file) and "

@@ -18,9 +18,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorasetup.sd import facts as sdfacts
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
+from lorasetup.engine.fileedit import backup
+from lorasetup.engine.result import Fix, FixError, Result
+from lorasetup.engine.target import tomllib
+from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.dataset.plan import (
+    compute_steps,
+    config_path,
+    dataset_plan,
+    dataset_step_plan,
+    entry_script,
+    image_probes,
+    loaded_config,
+    prefetch_image_probes,
+    schema_checker,
+    schema_errors,
+    train_args_or_none,
+)
 from lorasetup.sd.dataset.scan import (
     EXTENSION_FORMAT,
     NOT_CAPTIONS,
@@ -46,22 +62,6 @@ from lorasetup.sd.dataset.schema import (
     format_place,
     parse_place,
 )
-from lorasetup.engine.fileedit import backup
-from lorasetup.sd.dataset.plan import (
-    compute_steps,
-    config_path,
-    dataset_plan,
-    dataset_step_plan,
-    entry_script,
-    image_probes,
-    loaded_config,
-    prefetch_image_probes,
-    schema_checker,
-    schema_errors,
-    train_args_or_none,
-)
-from lorasetup.engine.result import Fix, FixError, Result
-from lorasetup.engine.target import tomllib
 
 SHOWN = 12  # detail lines per finding before "... and N more"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -22,12 +22,12 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion
 
 from lorasetup.checks import check
-from lorasetup.engine.context import Context
-from lorasetup.sd.imports import Closure, ImportUse, closure, deep_targets, dist_for, resolve
-from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
-from lorasetup.engine.probe import ProbeError, tail
 from lorasetup.checks.deps.requirements import Pin, RequirementSet, checkout_files, parse_files
+from lorasetup.engine.context import Context
+from lorasetup.engine.probe import ProbeError, tail
+from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
 from lorasetup.engine.target import tomllib
+from lorasetup.sd.imports import Closure, ImportUse, closure, deep_targets, dist_for, resolve
 
 DEFAULT_PYTHONS = ">=3.10,<3.13"  # sd-scripts README: Python 3.10; 3.11 and 3.12 "will work but not tested"
 # Wheels built for one torch build (CUDA, ROCm, CPU, MPS): pip would fetch a mismatched build or replace

@@ -17,13 +17,13 @@ from typing import Any
 
 from packaging.version import Version
 
-from lorasetup.sd.trainargs import train_args
-from lorasetup.sd import accelconfig, stackprobe
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import backup, flatten
-from lorasetup.engine.result import Fix, FixError, Result, Status
 from lorasetup.engine.probe import ProbeError
+from lorasetup.engine.result import Fix, FixError, Result, Status
+from lorasetup.engine.target import tomllib
+from lorasetup.sd import accelconfig, stackprobe
 from lorasetup.sd.devices import (
     available,
     build_label,
@@ -35,7 +35,7 @@ from lorasetup.sd.devices import (
     version,
 )
 from lorasetup.sd.facts import needs_bitsandbytes
-from lorasetup.engine.target import tomllib
+from lorasetup.sd.trainargs import train_args
 
 PROBED = ("preflight", "probe")
 TORCH_INSTALL = "https://pytorch.org/get-started/locally/"

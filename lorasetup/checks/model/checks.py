@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorasetup.sd.trainargs import train_args, path_setting
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
+from lorasetup.sd.trainargs import path_setting, train_args
 
 BASE_MODEL_ARG = "pretrained_model_name_or_path"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import IO, Any
 
 from lorasetup.checks import check
-from lorasetup.sd.dataset.plan import dataset_step_plan
 from lorasetup.engine.context import Context
-from lorasetup.sd.launch import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
 from lorasetup.engine.result import Result
-from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
 from lorasetup.engine.target import Target
+from lorasetup.sd.dataset.plan import dataset_step_plan
+from lorasetup.sd.launch import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
+from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
 from lorasetup.sd.trainargs import TrainArgs, train_args
 
 PYTEST_MARGIN_S = 120.0  # the pytest timeout of the smoke gate: the run's own timeout plus this

@@ -12,15 +12,15 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tomlgen import toml_value
-from test_args import TREE, write_tree
 
-from lorasetup.sd.argspec import extract
 from lorasetup.checks import by_id
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Status
 from lorasetup.engine.runner import run_one
 from lorasetup.engine.target import Target, tomllib
+from lorasetup.sd.argspec import extract
+from tests.args.test_args import TREE, write_tree
+from tests.support.tomlgen import toml_value
 
 SCRIPTS = ("train_network.py", "sdxl_train_network.py", "flux_train_network.py", "fine_tune.py")
 ROOT_HOLDER: dict[str, Path] = {}

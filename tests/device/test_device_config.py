@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.sd import accelconfig
 from lorasetup.checks.device.checks import edit_toml_text, edit_train_config
 from lorasetup.engine.result import FixError
 from lorasetup.engine.target import tomllib
+from lorasetup.sd import accelconfig
 from lorasetup.sd.trainargs import load_train_args
 
 

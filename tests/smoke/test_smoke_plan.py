@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from lorasetup.checks.smoke.checks import check_lora, explain, smoke_pytest_timeout
+from lorasetup.engine.target import Target, tomllib
 from lorasetup.sd.launch import (
     SMOKE_DROPPED,
     config_without,
@@ -24,7 +25,6 @@ from lorasetup.sd.launch import (
     toml_key,
     toml_value,
 )
-from lorasetup.engine.target import Target, tomllib
 from lorasetup.sd.trainargs import load_train_args
 
 GUI_CONFIG = '''

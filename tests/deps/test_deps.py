@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from deps_fixtures import (
+
+from lorasetup.checks import all_checks
+from lorasetup.checks.deps.requirements import checkout_files
+from lorasetup.engine.context import Context
+from lorasetup.engine.fixer import bootstrap
+from lorasetup.engine.result import FixError, Status
+from lorasetup.engine.runner import Runner, select
+from tests.support.deps_fixtures import (
     NINE,
     NINE_PINS,
     build_wheelhouse,
@@ -22,13 +29,6 @@ from deps_fixtures import (
     site_packages,
     target,
 )
-
-from lorasetup.checks import all_checks
-from lorasetup.engine.context import Context
-from lorasetup.engine.fixer import bootstrap
-from lorasetup.engine.result import FixError, Status
-from lorasetup.checks.deps.requirements import checkout_files
-from lorasetup.engine.runner import Runner, select
 
 STATIC = ["deps.interpreter", "deps.imports", "deps.versions", "deps.library", "deps.isolation"]
 THIS_PLATFORM_EXCLUDED = f'winonly==1.0; sys_platform != "{sys.platform}"'

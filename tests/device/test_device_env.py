@@ -8,12 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lorasetup.sd import stackprobe
 from lorasetup.engine.context import Context
-from lorasetup.envinfo import render_env
 from lorasetup.engine.target import Target
+from lorasetup.envinfo import render_env
+from lorasetup.sd import stackprobe
 
-PROBES = Path(__file__).parent / "data" / "probes"
+PROBES = Path(__file__).parents[1] / "data" / "probes"
 
 
 def rows(text: str) -> dict[str, str]:

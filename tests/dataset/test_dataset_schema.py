@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lorasetup.engine.target import tomllib
 from lorasetup.sd.dataset.schema import (
     BUILTIN_SCHEMA,
     FLOAT_PAIR,
@@ -22,9 +23,8 @@ from lorasetup.sd.dataset.schema import (
     read_schema,
     sanitizer_support,
 )
-from lorasetup.engine.target import tomllib
 
-CORPUS = Path(__file__).parent / "data" / "dataset_corpus"
+CORPUS = Path(__file__).parents[1] / "data" / "dataset_corpus"
 MANIFEST = tomllib.loads((CORPUS / "manifest.toml").read_text(encoding="utf-8"))["case"]
 # ConfigSanitizer(dreambooth, finetuning, controlnet, dropout) per entry script (and masked_loss), as sd-scripts
 # 48d368fa builds it: train_network.py, train_db.py, fine_tune.py, train_control_net.py, train_textual_inversion.py.

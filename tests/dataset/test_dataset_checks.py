@@ -20,12 +20,12 @@ import pytest
 from PIL import Image
 
 from lorasetup.checks import all_checks
-from lorasetup.sd.dataset.plan import compute_steps, dataset_step_plan
 from lorasetup.engine.context import Context
-from lorasetup.sd.dataset.scan import Buckets, make_bucket_resolutions, probe_image
 from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
+from lorasetup.sd.dataset.plan import compute_steps, dataset_step_plan
+from lorasetup.sd.dataset.scan import Buckets, make_bucket_resolutions, probe_image
 
 DATASET_IDS = ("dataset.schema", "dataset.paths", "dataset.images", "dataset.captions", "dataset.steps")
 

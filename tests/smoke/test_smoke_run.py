@@ -13,7 +13,7 @@ from PIL import Image
 
 from lorasetup.sd.launch import TRACEBACK_SETTLE_S, RunOutcome, run_env, run_streaming
 
-FIXTURE = Path(__file__).with_name("fixture_trainer.py")
+FIXTURE = Path(__file__).parents[1] / "support" / "fixture_trainer.py"
 
 
 @pytest.fixture(scope="session")

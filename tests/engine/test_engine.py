@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from lorasetup.engine.context import Context
-from lorasetup.engine.result import Check, CheckFailed, Result, Status
 from lorasetup.engine.probe import ProbeError, run_probe
+from lorasetup.engine.result import Check, CheckFailed, Result, Status
 from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import Target
 
@@ -152,9 +152,9 @@ def test_smoke_checks_wait_for_the_preflight_checks_of_the_run():
 
 
 def test_stack_probe_skips_the_deep_imports_when_deps_deep_is_not_planned(monkeypatch):
-    from lorasetup.sd import stackprobe
     from lorasetup.checks import all_checks
     from lorasetup.engine.runner import select as pick
+    from lorasetup.sd import stackprobe
 
     def deep_targets(ctx):
         return ["imagesize"], [("imagesize", "get")]

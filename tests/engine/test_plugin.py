@@ -13,7 +13,7 @@ import pytest
 
 from lorasetup.checks import all_checks
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 VERDICT = {"ok": "passed", "warn": "passed", "fail": "failed", "error": "failed", "skip": "skipped"}
 
 

@@ -10,10 +10,10 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from lorasetup.engine.context import Context
-from lorasetup.sd.imports import closure, deep_targets, dist_for
 from lorasetup.checks.deps.requirements import Pin, checkout_files, logical_lines, parse_files
+from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target
+from lorasetup.sd.imports import closure, deep_targets, dist_for
 
 ENTRY = """\
 import os

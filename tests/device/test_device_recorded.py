@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from lorasetup.sd import stackprobe
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result, Status
 from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
+from lorasetup.sd import stackprobe
 
-PROBES = Path(__file__).parent / "data" / "probes"
+PROBES = Path(__file__).parents[1] / "data" / "probes"
 DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
 
 

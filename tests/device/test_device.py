@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.sd import accelconfig, stackprobe
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap
 from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
+from lorasetup.sd import accelconfig, stackprobe
 
 DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
 MULTI_GPU = ("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"

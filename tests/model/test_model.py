@@ -14,8 +14,8 @@ from safetensors.numpy import save_file
 from lorasetup.checks.model.checks import model_family, model_file, model_tokenizer, tokenizer_specs
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Status
-from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
 from lorasetup.engine.target import Target
+from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
 
 SD1 = {"cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (77, 8),
        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}

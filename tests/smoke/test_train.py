@@ -14,13 +14,13 @@ import shlex
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from test_smoke_check import setup  # noqa: F401 - the fixture-trainer target
-from test_smoke_run import dataset  # noqa: F401 - the session dataset fixture
 
 from lorasetup import commands
-from lorasetup.sd import launch
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
+from lorasetup.sd import launch
+from tests.smoke.test_smoke_check import setup  # noqa: F401 - the fixture-trainer target
+from tests.smoke.test_smoke_run import dataset  # noqa: F401 - the session dataset fixture
 
 SD1 = {"cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (77, 8),
        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}
@@ -28,7 +28,8 @@ SD1 = {"cond_stage_model.transformer.text_model.embeddings.position_embedding.we
 
 @pytest.fixture(autouse=True)
 def gates(monkeypatch):
-    monkeypatch.setattr(commands, "all_checks", lambda: [c for c in all_checks() if c.gate in ("repo", "model", "smoke")])
+    gated = [c for c in all_checks() if c.gate in ("repo", "model", "smoke")]
+    monkeypatch.setattr(commands, "all_checks", lambda: gated)
 
 
 def train(target, **kw) -> int:

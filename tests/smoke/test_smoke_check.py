@@ -11,15 +11,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_smoke_run import FIXTURE, alive, dataset  # noqa: F401 - the session dataset fixture
 
 from lorasetup.checks.smoke.checks import run_smoke
-from lorasetup.engine.context import Context
 from lorasetup.commands import smoke_command
+from lorasetup.engine.context import Context
 from lorasetup.engine.result import Status
 from lorasetup.engine.target import Target
+from tests.smoke.test_smoke_run import FIXTURE, alive, dataset  # noqa: F401 - the session dataset fixture
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GUI_CONFIG = """
 [training]
 network_module = "networks.lora"

@@ -78,8 +78,8 @@ def test_list_checks_names_every_gate():
 
 
 def test_a_skip_hint_is_printed_once(tmp_path):
-    from lorasetup.engine.result import Result
     from lorasetup.engine.report import render_result
+    from lorasetup.engine.result import Result
     shown: set[str] = set()
     first = Result.skip("no dataset configured", hint="pass --dataset-config")
     assert "hint: pass --dataset-config" in render_result(first, shown_hints=shown)

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import git
 from lorasetup.checks import all_checks
 from lorasetup.checks.repo.checks import submodule_fix
 from lorasetup.engine.context import Context
@@ -14,6 +13,7 @@ from lorasetup.engine.fixer import bootstrap
 from lorasetup.engine.result import FixError, Status
 from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target, load_target
+from tests.support.git import git
 
 REPO = [c for c in all_checks() if c.gate == "repo"]
 
