@@ -31,6 +31,7 @@ from typing import IO, Any
 from lorasetup.engine.probe import kill_tree
 from lorasetup.engine.result import CheckFailed
 from lorasetup.engine.target import Target, tomllib
+from lorasetup.sd.memwatch import NO_SAMPLER, MemorySampler
 
 SMOKE_OUTPUT_NAME = "lorasetup-smoke"
 # What the smoke run takes out of the command line and the training config (sd-scripts option names).
@@ -362,8 +363,10 @@ def _reap(proc: subprocess.Popen, deadline: float) -> tuple[bool, int | None]:
 
 
 def run_streaming(argv: list[str], *, timeout: float, echo: IO[str] | None, cwd: Path | None = None,
-                  env: dict[str, str] | None = None, watch_output: bool = True) -> RunOutcome:
-    """Run `argv`, echo its merged output live to `echo`, parse it, and stop it when the Watch says so."""
+                  env: dict[str, str] | None = None, watch_output: bool = True,
+                  sampler: MemorySampler = NO_SAMPLER) -> RunOutcome:
+    """Run `argv`, echo its merged output live to `echo`, parse it, and stop it when the Watch says so.
+    A `sampler` watches the process tree's memory from its start until it has exited."""
     start = time.monotonic()
     watch = Watch(start)
     deadline = start + timeout
@@ -374,6 +377,7 @@ def run_streaming(argv: list[str], *, timeout: float, echo: IO[str] | None, cwd:
     except OSError as exc:
         raise CheckFailed(f"cannot start {argv[0]}: {exc.strerror or exc}",
                           hint="check the training interpreter (--python) and its accelerate install") from None
+    sampler.start(proc.pid)
     chunks: queue.Queue[str | None] = queue.Queue()
 
     def read() -> None:
@@ -423,5 +427,6 @@ def run_streaming(argv: list[str], *, timeout: float, echo: IO[str] | None, cwd:
         if item:
             take(item)
     proc.stdout.close()
+    sampler.stop()
     watch.finish(time.monotonic())
     return RunOutcome(proc.returncode, stopped, time.monotonic() - start, peak, watch)
