@@ -21,6 +21,7 @@ The answer (`result(ctx)`), every key always present:
   num_processes, num_machines, gpu_ids, mixed_precision, use_cpu, env) or launch_error, accelerator (device,
   mixed_precision, distributed_type, num_processes) built with sd-scripts' own mixed precision, and
   accelerator_error when that precision made Accelerator() fail (then `accelerator` is built with "no").
+- "host_memory": {"total", "available", "error"}: the machine's RAM in bytes (psutil, which accelerate requires).
 - "timings": seconds per stage; "stage": the stage running when the interpreter died (None when it finished);
   "crash": None, or what died where when the interpreter was killed by a compiled extension (a segfault or
   abort leaves no Python error): earlier stages' facts are kept; an import that killed it gets that message,
@@ -47,7 +48,7 @@ import importlib, json, os, platform, shutil, subprocess, sys, time, traceback, 
 P = json.loads(PARAMS)
 R = RESULT
 R.update(imports={}, from_imports={}, timings={}, stage=None, crashed_in=None, done=False, torch=None,
-         accelerate=None, nvidia_smi=None, torch_error=None, accelerate_error=None)
+         accelerate=None, nvidia_smi=None, torch_error=None, accelerate_error=None, host_memory=None)
 T0 = time.perf_counter()
 
 
@@ -172,8 +173,9 @@ if torch is not None:
     xpu = getattr(torch, "xpu", None)
 
     def props():
-        return [{"name": p.name, "capability": [p.major, p.minor], "total_memory": p.total_memory}
-                for p in map(cuda.get_device_properties, range(cuda.device_count()))]
+        return [{"name": p.name, "capability": [p.major, p.minor], "total_memory": p.total_memory,
+                 "free_memory": cuda.mem_get_info(i)[0]}
+                for i, p in enumerate(map(cuda.get_device_properties, range(cuda.device_count())))]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for name, get in (
@@ -206,6 +208,13 @@ if torch is not None:
                     t["device_ops"][dev] = errline(exc)
     t["warnings"] = [str(w.message).strip() for w in caught]
     tick("devices", start)
+
+try:  # psutil comes with accelerate (a requirement of it)
+    import psutil
+    memory = psutil.virtual_memory()
+    R["host_memory"] = {"total": memory.total, "available": memory.available, "error": None}
+except Exception as exc:
+    R["host_memory"] = {"total": None, "available": None, "error": errline(exc)}
 
 if R["accelerate"] is not None:
     stage("Accelerator()")
