@@ -6,6 +6,7 @@ line win. Every value remembers where it came from, so messages can name the fil
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,3 +125,10 @@ def path_setting(ctx: Context, field_name: str, arg: str) -> Path | None:
         return None
     path = Path(raw).expanduser()
     return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def network_kwargs(args: TrainArgs) -> dict[str, str]:
+    """`network_args` as sd-scripts splits them: `key=value` tokens (`conv_dim=4`, `algo=loha`)."""
+    raw = args.get("network_args") or []
+    tokens = shlex.split(raw) if isinstance(raw, str) else [str(t) for t in raw]
+    return dict(t.split("=", 1) for t in tokens if "=" in t)

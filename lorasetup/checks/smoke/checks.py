@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from lorasetup.checks import check
+from lorasetup.checks.smoke import memory
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result
 from lorasetup.engine.target import Target
 from lorasetup.sd.dataset.plan import dataset_step_plan
 from lorasetup.sd.launch import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
 from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
-from lorasetup.sd.trainargs import TrainArgs, train_args
+from lorasetup.sd.trainargs import TrainArgs, network_kwargs, train_args
 
 PYTEST_MARGIN_S = 120.0  # the pytest timeout of the smoke gate: the run's own timeout plus this
 DEFAULT_MAX_TRAIN_STEPS = 1600  # library/train_util.py add_training_arguments: --max_train_steps default
@@ -164,13 +165,6 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def network_kwargs(args: TrainArgs) -> dict[str, str]:
-    """`network_args` as sd-scripts splits them: `key=value` tokens."""
-    raw = args.get("network_args") or []
-    tokens = shlex.split(raw) if isinstance(raw, str) else [str(t) for t in raw]
-    return dict(t.split("=", 1) for t in tokens if "=" in t)
-
-
 def check_lora(path: Path, args: TrainArgs) -> tuple[list[str], list[str]]:
     """Problems with the saved LoRA, and what was verified. Reads tensors one at a time, no torch."""
     try:
@@ -287,7 +281,7 @@ def _report(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> tuple[dict[st
     if per_step is not None:
         figures.append(f"{per_step:.2f} s/step")
     if outcome.peak_rss_bytes:
-        figures.append(f"peak RAM {outcome.peak_rss_bytes / 2**30:.2f} GiB (GPU memory not measured)")
+        figures.append(f"peak RAM {outcome.peak_rss_bytes / 2**30:.2f} GiB")
     if figures:
         lines.append(", ".join(figures))
     if eta is not None:
@@ -365,11 +359,17 @@ def run_smoke(ctx: Context, echo: IO[str] | None, keep: bool = False) -> Result:
     try:
         args = train_args(ctx)
         plan = smoke_plan(ctx.target, args.config_file, bool(args.get("logging_dir")), temp, ctx.target.smoke_steps)
+        extra, bucket_line, bucket_data = memory.largest_bucket_args(ctx, temp)
+        plan.argv += extra
+        found, note = memory.estimated(ctx)
         if echo is not None:
             echo.write(f"lorasetup smoke: {shlex.join(plan.argv)}\n")
             echo.flush()
-        outcome = run_streaming(plan.argv, timeout=ctx.target.smoke_timeout, echo=echo, env=run_env())
+        sampler = memory.sampler(ctx)
+        outcome = run_streaming(plan.argv, timeout=ctx.target.smoke_timeout, echo=echo, env=run_env(),
+                                sampler=sampler)
         result = judge(ctx, plan, outcome)
+        memory.add_memory(result, outcome, sampler.peaks, found, note, bucket_line, bucket_data)
     finally:
         if not keep:
             shutil.rmtree(temp, ignore_errors=True)

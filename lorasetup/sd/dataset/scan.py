@@ -771,7 +771,7 @@ def count_dataset(plan: Plan, dataset: DatasetPlan, sizes: Callable[[Iterable[st
         if random_split:
             notes.append("validation_split without validation_seed picks a random train part each run: the "
                          "bucket counts (and so batches with batch_size > 1) can differ by a few")
-        manager = _bucket_manager(dataset)
+        manager = bucket_manager(dataset)
         found = sizes([w for w in where.values() if isinstance(w, str)])
         unknown = 0
         chosen: dict[tuple[int, int], tuple[int, int]] = {}  # image size -> bucket, computed once per size
@@ -794,7 +794,7 @@ def count_dataset(plan: Plan, dataset: DatasetPlan, sizes: Callable[[Iterable[st
                         batches, buckets, notes)
 
 
-def _bucket_manager(dataset: DatasetPlan) -> Buckets:
+def bucket_manager(dataset: DatasetPlan) -> Buckets:
     """BaseDataset: min/max bucket reso are moved to multiples of bucket_reso_steps, then BucketManager."""
     get = dataset.get.get
     if get("resolution") is None:
