@@ -1,0 +1,216 @@
+"""device.memory and device.load_ram: will the run fit in memory, said before it starts.
+
+The estimate (lorasetup.sd.memory, inputs from lorasetup.sd.memoryrun) against what the stack probe saw the
+device offer: per-GPU free memory on CUDA, Metal's recommended working set on MPS, available RAM on the CPU.
+Above the device's limit the run dies ("CUDA out of memory" at the first large bucket, "MPS backend out of
+memory", or the OS killing it); above 85% it is one background program away from that. Each figure is in
+Result.data in bytes, with every change that would lower the peak and by how much.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from lorasetup.checks import check
+from lorasetup.engine.context import Context
+from lorasetup.engine.probe import ProbeError
+from lorasetup.engine.result import Result
+from lorasetup.sd import stackprobe
+from lorasetup.sd.devices import machine_offers, torch_facts
+from lorasetup.sd.memory import (
+    GIB,
+    MPS_HIGH_WATERMARK_RATIO,
+    Estimate,
+    Run,
+    candidate_changes,
+    estimate,
+    savings,
+)
+from lorasetup.sd.memoryrun import NotEstimated, RunFacts, run_facts
+
+PROBED = ("preflight", "probe")
+WARN_RATIO = 0.85
+GREEDY_ROUNDS = 6
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What the device offers the run: `available_bytes` (what the estimate must fit in), `limit_bytes` (where
+    allocations fail; above `available_bytes` only on MPS), `total_bytes`, and how it was read."""
+
+    available_bytes: int
+    limit_bytes: int
+    total_bytes: int
+    label: str
+
+
+def gib(value: float) -> str:
+    return f"{value / GIB:.1f} GiB"
+
+
+def device_of(ctx: Context, found: dict[str, Any]) -> str:
+    return ctx.target.device if ctx.target.device != "auto" else machine_offers(found)
+
+
+def host_capacity(found: dict[str, Any]) -> Capacity | None:
+    memory = found.get("host_memory") or {}
+    available, total = memory.get("available"), memory.get("total")
+    if not isinstance(available, int) or not isinstance(total, int):
+        return None
+    return Capacity(available, available, total, f"{gib(available)} of {gib(total)} RAM available")
+
+
+def cuda_capacity(found: dict[str, Any]) -> Capacity | None:
+    """The GPU with the least free memory among those torch sees (each process of a multi-GPU run gets one)."""
+    devices = [d for d in torch_facts(found).get("cuda_devices") or [] if isinstance(d.get("total_memory"), int)]
+    if not devices:
+        return None
+    gpu = min(devices, key=lambda d: d.get("free_memory", d["total_memory"]))
+    free = gpu.get("free_memory") if isinstance(gpu.get("free_memory"), int) else gpu["total_memory"]
+    used = gpu["total_memory"] - free
+    taken = f", {gib(used)} already in use by other processes" if used > 256 * 1024 ** 2 else ""
+    return Capacity(free, free, gpu["total_memory"], f"{gpu.get('name')}: {gib(free)} free of "
+                                                     f"{gib(gpu['total_memory'])}{taken}")
+
+
+def mps_capacity(found: dict[str, Any]) -> Capacity | None:
+    """Metal's recommended working set; PyTorch fails allocations beyond PYTORCH_MPS_HIGH_WATERMARK_RATIO x it."""
+    recommended = torch_facts(found).get("mps_recommended_max_memory")
+    if not isinstance(recommended, int):
+        return None
+    try:
+        ratio = float(os.environ.get("PYTORCH_MPS_HIGH_WATERMARK_RATIO", MPS_HIGH_WATERMARK_RATIO))
+    except ValueError:
+        ratio = MPS_HIGH_WATERMARK_RATIO
+    limit = int(recommended * ratio) if ratio > 0 else 2 ** 62
+    total = (found.get("host_memory") or {}).get("total") or recommended
+    return Capacity(recommended, limit, total, f"Metal's recommended working set {gib(recommended)} of "
+                                               f"{gib(total)} unified memory (allocations fail above {gib(limit)})")
+
+
+def capacity(found: dict[str, Any], device: str) -> Capacity | None:
+    readers = {"cuda": cuda_capacity, "mps": mps_capacity, "cpu": host_capacity}
+    reader = readers.get(device)
+    return reader(found) if reader else None
+
+
+def fitting_plan(run: Run, budget: int) -> tuple[list[str], int]:
+    """Changes, biggest saving first, until the estimate fits `budget` (at most GREEDY_ROUNDS of them)."""
+    chosen: list[str] = []
+    current = run
+    for _ in range(GREEDY_ROUNDS):
+        peak = estimate(current).peak_bytes
+        if peak <= budget:
+            break
+        options = [(peak - estimate(other).peak_bytes, change, other) for change, other in candidate_changes(current)]
+        options = [o for o in options if o[0] > 0]
+        if not options:
+            break
+        _, change, current = max(options, key=lambda o: o[0])
+        chosen.append(change)
+    return chosen, estimate(current).peak_bytes
+
+
+def breakdown(found: Estimate) -> list[str]:
+    parts = sorted(found.parts.items(), key=lambda kv: -kv[1])
+    return ["estimate: " + ", ".join(f"{name.removesuffix('_bytes').replace('_', ' ')} {gib(value)}"
+                                     for name, value in parts if value)]
+
+
+def describe(facts: RunFacts) -> str:
+    run, bucket = facts.run, facts.bucket
+    where = f", {bucket.place}" if bucket else ""
+    return (f"{run.family} on {run.device}: batch {run.batch} x {run.width}x{run.height} (the largest bucket"
+            f"{where}), mixed_precision {run.mixed_precision}, network_dim {run.network_dim}, {run.optimizer}, "
+            f"gradient_checkpointing {'on' if run.gradient_checkpointing else 'off'}, {run.attention} attention")
+
+
+def memory_data(found: Estimate, cap: Capacity, facts: RunFacts) -> dict[str, Any]:
+    run = facts.run
+    return {"device": run.device, "estimate_peak_bytes": found.peak_bytes, "available_bytes": cap.available_bytes,
+            "limit_bytes": cap.limit_bytes, "total_bytes": cap.total_bytes, "load_peak_bytes": found.load_host_bytes,
+            **found.parts, "bucket": {"width": run.width, "height": run.height, "batch_size": run.batch},
+            "savings": [{"change": s.change, "saving_bytes": s.saving_bytes} for s in savings(run)]}
+
+
+def _facts(ctx: Context) -> tuple[RunFacts, dict[str, Any]] | Result:
+    """The estimate's inputs and the probe's answer, or the skip that says why there is no estimate."""
+    try:
+        found = stackprobe.result(ctx)
+    except ProbeError as exc:
+        return Result.skip(f"needs the training interpreter's answer, which failed: {str(exc).splitlines()[0]}",
+                           hint="see device.torch")
+    try:
+        return run_facts(ctx, device_of(ctx, found)), found
+    except NotEstimated as exc:
+        return Result.skip(f"no memory estimate: {exc}")
+
+
+@check("device.memory", "the training step fits the device's memory at the largest bucket", tags=PROBED,
+       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
+def device_memory(ctx: Context) -> Result:
+    got = _facts(ctx)
+    if isinstance(got, Result):
+        return got
+    facts, found = got
+    run = facts.run
+    cap = capacity(found, run.device)
+    if cap is None:
+        return Result.skip(f"the probe reports no memory figures for {run.device}: not estimated")
+    result = estimate(run)
+    data = memory_data(result, cap, facts)
+    details = [describe(facts), *breakdown(result), f"device: {cap.label}", *facts.notes]
+    peak, ratio = result.peak_bytes, result.peak_bytes / cap.available_bytes
+    head = f"about {gib(peak)} needed, {gib(cap.available_bytes)} available ({100 * ratio:.0f}%)"
+    if peak <= WARN_RATIO * cap.available_bytes:
+        return Result.ok(head, details, data=data)
+    plan, after = fitting_plan(run, int(WARN_RATIO * cap.available_bytes))
+    details += [f"saves {gib(s.saving_bytes)}: {s.change}" for s in savings(run)]
+    hint = (f"set {'; '.join(plan)} (estimate then {gib(after)})" if plan else
+            "no setting lowers the estimate enough: use a device with more memory")
+    if peak > cap.limit_bytes:
+        why = {"cuda": "CUDA out of memory", "mps": "MPS backend out of memory",
+               "cpu": "the OS kills the run (Killed)"}[run.device]
+        return Result.fail(f"does not fit: {head}; the run dies with \"{why}\" at the largest bucket", details,
+                           hint=hint, data=data)
+    if peak > cap.available_bytes:  # MPS only: past the working set, below PyTorch's limit
+        return Result.warn(f"{head}: above Metal's recommended working set, macOS swaps and training slows "
+                           "many times", details, hint=hint, data=data)
+    return Result.warn(f"tight: {head}; another program's memory can push it over", details, hint=hint, data=data)
+
+
+@check("device.load_ram", "the checkpoint loads into RAM without the OS killing the run", tags=PROBED,
+       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
+def load_ram(ctx: Context) -> Result:
+    got = _facts(ctx)
+    if isinstance(got, Result):
+        return got
+    facts, found = got
+    run = facts.run
+    cap = host_capacity(found)
+    if cap is None:
+        return Result.skip("the probe reports no RAM figures (an older probe answer): not estimated")
+    result = estimate(run)
+    peak = result.load_host_bytes + result.launcher_bytes
+    data = {"load_peak_bytes": result.load_host_bytes, "launcher_bytes": result.launcher_bytes,
+            "estimate_peak_bytes": peak, "available_bytes": cap.available_bytes, "total_bytes": cap.total_bytes,
+            "train_host_bytes": result.host_train_bytes}
+    model = "+".join(name for name in run.components)
+    details = [f"{run.family} checkpoint {gib(run.file_bytes)} on disk, read whole and converted to the training "
+               f"modules ({model}): about {gib(result.load_host_bytes)} in the trainer, plus "
+               f"{gib(result.launcher_bytes)} for `accelerate launch`", f"RAM: {cap.label}", *facts.notes]
+    head = f"loading needs about {gib(peak)} of RAM, {gib(cap.available_bytes)} available"
+    hint = "close other programs, add swap, or train on a machine with more RAM"
+    if run.device == "cuda" and not run.lowram:
+        lowered = estimate(replace(run, lowram=True))
+        hint += (f"; --lowram builds the models on the GPU (RAM then about "
+                 f"{gib(lowered.load_host_bytes + lowered.launcher_bytes)}, GPU about {gib(lowered.device_load_bytes)}"
+                 " while loading)")
+    if peak > cap.available_bytes:
+        return Result.fail(f"{head}: the OS kills the run while the model loads (\"Killed\", no traceback)",
+                           details, hint=hint, data=data)
+    if peak > WARN_RATIO * cap.available_bytes:
+        return Result.warn(f"tight: {head}", details, hint=hint, data=data)
+    return Result.ok(head, details, data=data)
