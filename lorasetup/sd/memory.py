@@ -307,9 +307,13 @@ def swapped_params(run: Run) -> int:
     return sum(doubles[:n_double]) + sum(singles[:n_single])
 
 
-def _te_on_device(run: Run) -> bool:
-    """Text encoders stay on the device unless their outputs are cached and they are not trained."""
-    return not (run.cache_te and not run.train_te)
+def te_on_device(run: Run, name: str) -> bool:
+    """Whether a text encoder stays on the device while training. With cached outputs, SDXL moves both to the
+    CPU (they are not trained then); FLUX moves T5-XXL back always and CLIP-L unless it is trained
+    (flux_train_network.py cache_text_encoder_outputs_if_needed)."""
+    if not run.cache_te:
+        return True
+    return run.family == "flux" and name == "te1" and run.train_te
 
 
 def device_weights(run: Run) -> dict[str, int]:
@@ -318,8 +322,9 @@ def device_weights(run: Run) -> dict[str, int]:
     base_bytes = 1 if run.fp8_base or run.fp8_base_unet else wd
     te_bytes = 1 if run.fp8_base and not run.fp8_base_unet else wd
     out = {"model_weights_bytes": int((_params(run, denoiser(run)) - swapped_params(run)) * base_bytes)}
-    if run.device == "cpu" or _te_on_device(run):
-        out["text_encoder_weights_bytes"] = int(sum(_params(run, n) for n in text_encoders(run)) * te_bytes)
+    on_device = [n for n in text_encoders(run) if run.device == "cpu" or te_on_device(run, n)]
+    if on_device:
+        out["text_encoder_weights_bytes"] = int(sum(_params(run, n) for n in on_device) * te_bytes)
     if run.device == "cpu" or not run.cache_latents:
         vae_bytes = 4 if run.no_half_vae else wd
         out["vae_weights_bytes"] = int(_params(run, "vae") * vae_bytes)
@@ -436,8 +441,8 @@ def host_train_bytes(run: Run) -> int:
         held += _params(run, "vae") * (4 if run.no_half_vae else DTYPE_BYTES[weight_dtype(run)])
         if not run.cache_to_disk and not run.highvram:
             held += run.cached_samples * latent_bytes(run)
-    if not _te_on_device(run):  # sdxl_train_network.py moves them to the CPU in fp32
-        held += sum(_params(run, n) for n in text_encoders(run)) * 4
+    te_bytes = 4 if run.family != "flux" else (1 if run.fp8_base else DTYPE_BYTES[weight_dtype(run)])  # SDXL: fp32
+    held += sum(_params(run, n) for n in text_encoders(run) if not te_on_device(run, n)) * te_bytes
     held += swapped_params(run) * (1 if run.fp8_base else DTYPE_BYTES[weight_dtype(run)])
     return host_runtime(run) + held
 

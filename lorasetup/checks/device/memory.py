@@ -162,13 +162,20 @@ def device_memory(ctx: Context) -> Result:
     result = estimate(run)
     data = memory_data(result, cap, facts)
     details = [describe(facts), *breakdown(result), f"device: {cap.label}", *facts.notes]
-    peak, ratio = result.peak_bytes, result.peak_bytes / cap.available_bytes
+    extra = result.launcher_bytes if run.device == "cpu" else 0  # `accelerate launch` beside the trainer
+    peak = result.peak_bytes + extra
+    if extra:
+        data["estimate_peak_bytes"] = peak
+        details.insert(2, f"the trainer {gib(result.peak_bytes)} (its peak: "
+                          f"{'loading' if result.load_host_bytes > result.train_bytes else 'training'}) + "
+                          f"`accelerate launch` {gib(result.launcher_bytes)}")
+    ratio = peak / cap.available_bytes
     head = f"about {gib(peak)} needed, {gib(cap.available_bytes)} available ({100 * ratio:.0f}%)"
     if peak <= WARN_RATIO * cap.available_bytes:
         return Result.ok(head, details, data=data)
-    plan, after = fitting_plan(run, int(WARN_RATIO * cap.available_bytes))
+    plan, after = fitting_plan(run, int(WARN_RATIO * cap.available_bytes) - extra)
     details += [f"saves {gib(s.saving_bytes)}: {s.change}" for s in savings(run)]
-    hint = (f"set {'; '.join(plan)} (estimate then {gib(after)})" if plan else
+    hint = (f"set {'; '.join(plan)} (estimate then {gib(after + extra)})" if plan else
             "no setting lowers the estimate enough: use a device with more memory")
     if peak > cap.limit_bytes:
         why = {"cuda": "CUDA out of memory", "mps": "MPS backend out of memory",
