@@ -331,10 +331,16 @@ def device_weights(run: Run) -> dict[str, int]:
     return out
 
 
+def trained(run: Run) -> list[str]:
+    """The components the network wraps: the U-Net/DiT, and the text encoders unless --network_train_unet_only
+    (for FLUX only CLIP-L: lora_flux.py leaves T5-XXL alone by default)."""
+    encoders = text_encoders(run)[:1] if run.family == "flux" else text_encoders(run)
+    return ([denoiser(run)] if run.train_unet else []) + (encoders if run.train_te else [])
+
+
 def lora_params(run: Run) -> int:
     """Parameters of the network: rank x (in + out) over the wrapped modules of what is trained."""
-    names = ([denoiser(run)] if run.train_unet else []) + (text_encoders(run)[:1] if run.family == "flux" else
-                                                          text_encoders(run)) * run.train_te
+    names = trained(run)
     linear = sum(run.components[n].lora_io for n in names if n in run.components) * run.network_dim
     conv = run.components[denoiser(run)].conv_io * run.conv_dim if run.train_unet and run.conv_dim else 0
     return int((linear + conv) * run.network_factor)

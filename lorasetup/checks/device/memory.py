@@ -135,31 +135,33 @@ def memory_data(found: Estimate, cap: Capacity, facts: RunFacts) -> dict[str, An
             "savings": [{"change": s.change, "saving_bytes": s.saving_bytes} for s in savings(run)]}
 
 
-def _facts(ctx: Context) -> tuple[RunFacts, dict[str, Any]] | Result:
-    """The estimate's inputs and the probe's answer, or the skip that says why there is no estimate."""
+def _inputs(ctx: Context, host: bool) -> tuple[RunFacts, Capacity, Estimate] | Result:
+    """The estimate's inputs, what the device (or with `host`, the RAM) offers and the estimate; or the skip
+    that says why there is none."""
     try:
         found = stackprobe.result(ctx)
     except ProbeError as exc:
         return Result.skip(f"needs the training interpreter's answer, which failed: {str(exc).splitlines()[0]}",
                            hint="see device.torch")
     try:
-        return run_facts(ctx, device_of(ctx, found)), found
+        facts = run_facts(ctx, device_of(ctx, found))
     except NotEstimated as exc:
         return Result.skip(f"no memory estimate: {exc}")
+    cap = host_capacity(found) if host else capacity(found, facts.run.device)
+    if cap is None:
+        what = "RAM" if host else facts.run.device
+        return Result.skip(f"the probe reports no memory figures for {what} (an older answer?): not estimated")
+    return facts, cap, estimate(facts.run)
 
 
 @check("device.memory", "the training step fits the device's memory at the largest bucket", tags=PROBED,
        requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
 def device_memory(ctx: Context) -> Result:
-    got = _facts(ctx)
+    got = _inputs(ctx, host=False)
     if isinstance(got, Result):
         return got
-    facts, found = got
+    facts, cap, result = got
     run = facts.run
-    cap = capacity(found, run.device)
-    if cap is None:
-        return Result.skip(f"the probe reports no memory figures for {run.device}: not estimated")
-    result = estimate(run)
     data = memory_data(result, cap, facts)
     details = [describe(facts), *breakdown(result), f"device: {cap.label}", *facts.notes]
     extra = result.launcher_bytes if run.device == "cpu" else 0  # `accelerate launch` beside the trainer
@@ -191,15 +193,11 @@ def device_memory(ctx: Context) -> Result:
 @check("device.load_ram", "the checkpoint loads into RAM without the OS killing the run", tags=PROBED,
        requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
 def load_ram(ctx: Context) -> Result:
-    got = _facts(ctx)
+    got = _inputs(ctx, host=True)
     if isinstance(got, Result):
         return got
-    facts, found = got
+    facts, cap, result = got
     run = facts.run
-    cap = host_capacity(found)
-    if cap is None:
-        return Result.skip("the probe reports no RAM figures (an older probe answer): not estimated")
-    result = estimate(run)
     peak = result.load_host_bytes + result.launcher_bytes
     data = {"load_peak_bytes": result.load_host_bytes, "launcher_bytes": result.launcher_bytes,
             "estimate_peak_bytes": peak, "available_bytes": cap.available_bytes, "total_bytes": cap.total_bytes,
