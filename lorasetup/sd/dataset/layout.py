@@ -24,6 +24,7 @@ MAX_DEPTH = 2  # DIR, DIR/img, DIR/img/10_name: sd-scripts itself reads one leve
 # Folders that hold training outputs, samples, environments or checkouts, never training images.
 SKIP_DIRS = frozenset({"output", "outputs", "model", "models", "log", "logs", "sample", "samples", "venv", ".venv",
                        "__pycache__", "node_modules", "sd-scripts", "kohya_ss"})
+# A folder name that says "regularization images" (also the dataset gate's test of is_reg against the name).
 REG_NAME = re.compile(r"(^|[^a-z])(reg|regs|regularization|regularisation|class)([^a-z]|$)", re.IGNORECASE)
 SIDECARS = (".xmp", ".aae")  # photo-editor sidecar files: never captions
 # Training resolution per model family (sd-scripts' docs: SD1.x/2.x at 512, 768-v SD2 at 768, SDXL, FLUX.1 and
