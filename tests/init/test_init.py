@@ -129,6 +129,7 @@ def test_kohya_folders_give_repeats_and_class_tokens_from_their_names(tmp_path, 
     seeds[1]["class_tokens"] = "anime_character"  # the one difference: reg images train on the folder's class
     assert ours == seeds
     assert "460 steps per epoch" in err
+    assert "✓ dataset.captions" in err  # no "marked is_reg" warning for reg/1_anime_character
 
 
 def test_flat_folder_of_captioned_images(tmp_path, capsys, bare_python):
