@@ -101,7 +101,9 @@ def build_parser() -> Parser:
 
     sub.add_parser("list-checks", help="every check id, its markers and what it needs")
 
-    init = sub.add_parser("init", help="write dataset.toml and lorasetup.toml for a folder of images, then check")
+    init = sub.add_parser("init", help="write dataset.toml and lorasetup.toml for a folder of images, then check",
+                          description="Target flags override what init finds; it reads a lorasetup.toml only when "
+                          "--config names one. Arguments after `--` are added to the training arguments.")
     add_init_flags(init)
     add_target_flags(init)
     return parser
