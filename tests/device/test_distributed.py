@@ -213,3 +213,13 @@ def test_a_machine_that_never_joins_is_named(two_machines: dict, tmp_path: Path)
     assert r0["summary"].startswith("the launch did not meet within 8 s at 10.213.7.1:29611")
     assert "machine_rank 0 is here, machine_rank 1 did not join" in r0["summary"]
     assert any("start the same launch on machine_rank 1" in d for d in r0["details"]), r0["details"]
+
+
+def test_launch_args_come_from_the_config_file_environment_and_flags(tmp_path: Path) -> None:
+    from lorasetup.engine.target import load_target
+    (tmp_path / "lorasetup.toml").write_text('launch_args = "--multi_gpu --num_processes 2"\n')
+    assert load_target(cwd=tmp_path, environ={}).launch_args == ["--multi_gpu", "--num_processes", "2"]
+    env = {"LORASETUP_LAUNCH_ARGS": "--num_processes 4"}
+    assert load_target(cwd=tmp_path, environ=env).launch_args == ["--num_processes", "4"]
+    flagged = load_target({"launch_args": "--num_machines 2"}, cwd=tmp_path, environ=env)
+    assert flagged.launch_args == ["--num_machines", "2"] and flagged.sources["launch_args"] == "flag"
