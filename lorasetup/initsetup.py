@@ -75,7 +75,7 @@ def discover(target: Target, data_dir: Path) -> Setup:
     """Fill in what the person did not set: checkout, venv, base model and family, script, device."""
     setup = Setup(target)
     for name in ("kohya_root", "python", "base_model", "script", "device", "output_dir", "train_config",
-                 "accelerate_config"):
+                 "accelerate_config", "launch_args", "rendezvous_timeout"):
         label = source_label(target, name)
         if label:
             setup.sources[name] = label
@@ -253,6 +253,8 @@ def render_config(setup: Setup, dataset_name: str, args: list[str], header: list
         ("dataset_config", dataset_name, "written beside this file"), ("base_model", t.base_model, ""),
         ("output_dir", t.output_dir or "output", "relative to this file"),
         ("train_config", t.train_config, ""), ("accelerate_config", t.accelerate_config, ""),
+        ("launch_args", t.launch_args or None, ""),
+        ("rendezvous_timeout", t.rendezvous_timeout if "rendezvous_timeout" in setup.sources else None, ""),
     ]
     for key, item, note in rows:
         source = setup.sources.get(key)
@@ -261,7 +263,8 @@ def render_config(setup: Setup, dataset_name: str, args: list[str], header: list
             if key in ("kohya_root", "python", "base_model"):
                 lines.append(f"# {key} = '...'  {tomltext.comment('not found: set it')}")
             continue
-        text = tomltext.value(item) if key in ("script", "device") else tomltext.path_string(str(item))
+        text = tomltext.path_string(str(item)) if isinstance(item, Path) or key == "output_dir" \
+            else tomltext.value(item)
         lines.append(f"{key} = {text}" + (f"  {tomltext.comment(why)}" if why else ""))
     lines.append("train_args = [")
     lines += [f"  {tomltext.basic_string(arg)}," for arg in args]

@@ -7,6 +7,7 @@ character (TOML forbids them there), so a folder name with a newline cannot brea
 
 from __future__ import annotations
 
+import math
 import re
 
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # forbidden in literal strings and comments (tab is allowed)
@@ -46,11 +47,13 @@ def path_string(text: str) -> str:
 
 
 def value(item: object) -> str:
-    """Booleans, integers and strings (basic), and flat arrays of them."""
+    """Booleans, numbers and strings (basic), and flat arrays of them."""
     if isinstance(item, bool):
         return "true" if item else "false"
     if isinstance(item, int):
         return str(item)
+    if isinstance(item, float):
+        return repr(item) if math.isfinite(item) else ("nan" if math.isnan(item) else "inf" if item > 0 else "-inf")
     if isinstance(item, str):
         return basic_string(item)
     if isinstance(item, list):

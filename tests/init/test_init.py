@@ -97,7 +97,8 @@ def seed_toml(train: Path, reg: Path) -> str:
 def test_seed_layout_gives_the_seeds_dataset_and_460_steps(tmp_path, capsys, bare_python):
     root = tmp_path / "spyke"
     train, reg = seed(root)
-    code, _, err = init(capsys, str(root), "--python", str(bare_python), "--device", "mps", "--epochs", "2")
+    code, _, err = init(capsys, str(root), "--python", str(bare_python), "--device", "mps", "--epochs", "2",
+                        "--launch-args", "--num_cpu_threads_per_process 2", "--rendezvous-timeout", "90")
     assert "460 steps per epoch; 920 steps = 2 epochs; saves at 230, 460, 690, 920" in err
     assert "✓ dataset.schema" in err and "✓ dataset.steps        460 steps per epoch" in err
     written = root / "dataset.toml"
@@ -108,6 +109,7 @@ def test_seed_layout_gives_the_seeds_dataset_and_460_steps(tmp_path, capsys, bar
     assert "flip_aug" not in str(data)
     config = tomllib.loads((root / "lorasetup.toml").read_text())
     assert config["device"] == "mps" and config["dataset_config"] == "dataset.toml"
+    assert config["launch_args"] == ["--num_cpu_threads_per_process", "2"] and config["rendezvous_timeout"] == 90.0
     assert config["train_args"][1:4] == ["--no_half_vae", "--mixed_precision=no", "--optimizer_type=AdamW"]
     assert "--max_train_steps=920" in config["train_args"] and "--save_every_n_steps=230" in config["train_args"]
     assert code == 1  # the preflight fails: no checkout and no base model (named in the output)
