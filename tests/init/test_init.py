@@ -144,6 +144,16 @@ def test_flat_folder_of_captioned_images(tmp_path, capsys, bare_python):
     assert "18 steps per epoch; 100 steps = 6 epochs; saves at 34, 68, 100" in err
 
 
+def test_pointed_at_one_kohya_folder(tmp_path, capsys, bare_python):
+    folder = tmp_path / "img" / "4_ohwx"
+    images(folder, 3)
+    code, _, err = init(capsys, str(folder), "--python", str(bare_python), "--device", "cpu", "--dry-run")
+    assert ".                        3 images x 4 repeats (folder name), no captions, class tokens 'ohwx'" in err
+    images(tmp_path / "2024 trip", 2, "me, beach")  # a name that starts with a number, given as the folder
+    code, _, err = init(capsys, str(tmp_path / "2024 trip"), "--device", "cpu", "--dry-run")
+    assert code == 0 and "2 images x 10 repeats (--repeats)" in err
+
+
 def test_mixed_caption_extensions_are_reported_not_guessed(tmp_path, capsys):
     folder = tmp_path / "data"
     images(folder, 3, "a, b", ext=".txt", prefix="a")

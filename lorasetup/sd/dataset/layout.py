@@ -158,8 +158,10 @@ def _walk(root: Path, skip: tuple[Path, ...]) -> list[Path]:
 def _folder(layout: Layout, path: Path, options: Options) -> Folder | None:
     """The subset a folder makes, or None (no images, or a name sd-scripts would misread: reported)."""
     scan = scan_dir(path)
-    rel = "." if path == layout.root else path.relative_to(layout.root).as_posix()
-    parsed = parse_folder_name(path.name) if path != layout.root else None
+    is_root = path == layout.root
+    rel = "." if is_root else path.relative_to(layout.root).as_posix()
+    # the folder init was pointed at counts as a <repeats>_<name> folder only when it plainly is one
+    parsed = parse_folder_name(path.name) if not is_root or re.match(r"\d+_.", path.name) else None
     _report_files(layout, rel, scan)
     if not scan.images:
         if parsed is not None:
@@ -174,7 +176,7 @@ def _folder(layout: Layout, path: Path, options: Options) -> Folder | None:
         return None
     parents = path.relative_to(layout.root).parts
     if parsed is None:
-        if re.match(r"\s*\d", path.name):
+        if re.match(r"\s*\d", path.name) and not is_root:
             _misread(layout, rel, path.name)
             return None
         is_reg = any(REG_NAME.search(part) for part in parents)
