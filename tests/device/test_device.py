@@ -21,8 +21,10 @@ from lorasetup.engine.target import Target
 from lorasetup.sd import accelconfig, stackprobe
 
 DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
+SINGLE_PROCESS = {"device.distributed": Status.SKIP}  # one process on one machine: nothing to rendezvous
 # without a base model and dataset the memory checks have nothing to estimate (tests/device/test_memory.py)
-ALL_OK = {c.id: Status.SKIP if c.id in ("device.memory", "device.load_ram") else Status.OK for c in DEVICE_CHECKS}
+NOTHING_TO_ESTIMATE = {"device.memory": Status.SKIP, "device.load_ram": Status.SKIP}
+ALL_OK = {**{c.id: Status.OK for c in DEVICE_CHECKS}, **SINGLE_PROCESS, **NOTHING_TO_ESTIMATE}
 MULTI_GPU = ("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
              "use_cpu: false\nmixed_precision: fp16\n")
 
