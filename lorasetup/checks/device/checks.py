@@ -613,6 +613,8 @@ def features(ctx: Context) -> Result:
     if warnings:
         return Result.warn(warnings[0], details, hint=f"change: {change_hint(ctx, {'no_half_vae': True})}")
     return Result.ok(f"optimizer {optimizer}, attention and precision settings fit {device}", details)
-from lorasetup.checks.device import distributed as _distributed  # noqa: E402,F401 - registers device.distributed
-# device.memory and device.load_ram live in their own module; importing it registers them.
+
+
+# These modules register device.distributed, device.memory and device.load_ram after the checks above.
+from lorasetup.checks.device import distributed as _distributed  # noqa: E402,F401
 from lorasetup.checks.device import memory as _memory  # noqa: E402,F401
