@@ -12,14 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.checks.model.checks import (
-    FAMILY_LABELS,
-    FAMILY_SCRIPT,
-    PICKLE_SUFFIXES,
-    Family,
-    classify,
-    classify_folder,
-)
+from lorasetup.checks.model.checks import FAMILY_SCRIPT, PICKLE_SUFFIXES
 from lorasetup.engine import tomltext
 from lorasetup.engine.context import Context
 from lorasetup.engine.probe import ProbeError
@@ -28,6 +21,7 @@ from lorasetup.sd import stackprobe
 from lorasetup.sd.dataset.layout import Finding
 from lorasetup.sd.devices import build_label, machine_offers, torch_facts
 from lorasetup.sd.launch import option_names, strip_options
+from lorasetup.sd.modelfamily import FAMILY_LABELS, Family, classify, classify_folder
 from lorasetup.sd.safetensors_header import HeaderError, read_header
 
 # Where base models usually sit, besides the dataset folder ({dir}) and the checkout ({root}).
