@@ -180,10 +180,10 @@ def device_memory(ctx: Context) -> Result:
     hint = (f"set {'; '.join(plan)} (estimate then {gib(after + extra)})" if plan else
             "no setting lowers the estimate enough: use a device with more memory")
     if peak > cap.limit_bytes:
-        why = {"cuda": "CUDA out of memory", "mps": "MPS backend out of memory",
-               "cpu": "the OS kills the run (Killed)"}[run.device]
-        return Result.fail(f"does not fit: {head}; the run dies with \"{why}\" at the largest bucket", details,
-                           hint=hint, data=data)
+        why = {"cuda": 'dies with "CUDA out of memory"', "mps": 'dies with "MPS backend out of memory"',
+               "cpu": 'is killed by the OS ("Killed", no traceback)'}[run.device]
+        return Result.fail(f"does not fit: {head}; the run {why} at the largest bucket", details, hint=hint,
+                           data=data)
     if peak > cap.available_bytes:  # MPS only: past the working set, below PyTorch's limit
         return Result.warn(f"{head}: above Metal's recommended working set, macOS swaps and training slows "
                            "many times", details, hint=hint, data=data)
