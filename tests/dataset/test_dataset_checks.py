@@ -24,8 +24,9 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
+from lorasetup.sd.dataset.buckets import Buckets, make_bucket_resolutions
 from lorasetup.sd.dataset.plan import compute_steps, dataset_step_plan
-from lorasetup.sd.dataset.scan import Buckets, make_bucket_resolutions, probe_image
+from lorasetup.sd.dataset.scan import probe_image
 
 DATASET_IDS = ("dataset.schema", "dataset.paths", "dataset.images", "dataset.captions", "dataset.steps")
 

@@ -24,6 +24,7 @@ from lorasetup.engine.fileedit import backup
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.engine.target import tomllib
 from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.dataset.blueprint import Plan, SubsetPlan, Value, finetune_entries, subset_images
 from lorasetup.sd.dataset.plan import (
     compute_steps,
     config_path,
@@ -43,15 +44,9 @@ from lorasetup.sd.dataset.scan import (
     PLUGIN_EXTENSIONS,
     CaptionRead,
     ImageProbe,
-    ImpossibleSteps,
-    Plan,
-    SubsetPlan,
-    Value,
-    finetune_entries,
     probe_image,
     read_caption,
     shuffles,
-    subset_images,
     token_keeper,
 )
 from lorasetup.sd.dataset.schema import (
@@ -62,6 +57,7 @@ from lorasetup.sd.dataset.schema import (
     format_place,
     parse_place,
 )
+from lorasetup.sd.dataset.steps import ImpossibleSteps
 
 SHOWN = 12  # detail lines per finding before "... and N more"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -736,9 +732,9 @@ def _trigger_findings(where: str, subset: SubsetPlan, reads: dict[str, CaptionRe
     keep = subset.get.get("keep_tokens") or 0
     if keep < 1 and not subset.get.get("keep_tokens_separator"):
         return []
-    if not shuffles(subset):
+    if not shuffles(subset.get.get):
         return []
-    kept = token_keeper(subset)
+    kept = token_keeper(subset.get.get)
     heads = Counter(kept(r.text) for r in reads.values() if r.text)
     if len(heads) <= 1:
         return []

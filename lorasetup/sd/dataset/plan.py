@@ -11,19 +11,8 @@ from typing import Any
 
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import CheckFailed
-from lorasetup.sd.dataset.scan import (
-    ImageProbe,
-    ImpossibleSteps,
-    Plan,
-    StepPlan,
-    build_plan,
-    count_dataset,
-    finetune_entries,
-    plan_steps,
-    probe_image,
-    read_num_processes,
-    subset_images,
-)
+from lorasetup.sd.dataset.blueprint import Plan, build_plan, finetune_entries, subset_images
+from lorasetup.sd.dataset.scan import ImageProbe, probe_image
 from lorasetup.sd.dataset.schema import (
     ConfigSyntaxError,
     LoadedConfig,
@@ -34,6 +23,7 @@ from lorasetup.sd.dataset.schema import (
     sanitizer_support,
     train_arg_names,
 )
+from lorasetup.sd.dataset.steps import ImpossibleSteps, StepPlan, count_dataset, plan_steps, read_num_processes
 from lorasetup.sd.trainargs import TrainArgs, path_setting, train_args
 
 
