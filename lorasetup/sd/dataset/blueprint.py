@@ -177,6 +177,7 @@ class Plan:
     config: LoadedConfig | None = None
     train_data_dir: Value | None = None
     notes: list[str] = field(default_factory=list)
+    known_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)  # image sizes sd-scripts takes from a cache
     _scans: dict[str, DirScan] = field(default_factory=dict)
     _images: dict[int, list[str] | None] = field(default_factory=dict)
 
@@ -203,17 +204,17 @@ def build_plan(config: LoadedConfig | None, train_args: TrainArgs | None, checke
 
 def _plan_from_config(config: LoadedConfig, train_args: TrainArgs | None, checker: SchemaChecker) -> Plan:
     data = config.data if isinstance(config.data, dict) else {}
-    general = data.get("general") if isinstance(data.get("general"), dict) else {}
-    raw_datasets = data.get("datasets") if isinstance(data.get("datasets"), list) else []
+    general: dict = data["general"] if isinstance(data.get("general"), dict) else {}
+    raw_datasets: list = data["datasets"] if isinstance(data.get("datasets"), list) else []
     plan = Plan("config", [], config=config)
     for i, ds in enumerate(raw_datasets):
         if not isinstance(ds, dict):
             continue
         kind = checker.dataset_kind(ds)
         ds_place = format_place(("datasets", i))
-        layers = [(ds, ds_place, "dataset"), (general, "general", "general")]
+        layers: list[tuple[dict, str, str]] = [(ds, ds_place, "dataset"), (general, "general", "general")]
         dataset = DatasetPlan(ds_place, kind or "dreambooth", ds, Resolver(layers, train_args))
-        subsets = ds.get("subsets") if isinstance(ds.get("subsets"), list) else []
+        subsets: list = ds["subsets"] if isinstance(ds.get("subsets"), list) else []
         for j, sub in enumerate(subsets):
             if not isinstance(sub, dict):
                 continue
@@ -233,10 +234,9 @@ def _plan_from_config(config: LoadedConfig, train_args: TrainArgs | None, checke
 def _plan_from_folders(train_args: TrainArgs | None, checker: SchemaChecker) -> Plan:
     """config_util.generate_dreambooth_subsets_config_by_subdirs, or the one-subset fine-tuning config
     train_network.py builds when `in_json` is set."""
-    get = (lambda name: train_args.get(name)) if train_args is not None else (lambda name: None)
-    train_dir, reg_dir, in_json = get("train_data_dir"), get("reg_data_dir"), get("in_json")
-    if not train_dir:
+    if train_args is None or not train_args.get("train_data_dir"):
         return Plan("none", [])
+    train_dir, reg_dir, in_json = (train_args.get(k) for k in ("train_data_dir", "reg_data_dir", "in_json"))
     plan = Plan("folder", [], train_data_dir=Value(train_dir, train_args.place("train_data_dir"), "args"))
     dataset = DatasetPlan("train_data_dir", "dreambooth", {}, Resolver([], train_args))
     plan.datasets.append(dataset)
@@ -247,36 +247,37 @@ def _plan_from_folders(train_args: TrainArgs | None, checker: SchemaChecker) -> 
                                           "finetuning", table, Resolver([(table, "", "folder")], train_args)))
         return plan
     for base, is_reg in ((train_dir, False), (reg_dir if checker.support.dreambooth else None, True)):
-        if not base or not isinstance(base, str):
-            continue
-        base_path = Path(base)
-        if not base_path.is_dir():
-            continue
-        arg = "reg_data_dir" if is_reg else "train_data_dir"
-        try:
-            children = list(base_path.iterdir())  # unsorted, as sd-scripts iterates it
-        except OSError as exc:
-            plan.notes.append(f"{arg} {base_path}: cannot list it: {exc.strerror}")
-            continue
-        for child in children:
-            if not child.is_dir():
-                continue
-            tokens = child.name.split("_")
-            try:
-                repeats = int(tokens[0])
-            except ValueError:
-                plan.notes.append(f"{arg}: folder {child.name!r} is ignored: its name does not start with "
-                                  "<repeats>_ (sd-scripts: 'ignore directory without repeats')")
-                continue
-            if repeats < 1:
-                plan.notes.append(f"{arg}: folder {child.name!r} is ignored: {repeats} repeats")
-                continue
-            table = {"image_dir": str(child), "num_repeats": repeats, "is_reg": is_reg,
-                     "class_tokens": "_".join(tokens[1:])}
-            place = f"{arg}/{child.name}"
-            dataset.subsets.append(SubsetPlan(place, "dreambooth", table,
-                                              Resolver([(table, place, "folder")], train_args)))
+        if base and isinstance(base, str) and Path(base).is_dir():
+            _add_folder_subsets(plan, dataset, Path(base), is_reg, train_args)
     return plan
+
+
+def _add_folder_subsets(plan: Plan, dataset: DatasetPlan, base: Path, is_reg: bool,
+                        train_args: TrainArgs | None) -> None:
+    """One subset per `<repeats>_<class tokens>` subfolder of `base`, in the order the folder lists them."""
+    arg = "reg_data_dir" if is_reg else "train_data_dir"
+    try:
+        children = list(base.iterdir())  # unsorted, as sd-scripts iterates it
+    except OSError as exc:
+        plan.notes.append(f"{arg} {base}: cannot list it: {exc.strerror}")
+        return
+    for child in children:
+        if not child.is_dir():
+            continue
+        tokens = child.name.split("_")
+        try:
+            repeats = int(tokens[0])
+        except ValueError:
+            plan.notes.append(f"{arg}: folder {child.name!r} is ignored: its name does not start with "
+                              "<repeats>_ (sd-scripts: 'ignore directory without repeats')")
+            continue
+        if repeats < 1:
+            plan.notes.append(f"{arg}: folder {child.name!r} is ignored: {repeats} repeats")
+            continue
+        table = {"image_dir": str(child), "num_repeats": repeats, "is_reg": is_reg,
+                 "class_tokens": "_".join(tokens[1:])}
+        place = f"{arg}/{child.name}"
+        dataset.subsets.append(SubsetPlan(place, "dreambooth", table, Resolver([(table, place, "folder")], train_args)))
 
 
 # ----------------------------------------------------------------------------- subset image lists
@@ -299,17 +300,31 @@ def _subset_images(plan: Plan, subset: SubsetPlan) -> list[str] | None:
         return None
     if subset.get.get("cache_info"):
         cache = os.path.join(image_dir, "metadata_cache.json")
-        if os.path.isfile(cache):
-            try:
-                with open(cache, encoding="utf-8") as fh:
-                    return list(json.load(fh).keys())
-            except (OSError, ValueError, AttributeError):
-                pass
+        cached = _cached_listing(plan, cache) if os.path.isfile(cache) else None
+        if cached is not None:
+            return cached
     scan = plan.scan(Path(image_dir))
     if scan.error:
         return None
     prefix = os.path.join(image_dir, "")
     return [prefix + name for name in scan.images + scan.image_named_dirs]
+
+
+def _cached_listing(plan: Plan, cache: str) -> list[str] | None:
+    """metadata_cache.json ({image path: {"caption", "resolution": [w, h]}}): its paths, in its order, and its
+    sizes, which sd-scripts uses instead of reading the images (DreamBoothDataset.load_dreambooth_dir)."""
+    try:
+        with open(cache, encoding="utf-8") as fh:
+            metas = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metas, dict):
+        return None
+    for path, meta in metas.items():
+        size = meta.get("resolution") if isinstance(meta, dict) else None
+        if isinstance(size, list) and len(size) == 2 and all(type(v) is int for v in size):
+            plan.known_sizes[path] = (size[0], size[1])
+    return list(metas)
 
 
 def finetune_entries(subset: SubsetPlan) -> tuple[dict[str, dict], str | None]:

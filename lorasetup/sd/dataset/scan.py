@@ -150,6 +150,11 @@ def probe_image(path: str) -> ImageProbe:
         if fmt in ("avif", "jxl"):  # imagesize cannot read these; sd-scripts falls back to Pillow
             return ImageProbe(None, fmt)
         return ImageProbe(None, fmt, f"{fmt.upper()} header unreadable (corrupt or truncated)")
+    return _whole_file(width, height, fmt, head, tail, length)
+
+
+def _whole_file(width: int, height: int, fmt: str, head: bytes, tail: bytes, length: int) -> ImageProbe:
+    """A readable header: is the rest of the file there, and will Pillow agree to open something this large?"""
     if fmt == "png" and b"IEND" not in tail:
         return ImageProbe((width, height), fmt, "truncated PNG (no IEND chunk at the end)")
     if fmt == "webp" and int.from_bytes(head[4:8], "little") + 8 > length:
@@ -192,7 +197,7 @@ def read_caption(image_path: str, extension: str, wildcard: bool, scan: DirScan 
     first, face = caption_candidates(image_path, extension)
     same_folder = scan is not None and os.sep not in extension and not (os.altsep and os.altsep in extension)
     for candidate in (first, face) if face != first else (first,):
-        if same_folder and candidate is first:
+        if same_folder and scan is not None and candidate is first:
             exists = candidate[candidate.rfind(os.sep) + 1:] in scan.files
         else:
             exists = os.path.isfile(candidate)
