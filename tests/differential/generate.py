@@ -238,25 +238,43 @@ def _config_case(rng: random.Random, writer: Writer, root: Path, settings: Setti
     return config
 
 
-def _folder_case(rng: random.Random, writer: Writer, root: Path, settings: Settings) -> list[str]:
+def _folder_case(rng: random.Random, writer: Writer, root: Path, settings: Settings) -> dict[str, Any]:
     """Folder mode: `<repeats>_<name>` folders (some with 0 repeats or no number), images directly in
     train_data_dir now and then, a reg_data_dir, or a fine-tuning `--in_json`."""
     train = root / "train"
     if rng.random() < 0.15:
         meta = _metadata_subset(rng, writer, root, 0)
         settings.dataset_options([{}], folder_mode=True, captions=False)
-        return ["--train_data_dir", meta["image_dir"], "--in_json", meta["metadata_file"]]
+        return {"train_data_dir": meta["image_dir"], "in_json": meta["metadata_file"]}
     for i in range(rng.randint(1, 3)):
         name = rng.choice((f"{rng.choice((0, 1, 2, 3, 5))}_tok{i}", f"{rng.randint(1, 4)}_sks_thing{i}", f"x{i}"))
         _folder(rng, writer, train / name, rng.randint(0, 5))
     if rng.random() < 0.1:
         _folder(rng, writer, train, 2)  # images directly in train_data_dir: sd-scripts ignores them
-    argv = ["--train_data_dir", str(train)]
+    args: dict[str, Any] = {"train_data_dir": str(train)}
     if rng.random() < 0.35:
         _folder(rng, writer, root / "reg" / f"{rng.randint(1, 2)}_person", rng.randint(1, 6))
-        argv += ["--reg_data_dir", str(root / "reg")]
+        args["reg_data_dir"] = str(root / "reg")
     settings.dataset_options([{}], folder_mode=True)
-    return argv
+    return args
+
+
+def _command_line(rng: random.Random, root: Path, args: dict[str, Any]) -> list[str]:
+    """The arguments on the command line, or some of them in a training config TOML (`--config_file`, sections
+    flattened by sd-scripts, the command line winning), as kohya_ss writes one."""
+    if rng.random() < 0.7:
+        return _argv(args)
+    in_file = {k: v for k, v in args.items() if rng.random() < 0.8}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in in_file.items():
+        if isinstance(value, list) or key == "resolution":  # a string there, as sd-scripts splits it
+            value = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        sections.setdefault(rng.choice(("model", "dataset_arguments", "training_arguments")), {})[key] = value
+    text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) + "\n"
+                   for name, table in sections.items())
+    (root / "train.toml").write_text(text)
+    rest = {k: v for k, v in args.items() if k not in in_file}
+    return ["--config_file", str(root / "train.toml")] + _argv(rest)
 
 
 def generate(root: Path, seed: int, count: int) -> list[Case]:
@@ -269,10 +287,11 @@ def generate(root: Path, seed: int, count: int) -> list[Case]:
         case_root.mkdir(parents=True)
         settings = Settings(rng)
         if rng.random() < 0.2:
-            argv, config = _folder_case(rng, writer, case_root, settings), None
+            args, config = _folder_case(rng, writer, case_root, settings), None
         else:
             config = _config_case(rng, writer, case_root, settings)
-            argv = ["--dataset_config", str(config)]
-        argv += _argv(settings.args) + _argv(_training_args(rng))
-        cases.append(Case(i, case_root, argv, config))
+            args = {"dataset_config": str(config)}
+        args.update(settings.args)
+        args.update(_training_args(rng))
+        cases.append(Case(i, case_root, _command_line(rng, case_root, args), config))
     return cases

@@ -94,6 +94,7 @@ class Trainer:
         for strategy in self.strategies:
             strategy._strategy = None
         self.captured.clear()
+        sys.argv = ["train_network.py", *argv]  # read_config_from_file parses sys.argv again over the TOML
         args = self.parser.parse_args(argv)
         self.train_util.verify_command_line_training_args(args)
         args = self.train_util.read_config_from_file(args, self.parser)
