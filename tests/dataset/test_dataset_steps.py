@@ -88,6 +88,14 @@ def test_min_bucket_reso_from_the_training_config_is_fixed_there(checkout: Path,
     cli = run(checkout, args=["--train_data_dir", str(tmp_path / "train"), "--resolution", "96", "--enable_bucket",
                               "--min_bucket_reso", "16", "--bucket_reso_steps", "32"])["dataset.steps"]
     assert cli.status is Status.FAIL and cli.fix is None and "min_bucket_reso = 32" in cli.hint
+    train.write_text("[dataset_arguments]\nmin_bucket_reso = 16\n")  # with a dataset config that does not set it
+    dataset = config(tmp_path, f'[general]\nenable_bucket = true\nresolution = 96\nbucket_reso_steps = 32\n'
+                               f'[[datasets]]\n[[datasets.subsets]]\nimage_dir = "{tmp_path / "train" / "2_sks"}"\n')
+    result = run(checkout, dataset, train)["dataset.steps"]
+    assert result.status is Status.FAIL and result.fix is not None
+    result.fix.apply()
+    assert train.read_text() == "[dataset_arguments]\nmin_bucket_reso = 32\n"
+    assert run(checkout, dataset, train)["dataset.steps"].status is Status.OK
 
 
 def test_no_min_bucket_reso_helps_when_the_step_is_above_the_resolution(checkout: Path, tmp_path: Path) -> None:

@@ -845,13 +845,15 @@ def _impossible(ctx: Context, plan: Plan, exc: ImpossibleSteps) -> Result:
 
 
 def _setting_fix(ctx: Context, plan: Plan, changes: list[SettingChange]) -> Fix | None:
-    """Set each crashing dataset setting to its safe value in the file that decides it. In a dataset config:
-    the table that sets it (a shared [general] value only when every dataset inheriting it takes the new
-    value), else the dataset's own table; in folder mode, the training config."""
+    """Set each crashing dataset setting to its safe value in the file that sets it: the training config, or
+    the dataset config's table that sets it; a value shared by several datasets only when every one of them
+    takes the new value, else the crashing dataset's own table (which also overrides a command-line value)."""
     key = changes[0].key
     wanted = max(c.wanted for c in changes if c.wanted is not None)
     description = f"set {key} = {wanted}, a multiple of bucket_reso_steps (sd-scripts crashes below one step)"
-    if plan.mode == "folder":
+    in_train_config = all(c.current.source == "args" and not c.current.place.startswith("--")
+                          and _all_heirs_take(plan, c) for c in changes)
+    if plan.mode == "folder" or in_train_config:
         return train_config_fix(train_args_or_none(ctx), key, str(wanted), wanted, description)
     config = plan.config
     if config is None or config.layout is None:
