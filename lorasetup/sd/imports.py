@@ -151,48 +151,76 @@ def file_imports(path: Path, rel: str, module: str, is_entry: bool) -> tuple[lis
     except (SyntaxError, ValueError, OSError) as exc:
         return [], f"{rel}: {exc}"
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: list[ImportUse] = []
+    walker = _Walker(rel, package, is_entry)
+    walker.walk(tree.body, False, False)
+    return walker.found, None
 
-    def walk(body: list[ast.stmt], guarded: bool, deferred: bool) -> None:
+
+class _Walker:
+    """Walks one module's statements the way Python runs them at import: a function body or an `if` branch
+    is deferred, a try with a falling-back ImportError handler is guarded, the entry's `__main__` block runs."""
+
+    def __init__(self, rel: str, package: str, is_entry: bool) -> None:
+        self.rel, self.package, self.is_entry = rel, package, is_entry
+        self.found: list[ImportUse] = []
+
+    def walk(self, body: list[ast.stmt], guarded: bool, deferred: bool) -> None:
         for node in body:
-            if isinstance(node, ast.Import):
-                found.extend(ImportUse(a.name, (), rel, node.lineno, guarded, deferred) for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = absolute(node, package)
-                if base is not None:
-                    names = tuple(a.name for a in node.names if a.name != "*")
-                    found.append(ImportUse(base, names, rel, node.lineno, guarded, deferred))
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                walk(node.body, guarded, True)
-            elif isinstance(node, ast.ClassDef):
-                walk(node.body, guarded, deferred)
-            elif isinstance(node, ast.If):
-                if _is_main_guard(node.test):
-                    if is_entry:  # the entry script runs as __main__
-                        walk(node.body, guarded, deferred)
-                    walk(node.orelse, guarded, True)
-                elif _is_type_checking(node.test):
-                    walk(node.orelse, guarded, deferred)
-                else:
-                    walk(node.body, guarded, True)
-                    walk(node.orelse, guarded, True)
-            elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
-                walk(node.body, guarded or _falls_back(node), deferred)  # type: ignore[arg-type]
-                for handler in node.handlers:  # type: ignore[attr-defined]
-                    walk(handler.body, guarded, True)
-                walk(node.orelse, guarded, deferred)  # type: ignore[attr-defined]
-                walk(node.finalbody, guarded, deferred)  # type: ignore[attr-defined]
-            elif isinstance(node, (ast.With, ast.AsyncWith)):
-                walk(node.body, guarded, deferred)
-            elif isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
-                walk(node.body, guarded, True)
-                walk(node.orelse, guarded, True)
-            elif type(node).__name__ == "Match":
-                for case in node.cases:  # type: ignore[attr-defined]
-                    walk(case.body, guarded, True)
+            visit = getattr(self, f"visit_{type(node).__name__}", None)
+            if visit is not None:
+                visit(node, guarded, deferred)
 
-    walk(tree.body, False, False)
-    return found, None
+    def visit_Import(self, node: ast.Import, guarded: bool, deferred: bool) -> None:
+        self.found.extend(ImportUse(a.name, (), self.rel, node.lineno, guarded, deferred) for a in node.names)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom, guarded: bool, deferred: bool) -> None:
+        base = absolute(node, self.package)
+        if base is not None:
+            names = tuple(a.name for a in node.names if a.name != "*")
+            self.found.append(ImportUse(base, names, self.rel, node.lineno, guarded, deferred))
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded, True)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded, deferred)
+
+    def visit_If(self, node: ast.If, guarded: bool, deferred: bool) -> None:
+        if _is_main_guard(node.test):
+            if self.is_entry:  # the entry script runs as __main__
+                self.walk(node.body, guarded, deferred)
+            self.walk(node.orelse, guarded, True)
+        elif _is_type_checking(node.test):
+            self.walk(node.orelse, guarded, deferred)
+        else:
+            self.walk(node.body, guarded, True)
+            self.walk(node.orelse, guarded, True)
+
+    def visit_Try(self, node: ast.Try, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded or _falls_back(node), deferred)
+        for handler in node.handlers:
+            self.walk(handler.body, guarded, True)
+        self.walk(node.orelse, guarded, deferred)
+        self.walk(node.finalbody, guarded, deferred)
+
+    visit_TryStar = visit_Try  # Python 3.11's `except*` has the same fields
+
+    def visit_With(self, node: ast.With | ast.AsyncWith, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded, deferred)
+
+    visit_AsyncWith = visit_With
+
+    def visit_For(self, node: ast.For | ast.AsyncFor | ast.While, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded, True)
+        self.walk(node.orelse, guarded, True)
+
+    visit_AsyncFor = visit_While = visit_For
+
+    def visit_Match(self, node: Any, guarded: bool, deferred: bool) -> None:
+        for case in node.cases:
+            self.walk(case.body, guarded, True)
 
 
 def absolute(node: ast.ImportFrom, package: str) -> str | None:
