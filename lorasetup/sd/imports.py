@@ -37,6 +37,9 @@ from lorasetup.sd.trainargs import train_args
 CACHE_VERSION = 1
 CATCHES_IMPORT_ERROR = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 DEFAULT_NETWORK_MODULE = "networks.lora"  # the module repo.present requires; the kohya_ss GUI's LoRA default
+# Imported for an option but not by name in sd-scripts' code: accelerate's TensorBoardTracker for `--log_with
+# tensorboard` (library/train_util.py prepare_accelerator; arg_imports decides when a run does)
+OPTION_ONLY_IMPORTS = {"tensorboard": "--log_with tensorboard (accelerate's TensorBoardTracker)"}
 
 
 @dataclass(frozen=True)
@@ -280,10 +283,14 @@ class ScanCache:
 
 
 class _Scanner:
-    def __init__(self, root: Path, cache: ScanCache) -> None:
+    """Follows first-party imports from the entry modules; with `every_path`, also those that run only on
+    some paths (inside functions, behind flags, guarded), for "what does sd-scripts import anywhere"."""
+
+    def __init__(self, root: Path, cache: ScanCache, every_path: bool = False) -> None:
         self.closure = Closure(root)
         self.root = root
         self.cache = cache
+        self.every_path = every_path
         self.todo: list[str] = []
         self._first: dict[str, bool] = {}
         self._files: dict[str, Path | None] = {}
@@ -298,9 +305,9 @@ class _Scanner:
             self._files[module] = module_file(self.root, module)
         return self._files[module]
 
-    def run(self, entry: str, extra: list[str]) -> Closure:
+    def run(self, entries: list[str], extra: list[str]) -> Closure:
         parts = [m.split(".") for m in extra]  # importing a.b runs a's __init__ first
-        self.todo = [entry, *(".".join(p[:i]) for p in parts for i in range(1, len(p) + 1))]
+        self.todo = [*entries, *(".".join(p[:i]) for p in parts for i in range(1, len(p) + 1))]
         while self.todo:
             module = self.todo.pop(0)
             if module in self.closure.modules:
@@ -312,7 +319,7 @@ class _Scanner:
             self.closure.modules[module] = rel
             if not path.is_file():
                 continue
-            uses, error = self.cache.imports(path, rel, module, is_entry=(module == entry))
+            uses, error = self.cache.imports(path, rel, module, is_entry=module in entries)
             if error:
                 self.closure.unreadable.append(error)
             for use in uses:
@@ -325,7 +332,7 @@ class _Scanner:
         if not self.first_party(top):
             self.closure.uses.append(use)
             return
-        if not use.required:
+        if not (use.required or self.every_path):
             return
         parts = module.split(".")
         for i in range(1, len(parts) + 1):  # `import a.b.c` runs a, a.b and a.b.c
@@ -395,12 +402,34 @@ def closure(ctx: Context) -> Closure | None:
         entry = Path(ctx.target.script).with_suffix("").as_posix().replace("/", ".")
         extra, uses, notes = arg_imports(ctx, root)
         cache = ScanCache(root)
-        found = _Scanner(root, cache).run(entry, extra)
+        found = _Scanner(root, cache).run([entry], extra)
         cache.save()
         found.uses += uses
         found.unreadable += notes
         return found
     return ctx.memo("deps:closure", compute)
+
+
+def tree_imports(ctx: Context) -> dict[str, str]:
+    """Every top-level module outside the checkout that sd-scripts' scripts import on any path (other
+    scripts, other options), with the first place that imports it. Empty without a tree (memoized).
+
+    The scripts are the .py files at the tree's root (trainers, inference); tools/ and finetune/ (conversion,
+    captioning) are followed only where a script imports them.
+    """
+    def compute() -> dict[str, str]:
+        root = ctx.target.sd_scripts
+        if root is None or not root.is_dir():
+            return {}
+        scripts = sorted(p.stem for p in root.glob("*.py") if p.name != "setup.py")  # setup.py packages it
+        cache = ScanCache(root)
+        found = _Scanner(root, cache, every_path=True).run(scripts, [])
+        cache.save()
+        places: dict[str, str] = {}
+        for use in found.uses:
+            places.setdefault(use.top, use.place)
+        return {**OPTION_ONLY_IMPORTS, **places}
+    return ctx.memo("deps:tree_imports", compute)
 
 
 SPECS_PROBE = """

@@ -10,7 +10,7 @@ import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from lorasetup.checks.deps.requirements import Pin, checkout_files, logical_lines, parse_files
+from lorasetup.checks.deps.requirements import Machine, Pin, checkout_files, logical_lines, parse_files
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target
 from lorasetup.sd.imports import closure, deep_targets, dist_for
@@ -217,15 +217,33 @@ def test_prerelease_pins_and_wildcards():
     assert pin.allows("2.8.0.dev20250601") and not pin.allows("2.9.0")
 
 
-def test_checkout_files_pick_the_platform_file(tmp_path):
-    names = ["requirements.txt", "requirements_linux.txt", "requirements_macos_arm64.txt",
-             "requirements_macos_amd64.txt", "requirements_windows.txt", "requirements_pytorch_windows.txt"]
-    write(tmp_path, {n: "" for n in names})
+KOHYA_FILES = ["requirements.txt", "requirements_linux.txt", "requirements_linux_rocm.txt", "requirements_ipex_xpu.txt",
+               "requirements_runpod.txt", "requirements_macos_arm64.txt", "requirements_macos_amd64.txt",
+               "requirements_windows.txt", "requirements_pytorch_windows.txt"]
 
-    def pick(platform: str, machine: str, layout: str = "kohya_ss") -> list[str]:
-        return [p.name for p in checkout_files(tmp_path, layout, platform, machine)]
-    assert pick("linux", "x86_64") == ["requirements.txt", "requirements_linux.txt"]
-    assert pick("darwin", "arm64") == ["requirements.txt", "requirements_macos_arm64.txt"]
-    assert pick("darwin", "x86_64") == ["requirements.txt", "requirements_macos_amd64.txt"]
-    assert pick("win32", "AMD64") == ["requirements.txt", "requirements_pytorch_windows.txt"]
-    assert pick("linux", "x86_64", layout="sd-scripts") == ["requirements.txt"]
+
+@pytest.mark.parametrize(("machine", "expected", "why"), [
+    (Machine("linux", "x86_64"), "requirements_linux.txt", "without nvidia-smi or rocminfo (its default)"),
+    (Machine("linux", "x86_64", nvidia_smi=True, rocm=True), "requirements_linux.txt", "nvidia-smi is on PATH"),
+    (Machine("linux", "x86_64", rocm=True), "requirements_linux_rocm.txt", "rocminfo is found"),
+    (Machine("linux", "x86_64", nvidia_smi=True, xpu=True), "requirements_ipex_xpu.txt", "--use-ipex"),
+    (Machine("linux", "x86_64", nvidia_smi=True, runpod=True), "requirements_runpod.txt", "RUNPOD_POD_ID"),
+    (Machine("darwin", "arm64"), "requirements_macos_arm64.txt", "`uname -m` = arm64"),
+    (Machine("darwin", "x86_64"), "requirements_macos_amd64.txt", "`uname -m` = x86_64"),
+    (Machine("win32", "AMD64", nvidia_smi=True), "requirements_pytorch_windows.txt", "setup_windows.py"),
+])
+def test_checkout_files_pick_the_platform_file_as_kohya_setup_does(tmp_path, machine, expected, why):
+    """kohya_ss 45088f04 setup.sh / gui.sh / setup/setup_windows.py, in their order of tests."""
+    write(tmp_path, {n: "" for n in KOHYA_FILES})
+    files, note = checkout_files(tmp_path, "kohya_ss", machine)
+    assert [p.name for p in files] == ["requirements.txt", expected]
+    assert note.startswith(f"platform file {expected}: kohya_ss's ") and why in note
+    assert checkout_files(tmp_path, "sd-scripts", machine) == ([tmp_path / "requirements.txt"], "")
+
+
+def test_a_platform_file_the_checkout_lacks_is_named(tmp_path):
+    write(tmp_path, {"requirements.txt": ""})
+    files, note = checkout_files(tmp_path, "kohya_ss", Machine("linux", "x86_64", rocm=True))
+    assert files == [tmp_path / "requirements.txt"]
+    assert note.startswith("platform file requirements_linux_rocm.txt (kohya_ss's setup.sh on Linux when rocminfo")
+    assert note.endswith("is not in this checkout: only requirements.txt was read")

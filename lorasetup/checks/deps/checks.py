@@ -14,8 +14,21 @@ from pathlib import Path
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
 from lorasetup.checks import check
-from lorasetup.checks.deps.pins import requirement_set, version_skews
-from lorasetup.checks.deps.plan import library_problem, missing_modules, with_plan
+from lorasetup.checks.deps.pins import (
+    ACCEPTED,
+    ELSEWHERE,
+    MET,
+    OTHER_BUILD,
+    RUN,
+    UNMET,
+    UNUSED,
+    Verdict,
+    judge,
+    requirement_set,
+    unused_accepts,
+)
+from lorasetup.checks.deps.plan import failing_pins, library_problem, missing_modules, with_plan
+from lorasetup.checks.deps.requirements import RequirementSet
 from lorasetup.checks.deps.venv import env, python_cmd, read_cfg, venv_config
 from lorasetup.engine.context import Context
 from lorasetup.engine.probe import ProbeError
@@ -153,22 +166,62 @@ def versions(ctx: Context) -> Result:
         return Result.warn(f"no requirements.txt in {ctx.target.kohya_root}: installed versions not compared",
                            hint="without the checkout's pins, version skew (e.g. `cannot import name "
                                 "'cached_download'`) shows up only when the run starts")
-    skews = version_skews(ctx)
+    verdicts = judge(ctx)
     files = ", ".join(f.name for f in reqs.files)
-    notes = [f"not checked: {u.place} `{u.text}`: {u.reason}" for u in reqs.unchecked]
-    notes += [f"not checked here: {u.place} `{u.text}` ({u.reason}; see deps.library)" for u in reqs.editables]
-    notes += [f"not for this machine: {p.place} `{p.req}`" for p in reqs.excluded]
-    if skews:
-        missing = [s.pin.req.name for s in skews if s.installed is None]
-        off = [f"{s.pin.req.name} {s.installed} (wants {s.pin.req.specifier})" for s in skews if s.installed]
-        summary = ", ".join([f"{n} missing" for n in missing] + off)
-        result = Result.fail(f"{len(skews)} of {len(reqs.pins)} requirements of {files} not met: {summary}",
-                             [s.describe() for s in skews] + notes,
+    failing = failing_pins(ctx)
+    others = [v for v in verdicts if v.state == UNMET and v not in failing]
+    notes = [*_other_pins(others), *_deviations(ctx, verdicts), *_file_notes(reqs)]
+    if failing:
+        summary = ", ".join(v.brief() for v in sorted(failing, key=lambda v: v.installed is not None))
+        counted = len(reqs.pins) if ctx.all_pins else sum(v.use == RUN for v in verdicts)
+        scope = f"requirements of {files}" if ctx.all_pins else f"pinned packages this run imports ({files})"
+        result = Result.fail(f"{len(failing)} of {counted} {scope} not met: {summary}",
+                             [v.describe() for v in failing] + notes,
                              hint="a package missing or off its pin breaks the run at start or minutes in "
                                   "(`No module named ...`, `cannot import name 'cached_download'`, NumPy 1/2 "
                                   "errors, accelerate keyword errors)")
         return with_plan(ctx, result)
-    return Result.ok(f"all {len(reqs.pins)} requirements of {files} met", notes)
+    if others:
+        return Result.warn(_grouped(ctx, others), notes,
+                           hint="nothing this run imports is affected; the GUI and sd-scripts' other scripts and "
+                                "options need them: `lorasetup bootstrap --fix --all-pins`")
+    deviated = sum(v.state != MET for v in verdicts)
+    kept = f" ({deviated} by an accepted deviation or another device's build, see details)" if deviated else ""
+    return Result.ok(f"all {len(reqs.pins)} requirements of {files} met{kept}", notes)
+
+
+def _grouped(ctx: Context, others: list[Verdict]) -> str:
+    """The one line for unmet pins of packages this run does not import."""
+    owner = "kohya_ss" if ctx.target.layout == "kohya_ss" else "sd-scripts"
+    names = ", ".join(v.pin.req.name for v in others)
+    return (f"{owner}'s requirements also pin {len(others)} package(s) this run does not import, missing or off "
+            f"their pins: {names}; `lorasetup bootstrap --fix --all-pins` installs them")
+
+
+def _other_pins(others: list[Verdict]) -> list[str]:
+    """Unmet pins this run does not import, by who does import them."""
+    elsewhere = [f"{v.brief()} ({v.where})" for v in others if v.use == ELSEWHERE]
+    unused = [v.brief() for v in others if v.use == UNUSED]
+    return ([f"not imported by this run; sd-scripts imports them elsewhere (other scripts, other options): "
+             f"{', '.join(elsewhere)}"] if elsewhere else []) + \
+        ([f"imported by no sd-scripts script by name (the GUI's, captioning's and tooling's packages, or an "
+          f"optimizer module you name in --optimizer_type): {', '.join(unused)}"] if unused else [])
+
+
+def _deviations(ctx: Context, verdicts: list[Verdict]) -> list[str]:
+    """Pins not met on purpose: accepted in the configuration, or a build for another device."""
+    notes = [f"accepted: {v.describe()}; {v.note}" for v in verdicts if v.state == ACCEPTED]
+    notes += [f"not compared: {v.describe()}: {v.note}" for v in verdicts if v.state == OTHER_BUILD]
+    notes += [f"[deps] accept names {text}, which no requirement file here pins" for text in unused_accepts(ctx)]
+    return notes
+
+
+def _file_notes(reqs: RequirementSet) -> list[str]:
+    notes = [reqs.platform_note] if reqs.platform_note else []
+    notes += [f"not checked: {u.place} `{u.text}`: {u.reason}" for u in reqs.unchecked]
+    notes += [f"not checked here: {u.place} `{u.text}` ({u.reason}; see deps.library)" for u in reqs.editables]
+    notes += [f"not for this machine: {p.place} `{p.req}`" for p in reqs.excluded]
+    return notes
 
 
 @check("deps.library", "sd-scripts' own `library` package is installed from this checkout",

@@ -16,7 +16,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
-from lorasetup.checks.deps.pins import requirement_set, version_skews
+from lorasetup.checks.deps.pins import RUN, UNMET, Verdict, judge, requirement_set
 from lorasetup.checks.deps.venv import env, python_cmd
 from lorasetup.engine.context import Context
 from lorasetup.engine.probe import tail
@@ -30,7 +30,6 @@ PIP_TIMEOUT_S = 1800
 TORCH_HELP = "pick the build for your machine at https://pytorch.org/get-started/locally/"
 
 
-@dataclass
 @dataclass
 class Missing:
     """A required module the training interpreter cannot find."""
@@ -61,7 +60,6 @@ def missing_modules(ctx: Context) -> tuple[list[Missing], list[Missing], Closure
     return required, optional, found
 
 
-
 def library_problem(ctx: Context) -> str | None:
     """Why sd-scripts' `library` package does not resolve to this checkout, or None."""
     tree = ctx.target.sd_scripts
@@ -85,12 +83,20 @@ class Plan:
 
     specs: dict[str, str] = field(default_factory=dict)      # canonical name -> pip spec
     from_table: list[str] = field(default_factory=list)      # names that no requirement file pins
+    from_accept: list[str] = field(default_factory=list)     # `[deps] accept` specs installed instead of a pin
     unknown: list[Missing] = field(default_factory=list)     # never guessed into a pip name
     build_specific: list[str] = field(default_factory=list)  # torch & co: printed, not run
     library: bool = False
     held_torch: str | None = None
     blocked: str | None = None
     fix: Fix | None = None
+
+    def add(self, name: str, spec: str) -> None:
+        if name in BUILD_SPECIFIC:
+            if spec not in self.build_specific:
+                self.build_specific.append(spec)
+        else:
+            self.specs.setdefault(name, spec)
 
     def hint(self, ctx: Context) -> str:
         parts = []
@@ -116,6 +122,11 @@ def torch_command(ctx: Context, specs: list[str]) -> str:
                      *map(shlex.quote, specs)])
 
 
+def failing_pins(ctx: Context) -> list[Verdict]:
+    """Unmet pins that fail this run: those of the modules it imports (with `--all-pins`, every one)."""
+    return [v for v in judge(ctx) if v.state == UNMET and (v.use == RUN or ctx.all_pins)]
+
+
 def install_plan(ctx: Context) -> Plan:
     """The same Plan object for every deps check of one run, so the fixer applies it once."""
     return ctx.memo("deps:plan", lambda: _build_plan(ctx))
@@ -123,53 +134,56 @@ def install_plan(ctx: Context) -> Plan:
 
 def _build_plan(ctx: Context) -> Plan:
     plan = Plan()
-    reqs = requirement_set(ctx)
-    dists = env(ctx)["dists"]
-
-    def add(name: str, spec: str) -> None:
-        if name in BUILD_SPECIFIC:
-            if spec not in plan.build_specific:
-                plan.build_specific.append(spec)
-        else:
-            plan.specs.setdefault(name, spec)
-
+    for verdict in failing_pins(ctx):  # first: an accepted spec stands in for its pin
+        plan.add(verdict.pin.name, verdict.install)
+        if verdict.install != verdict.pin.spec:
+            plan.from_accept.append(verdict.install)
     required, _, _ = missing_modules(ctx)
-    for miss in required:
-        dist = dist_for(miss.module) or miss.module
-        pin = reqs.find(dist) if reqs else None
-        if pin is not None:
-            add(pin.name, pin.spec)
-        elif dist_for(miss.module):
-            add(canonicalize_name(dist), dist)
-            plan.from_table.append(dist)
-        else:
-            plan.unknown.append(miss)
-    for skew in version_skews(ctx):
-        add(skew.pin.name, skew.pin.spec)
+    _add_missing(ctx, plan, required)
     plan.specs = dict(sorted(plan.specs.items()))
     plan.library = library_problem(ctx) is not None
-    torch = dists.get("torch")
-    if torch is None and any(m.module == "torch" for m in required):
-        plan.blocked = ("torch is not installed, and pip would pull a build of its own as a dependency of the "
-                        "other packages: install torch first, then run `lorasetup bootstrap --fix` again")
-        return plan
-    if ctx.target.sources.get("python") == "current interpreter":
-        plan.blocked = (f"no training venv was found (<root>/venv, <root>/.venv), so these checks ran against "
-                        f"lorasetup's own interpreter {ctx.target.python_exe}; lorasetup will not pip install "
-                        "into it: pass `--python /path/to/your/training/venv/bin/python`")
+    plan.blocked = _blocked(ctx, required)
+    if plan.blocked:
         return plan
     commands: list[list[str]] = []
     if plan.specs:
+        torch = env(ctx)["dists"].get("torch")
         if torch is not None:  # named so pip fails rather than replacing the installed build
             plan.held_torch = f"torch=={torch['version']}"
         commands.append(["install", *ctx.pip_args, *plan.specs.values(),
                          *([plan.held_torch] if plan.held_torch else [])])
     if plan.library:
-        tree = ctx.target.sd_scripts
-        commands.append(["install", *ctx.pip_args, "--no-deps", "-e", str(tree)])
+        commands.append(["install", *ctx.pip_args, "--no-deps", "-e", str(ctx.target.sd_scripts)])
     if commands:
         plan.fix = pip_fix(ctx, plan, commands)
     return plan
+
+
+def _add_missing(ctx: Context, plan: Plan, required: list[Missing]) -> None:
+    """Missing modules: at the checkout's pin, else under the module table's name, else never guessed."""
+    reqs = requirement_set(ctx)
+    for miss in required:
+        dist = dist_for(miss.module) or miss.module
+        pin = reqs.find(dist) if reqs else None
+        if pin is not None:
+            plan.add(pin.name, pin.spec)
+        elif dist_for(miss.module):
+            plan.add(canonicalize_name(dist), dist)
+            plan.from_table.append(dist)
+        else:
+            plan.unknown.append(miss)
+
+
+def _blocked(ctx: Context, required: list[Missing]) -> str | None:
+    """Why no pip command may run here, or None."""
+    if env(ctx)["dists"].get("torch") is None and any(m.module == "torch" for m in required):
+        return ("torch is not installed, and pip would pull a build of its own as a dependency of the "
+                "other packages: install torch first, then run `lorasetup bootstrap --fix` again")
+    if ctx.target.sources.get("python") == "current interpreter":
+        return (f"no training venv was found (<root>/venv, <root>/.venv), so these checks ran against "
+                f"lorasetup's own interpreter {ctx.target.python_exe}; lorasetup will not pip install "
+                "into it: pass `--python /path/to/your/training/venv/bin/python`")
+    return None
 
 
 def pip_fix(ctx: Context, plan: Plan, commands: list[list[str]]) -> Fix:
@@ -188,10 +202,19 @@ def pip_fix(ctx: Context, plan: Plan, commands: list[list[str]]) -> Fix:
                 state["done"] = error
                 raise FixError(error)
 
+    shown = [" ".join([python_cmd(ctx), "-m", "pip", *map(shlex.quote, args)]) for args in commands]
+    return Fix(describe(plan), shown, apply, safe=True)
+
+
+def describe(plan: Plan) -> str:
+    """What the plan installs, and from where each spec comes."""
     parts = []
-    pinned = [name for name, spec in plan.specs.items() if spec not in plan.from_table]
+    special = set(plan.from_table) | set(plan.from_accept)
+    pinned = [name for name, spec in plan.specs.items() if spec not in special]
     if pinned:
         parts.append(f"install {len(pinned)} package(s) at the checkout's pins: {', '.join(pinned)}")
+    if plan.from_accept:
+        parts.append(f"install {', '.join(plan.from_accept)} (your [deps] accept, instead of the checkout's pin)")
     if plan.from_table:
         parts.append(f"install {', '.join(plan.from_table)} (not pinned by the checkout; the package name comes "
                      "from lorasetup's module table)")
@@ -199,8 +222,7 @@ def pip_fix(ctx: Context, plan: Plan, commands: list[list[str]]) -> Fix:
         parts.append(f"{plan.held_torch} is named only to keep the installed torch build in place")
     if plan.library:
         parts.append("reinstall sd-scripts' own `library` package from this checkout (editable, no deps)")
-    shown = [" ".join([python_cmd(ctx), "-m", "pip", *map(shlex.quote, args)]) for args in commands]
-    return Fix("; ".join(parts), shown, apply, safe=True)
+    return "; ".join(parts)
 
 
 def run_pip(python: Path, args: list[str]) -> str:
