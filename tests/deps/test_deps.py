@@ -3,16 +3,13 @@ and fixer."""
 
 from __future__ import annotations
 
-import os
-import platform
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from lorasetup.checks import all_checks
-from lorasetup.checks.deps.requirements import Machine, checkout_files
+from lorasetup.checks.deps.requirements import checkout_files
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap
 from lorasetup.engine.result import FixError, Status
@@ -20,54 +17,20 @@ from lorasetup.engine.runner import Runner, select
 from tests.support.deps_fixtures import (
     NINE,
     NINE_PINS,
-    build_wheelhouse,
     copy_venv,
     installed,
+    library_points_at,
     make_tree,
     make_venv,
     pip_install,
     run_deps,
     site_packages,
     target,
+    this_machine,
 )
 
 STATIC = ["deps.interpreter", "deps.imports", "deps.versions", "deps.library", "deps.isolation"]
 THIS_PLATFORM_EXCLUDED = f'winonly==1.0; sys_platform != "{sys.platform}"'
-
-
-def this_machine() -> Machine:
-    """What the env probe reports for this machine (kohya_ss's setup reads the same)."""
-    rocm = bool(shutil.which("rocminfo")) or os.path.isfile("/opt/rocm/bin/rocminfo")
-    return Machine(sys.platform, platform.machine(), nvidia_smi=bool(shutil.which("nvidia-smi")), rocm=rocm,
-                   runpod=bool(os.environ.get("RUNPOD_POD_ID") or os.environ.get("RUNPOD_API_KEY")))
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("deps")
-
-
-@pytest.fixture(scope="module")
-def wheels(work: Path) -> Path:
-    return build_wheelhouse(work)
-
-
-@pytest.fixture(scope="module")
-def pip_template(work: Path) -> Path:
-    """A venv with pip (and the setuptools Python bundles), nothing else; copied, never changed."""
-    make_venv(work / "template", with_pip=True)
-    return work / "template"
-
-
-@pytest.fixture(scope="module")
-def bare(work: Path) -> Path:
-    """A venv with nothing in it at all."""
-    return make_venv(work / "bare", with_pip=False)
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +47,6 @@ def fresh(pip_template: Path, wheels: Path, dest: Path, *specs: str) -> Path:
     if specs:
         pip_install(python, wheels, *specs)
     return python
-
-
-def library_points_at(python: Path, tree: Path) -> None:
-    """What a legacy editable install (`setup.py develop`) leaves: a .pth naming the checkout."""
-    (site_packages(python) / "library-dev.pth").write_text(f"{tree}\n")
-
-
-@pytest.fixture
-def activated(monkeypatch: pytest.MonkeyPatch) -> callable:
-    """Put a venv's bin first on PATH, as `source venv/bin/activate` does."""
-    def activate(python: Path) -> None:
-        monkeypatch.setenv("PATH", f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return activate
 
 
 def test_all_present_every_static_check_passes(tmp_path, pip_template, wheels, activated):
@@ -318,7 +268,8 @@ def test_kohya_layout_reads_requirements_and_the_platform_file(make_kohya, bare)
                               "off their pins: imagesize, toml; `lorasetup bootstrap --fix --all-pins` installs them")
     assert result.details[0].startswith("imported by no sd-scripts script by name (the GUI's")
     assert result.details[0].endswith(": imagesize missing, toml missing")
-    assert result.details[1].startswith(f"platform file {platform_file.name}: kohya_ss's ")
+    assert result.details[1] == "pins of the modules this run imports: none"
+    assert result.details[2].startswith(f"platform file {platform_file.name}: kohya_ss's ")
     # sd-scripts' own requirements.txt (`packaging`) is not kohya_ss's: not read
     assert "packaging" not in result.summary
 

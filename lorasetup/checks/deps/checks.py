@@ -170,13 +170,16 @@ def versions(ctx: Context) -> Result:
     files = ", ".join(f.name for f in reqs.files)
     failing = failing_pins(ctx)
     others = [v for v in verdicts if v.state == UNMET and v not in failing]
-    notes = [*_other_pins(others), *_deviations(ctx, verdicts), *_file_notes(reqs)]
+    run_pins = ", ".join(v.pin.req.name for v in verdicts if v.use == RUN) or "none"
+    notes = [*_other_pins(others), *_deviations(ctx, verdicts), f"pins of the modules this run imports: {run_pins}",
+             *_file_notes(reqs)]
     if failing:
         summary = ", ".join(v.brief() for v in sorted(failing, key=lambda v: v.installed is not None))
         counted = len(reqs.pins) if ctx.all_pins else sum(v.use == RUN for v in verdicts)
         scope = f"requirements of {files}" if ctx.all_pins else f"pinned packages this run imports ({files})"
+        grouped = [_grouped(ctx, others)] if others else []
         result = Result.fail(f"{len(failing)} of {counted} {scope} not met: {summary}",
-                             [v.describe() for v in failing] + notes,
+                             [v.describe() for v in failing] + grouped + notes,
                              hint="a package missing or off its pin breaks the run at start or minutes in "
                                   "(`No module named ...`, `cannot import name 'cached_download'`, NumPy 1/2 "
                                   "errors, accelerate keyword errors)")

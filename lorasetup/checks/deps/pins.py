@@ -46,8 +46,13 @@ def machine(ctx: Context) -> Machine:
 
 
 def device_kind(ctx: Context) -> str:
-    """The device this machine trains on, as a build label names it: cuda, rocm, xpu, mps or cpu."""
-    m, device = machine(ctx), ctx.target.device
+    """The device this machine trains on, as a build names it: cuda, rocm, xpu, mps or cpu."""
+    return device_of(machine(ctx), ctx.target.device)
+
+
+def device_of(m: Machine, device: str) -> str:
+    """cuda, rocm, xpu, mps or cpu from the machine's tools and the configured device (ROCm torch calls
+    its device cuda, so `cuda` on a machine with rocminfo and no nvidia-smi is rocm)."""
     if device in ("mps", "xpu", "cpu"):
         return device
     if m.rocm and not m.nvidia_smi:
@@ -55,6 +60,11 @@ def device_kind(ctx: Context) -> str:
     if device == "cuda" or m.nvidia_smi:
         return "cuda"
     return "mps" if m.sys_platform.startswith("darwin") else "cpu"
+
+
+def runs_here(build: str, here: str) -> bool:
+    """A build for `build` is this device's own (macOS wheels, on PyTorch's CPU index, carry MPS)."""
+    return build == here or (build == "cpu" and here == "mps")
 
 
 def requirement_set(ctx: Context) -> RequirementSet | None:
@@ -134,14 +144,15 @@ def run_modules(ctx: Context) -> dict[str, str]:
     return out
 
 
-def _state(ctx: Context, pin: Pin, installed: str | None, accept: Requirement | None) -> tuple[str, str, str]:
+def _state(ctx: Context, reqs: RequirementSet, pin: Pin, installed: str | None, accept: Requirement | None
+           ) -> tuple[str, str, str]:
     """(state, what a fix installs, note) of one pin."""
     if fits(pin.req.specifier, installed) or (pin.local_labels and fits(pin.release, installed)):
         return MET, "", ""
     if accept is not None and (not accept.specifier or fits(accept.specifier, installed)):
         return ACCEPTED, "", f"accepted by {ctx.target.sources.get('deps_accept', 'the configuration')}: {accept}"
-    build, here = pin.build, device_kind(ctx)
-    if build is not None and build != here:
+    build, here = reqs.build_of(pin), device_kind(ctx)
+    if build is not None and not runs_here(build, here):
         return OTHER_BUILD, "", (f"a {BUILD_NAMES[build]} build, for another device (this machine: {here}); "
                                  "not a failure here")
     return UNMET, str(accept) if accept is not None else pin.spec, ""
@@ -168,7 +179,7 @@ def judge(ctx: Context) -> list[Verdict]:
         for pin in reqs.pins:
             have = dists.get(pin.name)
             installed = have["version"] if have else None
-            state, install, note = _state(ctx, pin, installed, accepts.get(pin.name))
+            state, install, note = _state(ctx, reqs, pin, installed, accepts.get(pin.name))
             tops = provides(pin, dists)
             use, where = _use(ctx, tops, runs, deep=state != MET)
             out.append(Verdict(pin, installed, use, where, state, install, note))

@@ -17,15 +17,13 @@ from typing import Any
 from packaging.utils import canonicalize_name
 
 from lorasetup.checks.deps.pins import RUN, UNMET, Verdict, judge, requirement_set
+from lorasetup.checks.deps.requirements import BUILD_SPECIFIC
 from lorasetup.checks.deps.venv import env, python_cmd
 from lorasetup.engine.context import Context
 from lorasetup.engine.probe import tail
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.sd.imports import Closure, ImportUse, closure, dist_for, resolve
 
-# Wheels built for one torch build (CUDA, ROCm, CPU, MPS): pip would fetch a mismatched build or replace
-# torch itself, gigabytes, so lorasetup prints their command instead of running it.
-BUILD_SPECIFIC = ("torch", "torchvision", "torchaudio", "xformers")
 PIP_TIMEOUT_S = 1800
 TORCH_HELP = "pick the build for your machine at https://pytorch.org/get-started/locally/"
 

@@ -30,8 +30,12 @@ VALUE_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links",
 INDEX_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--pre", "--no-index",
                  "--trusted-host")
 COMMENT = re.compile(r"(^|\s+)#.*$")
-# The build a local version label names, as PyTorch's wheel indexes spell it (`+cu128`, `+rocm6.3`, `+xpu`, `+cpu`)
+# The build a local version label or a PyTorch wheel index names (`+cu128`, `+rocm6.3`, `+xpu`, `+cpu`; `.../whl/cu128`)
 BUILD_LABELS = (("cu", "cuda"), ("rocm", "rocm"), ("xpu", "xpu"), ("cpu", "cpu"))
+TORCH_INDEX = re.compile(r"download\.pytorch\.org/whl/(?:nightly/|test/)?([a-z]+[\d.]*)")
+# Wheels built for one torch build (CUDA, ROCm, CPU, MPS): a pin of one in a platform file is for that file's
+# device, and pip would fetch a mismatched build or replace torch itself, gigabytes, so fixes only print them
+BUILD_SPECIFIC = ("torch", "torchvision", "torchaudio", "xformers")
 
 
 @dataclass(frozen=True)
@@ -105,16 +109,17 @@ class Pin:
     @property
     def build(self) -> str | None:
         """The device a local label's build is for (cuda, rocm, xpu, cpu), or None."""
-        for label in self.local_labels:
-            found = next((dev for prefix, dev in BUILD_LABELS if label.lower().startswith(prefix)), None)
-            if found:
-                return found
-        return None
+        return next(filter(None, map(build_label, self.local_labels)), None)
 
     @property
     def release(self) -> SpecifierSet:
         """The pin without its local labels: `==2.7.0+cu128` allows every build of 2.7.0 (+cu126, +cpu)."""
         return SpecifierSet(",".join(f"{s.operator}{s.version.partition('+')[0]}" for s in self.req.specifier))
+
+
+def build_label(label: str) -> str | None:
+    """cuda, rocm, xpu or cpu for a build label (`cu128`, `rocm6.3`), else None."""
+    return next((dev for prefix, dev in BUILD_LABELS if label.lower().startswith(prefix)), None)
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,16 @@ class RequirementSet:
     unchecked: list[Unchecked] = field(default_factory=list)
     editables: list[Unchecked] = field(default_factory=list)
     index_options: list[str] = field(default_factory=list)
+    indexes: dict[Path, list[str]] = field(default_factory=dict)  # the index URLs each file names
     platform_note: str = ""  # which platform file was read and why (kohya_ss)
+
+    def build_of(self, pin: Pin) -> str | None:
+        """The device a pin's build is for: its local label (`+cu128`), or for torch and the wheels built
+        against it, the PyTorch index its file names (`--extra-index-url .../whl/cu128`)."""
+        if pin.build or pin.name not in BUILD_SPECIFIC:
+            return pin.build
+        found = (TORCH_INDEX.search(url) for url in self.indexes.get(pin.file, []))
+        return next((build_label(m.group(1)) for m in found if m and build_label(m.group(1))), None)
 
     def find(self, dist: str) -> Pin | None:
         """The first applicable pin for a distribution name (any spelling)."""
@@ -244,6 +258,7 @@ def _option_line(path: Path, number: int, line: str, tokens: list[str], env: Map
             result.editables.append(Unchecked(path, number, line, f"editable install of {value}"))
         elif opt in INDEX_OPTIONS:
             result.index_options += [opt] + ([value] if value is not None else [])
+            result.indexes.setdefault(path, []).extend([value] if value else [])
         i += used
 
 
