@@ -276,45 +276,13 @@ def isolation(ctx: Context) -> Result:
     info = env(ctx)
     prefix = Path(info["python"]["prefix"]).resolve()
     base = Path(info["python"]["base_prefix"]).resolve()
-    user_site = info["site"]["user_site"]
-    found, resolution = closure(ctx), resolve(ctx)
-    bad, odd = [], []
-    if found is not None and resolution is not None:
-        third = resolution.third_party(found)
-        for top in sorted(t for t, uses in third.items() if any(u.required for u in uses)):
-            spec = resolution.specs.get(top)
-            if not spec or "error" in spec:
-                continue  # deps.imports reports it
-            path = spec["origin"] if spec["origin"] not in (None, "namespace") else \
-                (spec["locations"] or [None])[0]
-            kind = classify(path, prefix, base, user_site) if path else None
-            if kind in ("user site-packages",) or (kind and kind.startswith("the system")):
-                bad.append(f"{top} from {path} ({kind})")
-            elif kind:
-                odd.append(f"{top} from {path} ({kind})")
+    bad, odd = _modules_outside(ctx, prefix, base, info["site"]["user_site"])
     details = [f"venv: {prefix}" + ("" if prefix != base else " (not a venv: the interpreter's own prefix)")]
     if info["site"]["pythonpath"]:
         details.append(f"PYTHONPATH={info['site']['pythonpath']}")
-    python = ctx.target.python_exe
-    scripts = python.parent
-    own = next((scripts / n for n in ("accelerate", "accelerate.exe") if (scripts / n).is_file()), None)
-    launcher_problems: list[str] = []
-    if own is None:
-        launcher_problems.append(f"no `accelerate` command in {scripts}: `accelerate launch` would run another "
-                                 "Python's accelerate, or none")
-    elif own.suffix != ".exe":
-        runs = script_interpreter(own)
-        if runs and not Path(runs).exists():
-            launcher_problems.append(f"{own} starts {runs}, which does not exist (the venv moved after "
-                                     "install?): `bad interpreter`")
-        elif runs and Path(runs).parent.resolve() != scripts.resolve():
-            launcher_problems.append(f"{own} starts {runs}, not this venv's Python")
-    on_path = shutil.which("accelerate")
-    if on_path and own and Path(on_path).resolve() != own.resolve():
-        odd.append(f"`accelerate` on this shell's PATH is {on_path}, not {own}: activate the venv "
-                   f"(`source {scripts / 'activate'}`) or launch with `{own} launch`")
-    details.append(f"accelerate command: {own or 'none'}" + (f"; on PATH: {on_path}" if on_path else
-                                                             "; not on this shell's PATH"))
+    launcher_problems, launcher_odd, launcher_line = _launcher(ctx.target.python_exe.parent)
+    odd += launcher_odd
+    details.append(launcher_line)
     if bad or launcher_problems:
         return Result.fail(f"{len(bad) + len(launcher_problems)} part(s) of the run come from outside the venv",
                            bad + launcher_problems + odd + details,
@@ -328,6 +296,51 @@ def isolation(ctx: Context) -> Result:
                            hint="fine if intended (an editable install, an activated shell); otherwise the run "
                                 "may use other code than the venv's")
     return Result.ok(f"the run's modules and `accelerate` come from {prefix}", details)
+
+
+def _modules_outside(ctx: Context, prefix: Path, base: Path, user_site: str | None) -> tuple[list[str], list[str]]:
+    """The run's required modules found outside the venv: (user site or system Python, anywhere else)."""
+    found, resolution = closure(ctx), resolve(ctx)
+    bad: list[str] = []
+    odd: list[str] = []
+    if found is None or resolution is None:
+        return bad, odd
+    third = resolution.third_party(found)
+    for top in sorted(t for t, uses in third.items() if any(u.required for u in uses)):
+        spec = resolution.specs.get(top)
+        if not spec or "error" in spec:
+            continue  # deps.imports reports it
+        path = spec["origin"] if spec["origin"] not in (None, "namespace") else (spec["locations"] or [None])[0]
+        kind = classify(path, prefix, base, user_site) if path else None
+        if kind == "user site-packages" or (kind and kind.startswith("the system")):
+            bad.append(f"{top} from {path} ({kind})")
+        elif kind:
+            odd.append(f"{top} from {path} ({kind})")
+    return bad, odd
+
+
+def _launcher(scripts: Path) -> tuple[list[str], list[str], str]:
+    """The venv's `accelerate` command: (problems, oddities, a details line)."""
+    own = next((scripts / n for n in ("accelerate", "accelerate.exe") if (scripts / n).is_file()), None)
+    problems: list[str] = []
+    odd: list[str] = []
+    if own is None:
+        problems.append(f"no `accelerate` command in {scripts}: `accelerate launch` would run another Python's "
+                        "accelerate, or none")
+    elif own.suffix != ".exe":
+        runs = script_interpreter(own)
+        if runs and not Path(runs).exists():
+            problems.append(f"{own} starts {runs}, which does not exist (the venv moved after install?): "
+                            "`bad interpreter`")
+        elif runs and Path(runs).parent.resolve() != scripts.resolve():
+            problems.append(f"{own} starts {runs}, not this venv's Python")
+    on_path = shutil.which("accelerate")
+    if on_path and own and Path(on_path).resolve() != own.resolve():
+        odd.append(f"`accelerate` on this shell's PATH is {on_path}, not {own}: activate the venv "
+                   f"(`source {scripts / 'activate'}`) or launch with `{own} launch`")
+    line = f"accelerate command: {own or 'none'}" + (f"; on PATH: {on_path}" if on_path else
+                                                     "; not on this shell's PATH")
+    return problems, odd, line
 
 
 @check("deps.deep", "every module and `from X import Y` name of the run really imports",
