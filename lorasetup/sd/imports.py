@@ -39,7 +39,7 @@ CATCHES_IMPORT_ERROR = {"ImportError", "ModuleNotFoundError", "Exception", "Base
 DEFAULT_NETWORK_MODULE = "networks.lora"  # the module repo.present requires; the kohya_ss GUI's LoRA default
 # Imported for an option but not by name in sd-scripts' code: accelerate's TensorBoardTracker for `--log_with
 # tensorboard` (library/train_util.py prepare_accelerator; arg_imports decides when a run does)
-OPTION_ONLY_IMPORTS = {"tensorboard": "--log_with tensorboard (accelerate's TensorBoardTracker)"}
+OPTION_ONLY_IMPORTS = {"tensorboard": "--log_with tensorboard, through accelerate's TensorBoardTracker"}
 
 
 @dataclass(frozen=True)

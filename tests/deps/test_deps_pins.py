@@ -99,7 +99,7 @@ def test_a_venv_with_only_what_the_run_imports_does_not_fail(kohya, ready, wheel
     assert versions.details[:6] == [
         "not imported by this run; sd-scripts imports them elsewhere (other scripts, other options): "
         "wandb missing (sdxl_train.py:6), tensorboard missing "
-        "(--log_with tensorboard (accelerate's TensorBoardTracker))",
+        "(--log_with tensorboard, through accelerate's TensorBoardTracker)",
         "imported by no sd-scripts script by name (the GUI's, captioning's and tooling's packages, or an optimizer "
         "module you name in --optimizer_type): altair missing, easygui missing, gradio missing, tensorflow missing",
         # build-specific pins for CUDA: compared by release only, never a failure on this CPU run

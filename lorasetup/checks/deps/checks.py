@@ -195,9 +195,9 @@ def versions(ctx: Context) -> Result:
 
 def _grouped(ctx: Context, others: list[Verdict]) -> str:
     """The one line for unmet pins of packages this run does not import."""
-    owner = "kohya_ss" if ctx.target.layout == "kohya_ss" else "sd-scripts"
+    owner = "kohya_ss's" if ctx.target.layout == "kohya_ss" else "sd-scripts'"
     names = ", ".join(v.pin.req.name for v in others)
-    return (f"{owner}'s requirements also pin {len(others)} package(s) this run does not import, missing or off "
+    return (f"{owner} requirements also pin {len(others)} package(s) this run does not import, missing or off "
             f"their pins: {names}; `lorasetup bootstrap --fix --all-pins` installs them")
 
 

@@ -124,7 +124,7 @@ def provides(pin: Pin, dists: dict[str, Any]) -> set[str]:
     have = dists.get(pin.name)
     if have and have.get("top"):
         return set(have["top"])
-    names = {pin.req.name.replace("-", "_").replace(".", "_")}
+    names = {pin.name.replace("-", "_")}  # canonical: lower case, `-` between words
     return names | {module.split(".")[0] for module, dist in MODULE_TO_DIST.items()
                     if canonicalize_name(dist) == pin.name}
 
@@ -181,7 +181,7 @@ def judge(ctx: Context) -> list[Verdict]:
             installed = have["version"] if have else None
             state, install, note = _state(ctx, reqs, pin, installed, accepts.get(pin.name))
             tops = provides(pin, dists)
-            use, where = _use(ctx, tops, runs, deep=state != MET)
+            use, where = _use(ctx, tops, runs, deep=state == UNMET)
             out.append(Verdict(pin, installed, use, where, state, install, note))
         return out
     return ctx.memo("deps:judged", compute)
