@@ -156,7 +156,7 @@ def _load_toml(path: Path) -> dict[str, Any]:
 
 def _flatten_config(path: Path, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Map a config table to Target field names; unknown keys are a ConfigError with a did-you-mean."""
-    known = (set(FIELD_NAMES) - {f for keys in SECTIONS.values() for f in keys.values()}) | set(SECTIONS)
+    known = set(FIELD_NAMES) | set(SECTIONS)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         norm = key.replace("-", "_")
