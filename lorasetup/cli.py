@@ -1,4 +1,4 @@
-"""The `lorasetup` command line: doctor, bootstrap, smoke, train, env, list-checks.
+"""The `lorasetup` command line: doctor, bootstrap, smoke, train, env, list-checks, init.
 
 Exit codes: 0 no required check failed (warnings allowed), 1 a check failed or errored, 2 usage or
 config error. `--json` writes only JSON to stdout; human text goes to stderr.
@@ -23,6 +23,7 @@ from lorasetup.engine.report import err, exit_code, render_result, summary_line,
 from lorasetup.engine.result import Check, Result
 from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import ConfigError, Target, load_target
+from lorasetup.initcmd import add_init_flags, init_command
 
 TARGET_FLAGS = {
     "kohya_root": "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout",
@@ -84,6 +85,9 @@ def build_parser() -> Parser:
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     boot.add_argument("--pip-args", default="", metavar="ARGS",
                       help="extra pip arguments, e.g. '--no-index --find-links ./wheels'")
+    boot.add_argument("--all-pins", action="store_true",
+                      help="install every pin of the checkout's requirement files, not only those of the modules "
+                           "this run imports (the GUI's, captioning's, ...)")
     boot.add_argument("--json", action="store_true", help="only JSON on stdout")
 
     smoke = sub.add_parser("smoke", help="a real short training run (default 5 steps) with finite loss")
@@ -101,6 +105,12 @@ def build_parser() -> Parser:
     add_target_flags(env)
 
     sub.add_parser("list-checks", help="every check id, its markers and what it needs")
+
+    init = sub.add_parser("init", help="write dataset.toml and lorasetup.toml for a folder of images, then check",
+                          description="Target flags override what init finds; it reads a lorasetup.toml only when "
+                          "--config names one. Arguments after `--` are added to the training arguments.")
+    add_init_flags(init)
+    add_target_flags(init)
     return parser
 
 
@@ -163,8 +173,8 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     checks, wanted = selection(args, tags={"preflight"})
     apply = args.fix and not args.dry_run
     pip_args = shlex.split(args.pip_args)
-    results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args), checks,
-                                  wanted, apply=apply, yes=args.yes)
+    results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args,
+                                                  all_pins=args.all_pins), checks, wanted, apply=apply, yes=args.yes)
     color = use_color(sys.stderr)
     for r in results:
         err(render_result(r, args.verbose, color))
@@ -231,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(own)
         if args.command == "list-checks":
             return cmd_list_checks(args)
+        if args.command == "init":  # builds its own target, from the dataset folder
+            return init_command(args, {name: getattr(args, name) for name in TARGET_FLAGS}, extra)
         target = make_target(args, extra)
         return COMMANDS[args.command](args, target)
     except (UsageError, ConfigError) as exc:
