@@ -200,17 +200,18 @@ def test_stack_probe_reports_import_errors_and_survives_a_crashing_import(tmp_pa
     monkeypatch.setenv("PYTHONPATH", str(mods))
     ctx = Context(cpu_target(kohya_root=root))
     try:
-        answer = stackprobe.result(ctx)
+        found = stackprobe.facts(ctx)
     finally:
         ctx.close()
-    assert answer["imports"] == {"lst_broken": "ImportError: libfoo.so.1: cannot open shared object file",
-                                 "lst_good": None}
-    assert answer["from_imports"]["lst_good:missing_name"].startswith(
+    assert found.imports == {"lst_broken": "ImportError: libfoo.so.1: cannot open shared object file",
+                             "lst_good": None}
+    assert (found.from_imports["lst_good:missing_name"] or "").startswith(
         "ImportError: cannot import name 'missing_name' from 'lst_good'")
-    assert answer["from_imports"]["lst_good:zcrash"].startswith(
+    assert (found.from_imports["lst_good:zcrash"] or "").startswith(
         "the interpreter crashed while running `from lst_good import zcrash`")
-    assert answer["torch"]["version"].startswith("2.")
-    assert answer["accelerate"]["accelerator"]["device"] == "cpu"
+    assert found.crash and found.crashed_in == "lst_good:zcrash" and not found.done
+    assert found.torch is not None and found.torch.version.startswith("2.")
+    assert found.accelerate and found.accelerate.accelerator and found.accelerate.accelerator.device == "cpu"
 
 
 def test_a_torch_that_kills_the_interpreter_on_import_fails_device_torch(tmp_path: Path, monkeypatch):

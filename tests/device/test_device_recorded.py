@@ -15,10 +15,13 @@ import pytest
 
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
+from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Result, Status
 from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
 from lorasetup.sd import stackprobe
+from lorasetup.sd.probe_programs.stack import SCHEMA_VERSION
+from lorasetup.sd.stackfacts import StackFacts
 
 PROBES = Path(__file__).parents[1] / "data" / "probes"
 DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
@@ -58,7 +61,7 @@ def test_recorded_probe_files_have_every_key_the_real_probe_returns(tmp_path, mo
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     ctx = Context(Target(python=Path(sys.executable), device="cpu"))
     try:
-        real = stackprobe.result(ctx)
+        real = stackprobe.answer(ctx)
     finally:
         ctx.close()
     mac_only = {"mac_ver", "proc_translated", "arm64_hardware"}
@@ -228,3 +231,22 @@ def test_recorded_cpu_only_torch_next_to_nvidia_smi_fails_with_the_reinstall_com
                               "NVIDIA GeForce RTX 3060")
     assert ("-m pip install --force-reinstall torch==2.6.0 torchvision --index-url "
             "https://download.pytorch.org/whl/cu") in (result.hint or "")
+
+
+@pytest.mark.parametrize("path", sorted(PROBES.glob("*.json")), ids=lambda p: p.stem)
+def test_recorded_answers_parse_into_typed_facts(path: Path):
+    found = StackFacts.parse(json.loads(path.read_text()))
+    assert found.schema_version == SCHEMA_VERSION and found.done
+    assert found.torch is not None and found.torch.version and found.accelerate is not None
+    assert found.accelerate.launch is not None and found.accelerate.accelerator is not None
+    assert found.python.sys_platform in ("darwin", "linux")
+
+
+def test_an_answer_of_another_schema_is_refused_not_misread():
+    answer = recorded("cuda")
+    answer["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ProbeError, match=f"schema_version {SCHEMA_VERSION + 1}; this lorasetup reads"):
+        StackFacts.parse(answer)
+    del answer["schema_version"]
+    with pytest.raises(ProbeError, match="schema_version None"):
+        StackFacts.parse(answer)

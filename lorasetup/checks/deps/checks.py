@@ -28,6 +28,7 @@ from lorasetup.engine.probe import ProbeError, tail
 from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
 from lorasetup.engine.target import tomllib
 from lorasetup.sd.imports import Closure, ImportUse, closure, deep_targets, dist_for, resolve
+from lorasetup.sd.probe_programs import program
 
 DEFAULT_PYTHONS = ">=3.10,<3.13"  # sd-scripts README: Python 3.10; 3.11 and 3.12 "will work but not tested"
 # Wheels built for one torch build (CUDA, ROCm, CPU, MPS): pip would fetch a mismatched build or replace
@@ -36,52 +37,9 @@ BUILD_SPECIFIC = ("torch", "torchvision", "torchaudio", "xformers")
 PIP_TIMEOUT_S = 1800
 TORCH_HELP = "pick the build for your machine at https://pytorch.org/get-started/locally/"
 
-ENV_PROBE = """
-import os, platform, site, sys
-import importlib.util
-if sys.path and sys.path[0] in ("", os.getcwd()):
-    del sys.path[0]  # `python -c` puts the working directory first; a training run does not
-def fmt(v):
-    s = "%d.%d.%d" % (v.major, v.minor, v.micro)
-    return s if v.releaselevel == "final" else s + v.releaselevel[0] + str(v.serial)
-RESULT["python"] = {"version": fmt(sys.version_info), "executable": sys.executable, "prefix": sys.prefix,
-                    "base_prefix": getattr(sys, "base_prefix", sys.prefix)}
-RESULT["markers"] = {
-    "implementation_name": sys.implementation.name, "implementation_version": fmt(sys.implementation.version),
-    "os_name": os.name, "platform_machine": platform.machine(), "platform_release": platform.release(),
-    "platform_system": platform.system(), "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "platform_python_implementation": platform.python_implementation(),
-    "python_version": ".".join(platform.python_version_tuple()[:2]), "sys_platform": sys.platform}
-RESULT["site"] = {"user_site": site.getusersitepackages() if site.ENABLE_USER_SITE else None,
-                  "path": sys.path, "pythonpath": os.environ.get("PYTHONPATH", "")}
-dists = {}
-try:
-    import importlib.metadata as md  # Python 3.8+; older ones fail deps.interpreter's version check anyway
-except ImportError:
-    md = None
-for d in (md.distributions() if md else ()):
-    try:
-        name, version = d.metadata["Name"], d.version
-    except Exception:
-        continue
-    key = "-".join(filter(None, __import__("re").split(r"[-_.]+", (name or "").lower())))
-    if key and key not in dists:  # the first on sys.path wins, as for imports
-        dists[key] = {"name": name, "version": version, "path": str(getattr(d, "_path", ""))}
-        if key == "library":
-            dists[key]["direct_url"] = d.read_text("direct_url.json")
-RESULT["dists"] = dists
-try:
-    spec = importlib.util.find_spec("library")
-    RESULT["library"] = spec and {"origin": spec.origin, "locations": list(spec.submodule_search_locations or [])}
-except Exception as exc:
-    RESULT["library"] = {"error": type(exc).__name__ + ": " + str(exc)}
-"""
-
-
 def env(ctx: Context) -> dict[str, Any]:
     """The training interpreter's version, marker environment, paths and installed distributions."""
-    answer = ctx.probe("deps:env", ENV_PROBE, timeout=60)
+    answer = ctx.probe("deps:env", program("venv"), timeout=60)
     assert answer is not None
     return answer
 
@@ -607,16 +565,16 @@ def isolation(ctx: Context) -> Result:
 def deep(ctx: Context) -> Result:
     from lorasetup.sd import stackprobe  # one process imports the stack for deps.deep and the device gate
     modules, pairs = deep_targets(ctx)
-    answer = stackprobe.result(ctx)
+    answer = stackprobe.facts(ctx)
     found = closure(ctx)
     uses = found.uses if found else []
-    failures = [f"the deep-import targets could not be computed: {answer['targets_error']}"] \
-        if answer.get("targets_error") else []
-    for module, error in sorted((answer.get("imports") or {}).items()):
+    failures = [f"the deep-import targets could not be computed: {answer.targets_error}"] \
+        if answer.targets_error else []
+    for module, error in sorted(answer.imports.items()):
         if error:
             at = [u for u in uses if u.top == module and u.required]
             failures.append(f"import {module}" + (f" ({where(at)})" if at else "") + f": {error}")
-    for key, error in sorted((answer.get("from_imports") or {}).items()):
+    for key, error in sorted(answer.from_imports.items()):
         if error:
             module, _, name = key.partition(":")
             at = [u for u in uses if u.module == module and name in u.names]
