@@ -16,11 +16,11 @@ from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap
 from lorasetup.engine.result import FixError, Result, Status
-from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
 from lorasetup.sd import accelconfig, stackprobe
+from tests.support.checks import gate_checks, run_checks
 
-DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
+DEVICE_CHECKS = gate_checks("device")
 MULTI_GPU = ("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
              "use_cpu: false\nmixed_precision: fp16\n")
 
@@ -38,12 +38,7 @@ def cpu_target(**fields: object) -> Target:
 
 
 def run(target: Target, *ids: str) -> dict[str, Result]:
-    ctx = Context(target)
-    try:
-        wanted = [c for c in DEVICE_CHECKS if c.id in ids] if ids else DEVICE_CHECKS
-        return {r.check_id: r for r in Runner(ctx, DEVICE_CHECKS).run(wanted)}
-    finally:
-        ctx.close()
+    return run_checks(target, ids, registry=DEVICE_CHECKS)
 
 
 def fix_all(target: Target, yes: bool) -> tuple[dict[str, Result], dict[str, str]]:
@@ -264,10 +259,5 @@ def test_precision_flag_pairs_are_reported_once(tmp_path, hf_home):
     target = cpu_target(train_args=["--full_fp16"])
     alone = run(target, "device.precision")["device.precision"]
     assert alone.status is Status.FAIL and "full_fp16 (--full_fp16) requires mixed precision fp16" in alone.summary
-    ctx = Context(target)
-    try:
-        checks = [*DEVICE_CHECKS, *(c for c in all_checks() if c.id == "args.rules")]
-        both = {r.check_id: r for r in Runner(ctx, checks).run(checks)}
-    finally:
-        ctx.close()
+    both = run_checks(target, registry=[*DEVICE_CHECKS, *(c for c in all_checks() if c.id == "args.rules")])
     assert both["device.precision"].status is Status.OK

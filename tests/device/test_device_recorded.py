@@ -13,18 +13,17 @@ from typing import Any
 
 import pytest
 
-from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Result, Status
-from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
 from lorasetup.sd import stackprobe
 from lorasetup.sd.probe_programs.stack import SCHEMA_VERSION
 from lorasetup.sd.stackfacts import StackFacts
+from tests.support.checks import gate_checks, run_checks
 
 PROBES = Path(__file__).parents[1] / "data" / "probes"
-DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
+DEVICE_CHECKS = gate_checks("device")
 
 
 def recorded(name: str) -> dict[str, Any]:
@@ -33,15 +32,11 @@ def recorded(name: str) -> dict[str, Any]:
 
 def run_recorded(answer: dict[str, Any], device: str, *ids: str, **fields: Any) -> dict[str, Result]:
     """Run device checks with the stack probe's (and optimizer probe's) answer taken from a recording."""
-    ctx = Context(Target(python=Path(sys.executable), device=device, **fields))
-    ctx.memo(stackprobe.KEY, lambda: answer)
+    answers = {stackprobe.KEY: answer}
     if "_optimizer_step" in answer:
-        ctx.memo("probe:device:optimizer", lambda: answer["_optimizer_step"])
-    try:
-        wanted = [c for c in DEVICE_CHECKS if c.id in ids] if ids else DEVICE_CHECKS
-        return {r.check_id: r for r in Runner(ctx, DEVICE_CHECKS).run(wanted)}
-    finally:
-        ctx.close()
+        answers["probe:device:optimizer"] = answer["_optimizer_step"]
+    return run_checks(Target(python=Path(sys.executable), device=device, **fields), ids, registry=DEVICE_CHECKS,
+                      answers=answers)
 
 
 def mac_trap(answer: dict[str, Any]) -> dict[str, Any]:

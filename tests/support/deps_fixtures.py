@@ -9,11 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from lorasetup.checks import all_checks
-from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result
-from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import Target
+from tests.support.checks import run_checks
 
 # (distribution, import name, version, module body): stand-ins with sd-scripts' real names and pins
 PACKAGES = [
@@ -219,9 +217,4 @@ STATIC = ("deps.interpreter", "deps.imports", "deps.versions", "deps.library", "
 def run_deps(tree: Path, python: Path, args: list[str] | tuple[str, ...] = (), pip_args: list[str] | None = None,
              only: tuple[str, ...] = STATIC) -> dict[str, Result]:
     """Run the deps gate (and what it requires) through the real runner; results by check id."""
-    ctx = Context(target(tree, python, args), pip_args=pip_args)
-    try:
-        checks = all_checks()
-        return {r.check_id: r for r in Runner(ctx, checks).run(select(checks, only=only))}
-    finally:
-        ctx.close()
+    return run_checks(target(tree, python, args), only, pip_args=pip_args)
