@@ -18,8 +18,9 @@ from lorasetup.checks.args.checks import build_args, replace_toml_value, save_co
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.target import Target
-from tests.support.args_tree import TREE, write_tree
+from tests.support.args_tree import TREE
 from tests.support.checks import run_checks
+from tests.support.git import write_tree
 
 GOOD = """
 [model]

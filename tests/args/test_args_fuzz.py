@@ -17,8 +17,9 @@ from lorasetup.checks import by_id
 from lorasetup.engine.result import Status
 from lorasetup.engine.target import Target, tomllib
 from lorasetup.sd.argspec import extract
-from tests.support.args_tree import TREE, write_tree
+from tests.support.args_tree import TREE
 from tests.support.checks import run_checks
+from tests.support.git import write_tree
 from tests.support.tomlgen import toml_value
 
 SCRIPTS = ("train_network.py", "sdxl_train_network.py", "flux_train_network.py", "fine_tune.py")

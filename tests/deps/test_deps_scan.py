@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from lorasetup.checks.deps.requirements import Pin, checkout_files, logical_line
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target
 from lorasetup.sd.imports import closure, deep_targets, dist_for
+from tests.support.git import write_tree
 
 ENTRY = """\
 import os
@@ -59,16 +59,8 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "cache" / "lorasetup"
 
 
-def write(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    return root
-
-
 def tree(tmp_path: Path, **extra: str) -> Path:
-    return write(tmp_path / "sd-scripts", {
+    return write_tree(tmp_path / "sd-scripts", {
         "train_network.py": ENTRY, "library/__init__.py": "", "library/train_util.py": TRAIN_UTIL,
         "library/utils.py": "import pandas.io.json\ndef helper():\n    pass\n",
         "networks/__init__.py": "", "networks/lora.py": "import math\n", **extra})
@@ -151,7 +143,7 @@ def test_training_arguments_add_the_modules_they_name(tmp_path):
 
 def test_optimizer_and_logging_from_a_config_file(tmp_path):
     root = tree(tmp_path)
-    config = write(tmp_path, {"config.toml": '[optimizer]\noptimizer_type = "AdamW8bit"\n'
+    config = write_tree(tmp_path, {"config.toml": '[optimizer]\noptimizer_type = "AdamW8bit"\n'
                                              '[logging]\nlogging_dir = "logs"\n'}) / "config.toml"
     found = closure(context(root, train_config=config))
     assert {(u.module, u.place) for u in found.uses if not u.line} == {
@@ -175,7 +167,7 @@ def env(**overrides: str) -> dict[str, str]:
 
 
 def test_requirement_files_as_kohya_ss_writes_them(tmp_path):
-    write(tmp_path, {
+    write_tree(tmp_path, {
         "requirements.txt": "numpy>=1.26.0,<2\ndiffusers[torch]==0.32.2\nlycoris_lora==3.2.0.post2\n"
                             "opencv-python==4.10.0.84 --hash=sha256:00\n-e ./sd-scripts\n",
         "requirements_linux.txt": "--extra-index-url https://download.pytorch.org/whl/cu128\n\n"
@@ -206,7 +198,7 @@ def test_requirement_files_as_kohya_ss_writes_them(tmp_path):
 
 
 def test_include_cycles_are_read_once(tmp_path):
-    write(tmp_path, {"a.txt": "-r b.txt\nfoo==1\n", "b.txt": "-r a.txt\nbar==2\n"})
+    write_tree(tmp_path, {"a.txt": "-r b.txt\nfoo==1\n", "b.txt": "-r a.txt\nbar==2\n"})
     reqs = parse_files([tmp_path / "a.txt"], env())
     assert [f.name for f in reqs.files] == ["a.txt", "b.txt"]
     assert [p.spec for p in reqs.pins] == ["bar==2", "foo==1"]
@@ -220,7 +212,7 @@ def test_prerelease_pins_and_wildcards():
 def test_checkout_files_pick_the_platform_file(tmp_path):
     names = ["requirements.txt", "requirements_linux.txt", "requirements_macos_arm64.txt",
              "requirements_macos_amd64.txt", "requirements_windows.txt", "requirements_pytorch_windows.txt"]
-    write(tmp_path, {n: "" for n in names})
+    write_tree(tmp_path, {n: "" for n in names})
 
     def pick(platform: str, machine: str, layout: str = "kohya_ss") -> list[str]:
         return [p.name for p in checkout_files(tmp_path, layout, platform, machine)]

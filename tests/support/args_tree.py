@@ -4,9 +4,6 @@ argparse on it and compare with lorasetup's reading of it."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 TRAIN_UTIL = '''
 import argparse
 import ast
@@ -299,12 +296,3 @@ TREE = {
     "networks/lora.py": "RANK = 4\n",
     "networks/lora_flux.py": "RANK = 4\n",
 }
-
-
-def write_tree(root: Path, files: dict[str, str]) -> Path:
-    """Write `files` (dedented) under `root`; returns root."""
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    return root
