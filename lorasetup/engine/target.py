@@ -47,7 +47,10 @@ def _steps(value: Any, base: Path) -> int:
 
 
 def _seconds(value: Any, base: Path) -> float:
-    return float(value)
+    seconds = float(value)
+    if seconds <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return seconds
 
 
 def _device(value: Any, base: Path) -> str:
@@ -118,6 +121,12 @@ class Target:
     device: str = _setting(_device, "expected device: auto, mps, cuda, xpu or cpu", default="auto")
     accelerate_config: Path | None = _setting(
         _path, "accelerate config file (default: accelerate's own lookup)")
+    launch_args: list[str] = _setting(
+        _args, "`accelerate launch` flags, e.g. '--multi_gpu --num_processes 2 --main_process_port 29501'",
+        default_factory=list)
+    rendezvous_timeout: float = _setting(
+        _seconds, "seconds device.distributed waits for every process and machine to join (default 60)",
+        default=60.0)
     smoke_steps: int = _setting(_steps, "smoke run: training steps (default 5)", default=5, cli=False,
                                 table="smoke")
     smoke_timeout: float = _setting(_seconds, "smoke run: seconds before it is stopped (default 900)",

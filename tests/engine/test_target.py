@@ -76,6 +76,7 @@ def test_explicit_config_missing(tmp_path):
 SAMPLES = {"kohya_root": "ks", "python": "py/bin/python", "script": "sdxl_train_network.py",
            "dataset_config": "ds.toml", "train_config": "train.toml", "train_args": "--a 1",
            "base_model": "m.safetensors", "output_dir": "out", "device": "cpu", "accelerate_config": "acc.yaml",
+           "launch_args": "--num_processes 1", "rendezvous_timeout": "30",
            "smoke_steps": "3", "smoke_timeout": "60"}
 
 
