@@ -2,7 +2,7 @@
 
 lorasetup itself never imports torch, accelerate or sd-scripts. A probe program is a module file that imports
 only the standard library at module level and defines `main(params, checkpoint) -> dict` (they live in
-lorasetup/sd/probe_programs/); the training interpreter runs it through probe_entry.py, which sends whatever it
+lorasetup/sd/programs/); the training interpreter runs it through probe_entry.py, which sends whatever it
 prints to stderr, so import noise cannot corrupt the answer. A crash, a hang or garbage becomes a ProbeError
 naming the interpreter and what it printed.
 """

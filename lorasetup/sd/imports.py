@@ -32,7 +32,7 @@ from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import CheckFailed
 from lorasetup.sd.argspec import cache_dir
 from lorasetup.sd.facts import MODULE_TO_DIST, optimizer_module
-from lorasetup.sd.probe_programs import program
+from lorasetup.sd.programs import program
 from lorasetup.sd.trainargs import train_args
 
 CACHE_VERSION = 1

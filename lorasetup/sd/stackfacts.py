@@ -1,4 +1,4 @@
-"""The stack probe's answer as typed facts (lorasetup/sd/probe_programs/stack.py writes it as JSON).
+"""The stack probe's answer as typed facts (lorasetup/sd/programs/stack.py writes it as JSON).
 
 `StackFacts.parse(answer)` turns the JSON object into frozen dataclasses: a fact the probe could not collect is
 None (or empty), never a missing key, so the device gate, `lorasetup env` and deps.deep read attributes instead
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from lorasetup.engine.probe import ProbeError
-from lorasetup.sd.probe_programs.stack import SCHEMA_VERSION
+from lorasetup.sd.programs.stack import SCHEMA_VERSION
 
 F = TypeVar("F")
 

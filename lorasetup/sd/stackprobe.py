@@ -1,6 +1,6 @@
 """The one training-interpreter process per run that imports the training stack.
 
-The program is lorasetup/sd/probe_programs/stack.py: it imports torch and accelerate once, collects the device
+The program is lorasetup/sd/programs/stack.py: it imports torch and accelerate once, collects the device
 facts, builds an `Accelerator` the way sd-scripts does under the environment `accelerate launch` would set from
 the accelerate config, then imports the deps gate's deep-import targets (lorasetup.sd.imports.deep_targets) one
 by one. `start(ctx)` launches it in the background while the static checks run; `facts(ctx)` waits for it and
@@ -20,7 +20,7 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.probe import ProbeError, run_program
 from lorasetup.sd import accelconfig
 from lorasetup.sd.imports import deep_targets
-from lorasetup.sd.probe_programs import program
+from lorasetup.sd.programs import program
 from lorasetup.sd.stackfacts import StackFacts
 from lorasetup.sd.trainargs import train_args
 

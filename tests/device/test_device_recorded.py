@@ -18,7 +18,7 @@ from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Result, Status
 from lorasetup.engine.target import Target
 from lorasetup.sd import stackprobe
-from lorasetup.sd.probe_programs.stack import SCHEMA_VERSION
+from lorasetup.sd.programs.stack import SCHEMA_VERSION
 from lorasetup.sd.stackfacts import StackFacts
 from tests.support.checks import gate_checks, run_checks
 

@@ -1,4 +1,4 @@
-"""The probe programs (lorasetup/sd/probe_programs/ and the entry that runs them) run in the user's training venv,
+"""The probe programs (lorasetup/sd/programs/ and the entry that runs them) run in the user's training venv,
 where lorasetup is not installed, and the venv program must answer even on a Python too old for sd-scripts."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lorasetup.engine.probe import ENTRY, run_program
-from lorasetup.sd.probe_programs import FOLDER, program
+from lorasetup.sd.programs import FOLDER, program
 
 PROGRAMS = sorted(p for p in FOLDER.glob("*.py") if p.name != "__init__.py")
 OLDEST = (3, 6)  # what the entry and the venv program parse on: they report "this Python is too old"

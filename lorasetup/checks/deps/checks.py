@@ -28,7 +28,7 @@ from lorasetup.engine.probe import ProbeError, tail
 from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
 from lorasetup.engine.target import tomllib
 from lorasetup.sd.imports import Closure, ImportUse, closure, deep_targets, dist_for, resolve
-from lorasetup.sd.probe_programs import program
+from lorasetup.sd.programs import program
 
 DEFAULT_PYTHONS = ">=3.10,<3.13"  # sd-scripts README: Python 3.10; 3.11 and 3.12 "will work but not tested"
 # Wheels built for one torch build (CUDA, ROCm, CPU, MPS): pip would fetch a mismatched build or replace

@@ -26,7 +26,7 @@ from lorasetup.engine.target import tomllib
 from lorasetup.sd import accelconfig, stackprobe
 from lorasetup.sd.devices import available, device_lines, machine_offers, rosetta, smi_gpus, torch_facts, version
 from lorasetup.sd.facts import needs_bitsandbytes
-from lorasetup.sd.probe_programs import program
+from lorasetup.sd.programs import program
 from lorasetup.sd.stackfacts import AccelerateFacts, LaunchFacts, StackFacts, TorchFacts
 from lorasetup.sd.trainargs import train_args
 
