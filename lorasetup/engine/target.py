@@ -298,11 +298,12 @@ class _Values:
                 self.put(name, value, origin, base)
 
 
-def _config_file(config: Path | None, cwd: Path, environ: Mapping[str, str]) -> tuple[Path, dict[str, Any]] | None:
-    """The config file named by --config or LORASETUP_CONFIG, else the one found from cwd upward."""
+def _config_file(config: Path | None, cwd: Path, environ: Mapping[str, str], search: bool
+                 ) -> tuple[Path, dict[str, Any]] | None:
+    """The config file named by --config or LORASETUP_CONFIG, else (with `search`) the one found from cwd upward."""
     config = config or (Path(environ["LORASETUP_CONFIG"]) if environ.get("LORASETUP_CONFIG") else None)
     if config is None:
-        return find_config_file(cwd)
+        return find_config_file(cwd) if search else None
     config = (cwd / config).resolve()
     if not config.is_file():
         raise ConfigError(f"{config}: config file not found. Pass an existing lorasetup.toml to --config.")
@@ -328,14 +329,15 @@ def _discover(found: _Values, cwd: Path) -> None:
 
 def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
                 environ: Mapping[str, str] | None = None, config: Path | None = None,
-                settings: Mapping[str, Any] | None = None) -> Target:
+                settings: Mapping[str, Any] | None = None, search: bool = True) -> Target:
     """Build the Target from discovery, config file, environment and flags (rising priority).
 
-    `settings` (pytest ini keys) rank with the config file: above it, below the environment."""
+    `settings` (pytest ini keys) rank with the config file: above it, below the environment. Without `search`
+    only an explicit `config` is read, not a lorasetup.toml found from `cwd` upward."""
     cwd = (cwd or Path.cwd()).resolve()
     environ = os.environ if environ is None else environ
     found = _Values()
-    config_file = _config_file(config, cwd, environ)
+    config_file = _config_file(config, cwd, environ, search)
     if config_file:
         path, raw = config_file
         for name, value in _flatten_config(path, raw).items():
