@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -64,6 +66,19 @@ def _text(value: Any, base: Path) -> str:
     return str(value)
 
 
+def _requirements(value: Any, base: Path) -> list[str]:
+    """`[deps] accept`: requirement strings (`accelerate>=1.11`); a string is split like a shell line."""
+    items = shlex.split(value) if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError('must be a list of requirements like ["accelerate>=1.11"]')
+    for item in items:
+        try:
+            Requirement(str(item))
+        except InvalidRequirement as exc:
+            raise ValueError(f"{item!r} is not a requirement like `accelerate>=1.11`: {exc}") from None
+    return [str(item) for item in items]
+
+
 @dataclass(frozen=True)
 class Setting:
     """How one Target field is spelt everywhere: the CLI flag, the pytest option and ini key, the environment
@@ -75,6 +90,7 @@ class Setting:
     cli: bool = True  # a flag of every lorasetup command (`--kohya-root`); train_args come after `--` instead
     pytest: bool = True  # a pytest option (`--kohya-root`)
     table: str | None = None  # the config file's table holding it (`[smoke] steps`), besides the plain key
+    example: str = ""  # a value as the config file spells it, for messages
 
     @property
     def flag(self) -> str:
@@ -92,6 +108,11 @@ class Setting:
     def table_key(self) -> str | None:
         """The key inside `table`: `steps` for smoke_steps in [smoke]."""
         return self.name.removeprefix(f"{self.table}_") if self.table else None
+
+    @property
+    def config_key(self) -> str:
+        """How the config file names it: `smoke.steps`, `device`."""
+        return f"{self.table}.{self.table_key}" if self.table else self.name
 
 
 def _setting(coerce: Callable[[Any, Path], Any], help_text: str, *, default: Any = None,
@@ -128,9 +149,12 @@ class Target:
         _seconds, "seconds device.distributed waits for every process and machine to join (default 60)",
         default=60.0)
     smoke_steps: int = _setting(_steps, "smoke run: training steps (default 5)", default=5, cli=False,
-                                table="smoke")
+                                table="smoke", example="5")
     smoke_timeout: float = _setting(_seconds, "smoke run: seconds before it is stopped (default 900)",
-                                    default=900.0, cli=False, pytest=False, table="smoke")
+                                    default=900.0, cli=False, pytest=False, table="smoke", example="900")
+    deps_accept: list[str] = _setting(_requirements, "pins deliberately not met, e.g. accelerate>=1.11",
+                                      default_factory=list, cli=False, pytest=False, table="deps",
+                                      example='["accelerate>=1.11"]')
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -164,7 +188,6 @@ SETTINGS: tuple[Setting, ...] = tuple(replace(f.metadata["setting"], name=f.name
                                       for f in fields(Target) if "setting" in f.metadata)
 FIELD_NAMES = tuple(s.name for s in SETTINGS)
 BY_NAME = {s.name: s for s in SETTINGS}
-_DEFAULTS = {f.name: f.default for f in fields(Target)}
 TABLES = {s.table: {t.table_key: t.name for t in SETTINGS if t.table == s.table}
           for s in SETTINGS if s.table}
 
@@ -256,7 +279,7 @@ def _flatten_table(path: Path, table: str, value: Any) -> dict[str, Any]:
     """The fields of one config table (`[smoke] steps = 3` -> smoke_steps)."""
     keys = TABLES[table]
     if not isinstance(value, dict):
-        example = ", ".join(f"{key} = {_DEFAULTS[name]:g}" for key, name in keys.items())
+        example = ", ".join(f"{key} = {BY_NAME[name].example}" for key, name in keys.items())
         raise ConfigError(f"{path}: `{table}` must be a table like [{table}] {example}")
     out = {}
     for sub, subval in value.items():
@@ -277,7 +300,7 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
     try:
         return BY_NAME[name].coerce(value, base)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: bad value for `{name}` ({value!r}): {exc}") from None
+        raise ConfigError(f"{origin}: bad value for `{BY_NAME[name].config_key}` ({value!r}): {exc}") from None
 
 
 class _Values:

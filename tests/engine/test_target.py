@@ -76,7 +76,7 @@ def test_explicit_config_missing(tmp_path):
 SAMPLES = {"kohya_root": "ks", "python": "py/bin/python", "script": "sdxl_train_network.py",
            "dataset_config": "ds.toml", "train_config": "train.toml", "train_args": "--a 1",
            "base_model": "m.safetensors", "output_dir": "out", "device": "cpu", "accelerate_config": "acc.yaml",
-           "launch_args": "--num_processes 1", "rendezvous_timeout": "30",
+           "launch_args": "--num_processes 1", "rendezvous_timeout": "30", "deps_accept": "accelerate>=1.11",
            "smoke_steps": "3", "smoke_timeout": "60"}
 
 
@@ -104,4 +104,4 @@ def test_cli_and_pytest_options_come_from_the_table():
     flags = {opt for action in doctor._actions for opt in action.option_strings}
     assert {s.flag for s in SETTINGS if s.cli} <= flags
     assert "--train-args" not in flags  # sd-scripts arguments go after `--`
-    assert [s.name for s in OPTIONS] == [s.name for s in SETTINGS if s.name != "smoke_timeout"]
+    assert [s.name for s in OPTIONS] == [s.name for s in SETTINGS if s.name not in ("smoke_timeout", "deps_accept")]

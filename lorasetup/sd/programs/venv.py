@@ -1,17 +1,20 @@
 """The training interpreter's environment, for the deps gate: its version, the marker environment of the
-requirement files, its paths, every installed distribution (the first on sys.path wins, as for imports) and
-where `library` (sd-scripts' own package) resolves.
+requirement files, its paths, the machine's GPU tools (what kohya_ss's setup looks at), every installed
+distribution with the top-level names it provides (the first on sys.path wins, as for imports) and where
+`library` (sd-scripts' own package) resolves.
 
-params: none. answer: python, markers, site, dists, library.
+params: none. answer: python, markers, site, machine, dists, library.
 
 Standard library only, and no syntax or annotation newer than Python 3.6: this program is what says "this
 Python is too old" (generic annotations are quoted, there is no `from __future__ import annotations`).
 """
 
 import importlib.util
+import inspect
 import os
 import platform
 import re
+import shutil
 import site
 import sys
 from collections.abc import Callable
@@ -34,6 +37,32 @@ def markers() -> "dict[str, str]":
         "python_version": ".".join(platform.python_version_tuple()[:2]), "sys_platform": sys.platform}
 
 
+def machine() -> "dict[str, bool]":
+    """What kohya_ss's setup.sh looks at to pick its platform requirement file."""
+    return {"nvidia_smi": bool(shutil.which("nvidia-smi")),
+            "rocm": bool(shutil.which("rocminfo")) or os.path.isfile("/opt/rocm/bin/rocminfo"),
+            "runpod": bool(os.environ.get("RUNPOD_POD_ID") or os.environ.get("RUNPOD_API_KEY"))}
+
+
+def top_level(d: Any) -> "list[str]":
+    """The top-level import names a distribution provides: importlib.metadata.packages_distributions' rule on
+    Python 3.11+ (3.10 reads only top_level.txt): top_level.txt, else the top-level names of the files RECORD
+    lists (read as text: Distribution.files builds an object per file, three times slower over a venv of torch)."""
+    try:
+        declared = (d.read_text("top_level.txt") or "").split()
+        record = "" if declared else (d.read_text("RECORD") or "")
+    except Exception:
+        return []
+    if declared:
+        return sorted(set(declared))
+    names = set()
+    for line in record.splitlines():
+        path = line.rsplit(",", 2)[0].strip('"')
+        head, sep, _ = path.partition("/")
+        names.add(head if sep else (inspect.getmodulename(head) or head))
+    return sorted(n for n in names if n and "." not in n and n != "__pycache__")
+
+
 def dists() -> "dict[str, dict[str, Any]]":
     """Installed distributions by normalized name; `library` with its direct_url.json (an editable install)."""
     try:
@@ -48,7 +77,7 @@ def dists() -> "dict[str, dict[str, Any]]":
             continue
         key = "-".join(filter(None, re.split(r"[-_.]+", (name or "").lower())))
         if key and key not in found:  # the first on sys.path wins, as for imports
-            found[key] = {"name": name, "version": version, "path": str(getattr(d, "_path", ""))}
+            found[key] = {"name": name, "version": version, "path": str(getattr(d, "_path", "")), "top": top_level(d)}
             if key == "library":
                 found[key]["direct_url"] = d.read_text("direct_url.json")
     return found
@@ -70,4 +99,4 @@ def main(params: "dict[str, Any]", checkpoint: "Callable[[dict[str, Any]], None]
             "markers": markers(),
             "site": {"user_site": site.getusersitepackages() if site.ENABLE_USER_SITE else None,
                      "path": sys.path, "pythonpath": os.environ.get("PYTHONPATH", "")},
-            "dists": dists(), "library": library()}
+            "machine": machine(), "dists": dists(), "library": library()}
