@@ -87,13 +87,15 @@ class Runner:
         return [self.results[c.id] for c in ordered if c.id in self.results]
 
     def fast_first(self, ordered: list[Check]) -> list[Check]:
-        """`ordered` with every check that waits on a probe (itself or through a requirement) moved last;
-        requirements still come before their dependents, since slowness passes on to them."""
-        slow: set[str] = set()
+        """`ordered` in three bands: checks with no background work, then those that wait for a prefetch (a
+        short probe, image headers), then every check that waits on a probe of the training stack (itself or
+        through a requirement). Requirements still come before their dependents: a requirement's band passes
+        on to them."""
+        band: dict[str, int] = {}
         for c in ordered:
-            if "probe" in c.tags or any(req in slow for req in c.requires):
-                slow.add(c.id)
-        return [c for c in ordered if c.id not in slow] + [c for c in ordered if c.id in slow]
+            own = 2 if "probe" in c.tags else 1 if c.prefetch is not None else 0
+            band[c.id] = max([own, *(band.get(req, 0) for req in c.requires)])
+        return sorted(ordered, key=lambda c: band[c.id])
 
     def result(self, check_id: str) -> Result:
         """The check's result, computing its requirements first. A smoke check also waits for the
