@@ -15,7 +15,8 @@ import pytest
 
 from lorasetup.engine.result import Status
 from lorasetup.sd.dataset.buckets import Buckets, make_bucket_resolutions
-from tests.dataset.test_dataset_checks import image, make_checkout, run
+from tests.dataset.test_dataset_checks import image, run
+from tests.support.dataset_checkout import make_checkout
 
 
 @pytest.fixture(scope="module")

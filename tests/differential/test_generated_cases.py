@@ -6,13 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lorasetup.checks import all_checks
-from lorasetup.engine.context import Context
 from lorasetup.engine.result import Status
-from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
-from tests.dataset.test_dataset_checks import make_checkout
 from tests.differential.generate import generate
+from tests.support.checks import gate_checks, run_checks
+from tests.support.dataset_checkout import make_checkout
 
 COVERED = ("--train_data_dir", "--reg_data_dir", "--in_json", "--config_file", "--gradient_accumulation_steps",
            "--max_train_epochs", "--save_every_n_steps", "--seed")
@@ -25,15 +23,10 @@ def test_every_generated_case_gets_answers_not_crashes(tmp_path: Path) -> None:
     cases = generate(tmp_path / "cases", seed=11, count=60)
     statuses = {}
     for case in cases:
-        ctx = Context(Target(kohya_root=checkout, train_args=case.argv))
-        try:
-            checks = [c for c in all_checks() if c.gate == "dataset"]
-            results = Runner(ctx, checks).run(checks)
-        finally:
-            ctx.close()
-        crashed = [f"{r.check_id}: {r.summary}" for r in results if r.status is Status.ERROR]
+        results = run_checks(Target(kohya_root=checkout, train_args=case.argv), registry=gate_checks("dataset"))
+        crashed = [f"{r.check_id}: {r.summary}" for r in results.values() if r.status is Status.ERROR]
         assert not crashed, f"{case.describe()}\n{crashed}"
-        statuses[case.id] = {r.check_id: r.status for r in results}
+        statuses[case.id] = {check_id: r.status for check_id, r in results.items()}
     steps = [s["dataset.steps"] for s in statuses.values()]
     assert steps.count(Status.OK) >= 15 and steps.count(Status.FAIL) >= 15
     argv = " ".join(a for c in cases for a in c.argv)
