@@ -22,8 +22,9 @@ from PIL import Image
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.target import Target
+from lorasetup.sd.dataset.buckets import Buckets, make_bucket_resolutions
 from lorasetup.sd.dataset.plan import compute_steps, dataset_step_plan
-from lorasetup.sd.dataset.scan import Buckets, make_bucket_resolutions, probe_image
+from lorasetup.sd.dataset.scan import probe_image
 from tests.support.checks import gate_checks, run_checks
 from tests.support.dataset_checkout import make_checkout
 
