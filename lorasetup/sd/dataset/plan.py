@@ -11,6 +11,7 @@ from typing import Any
 
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import CheckFailed
+from lorasetup.sd.accelconfig import find_config
 from lorasetup.sd.dataset.blueprint import Plan, build_plan, finetune_entries, subset_images
 from lorasetup.sd.dataset.scan import ImageProbe, probe_image
 from lorasetup.sd.dataset.schema import (
@@ -23,7 +24,8 @@ from lorasetup.sd.dataset.schema import (
     sanitizer_support,
     train_arg_names,
 )
-from lorasetup.sd.dataset.steps import ImpossibleSteps, StepPlan, count_datasets, plan_steps, read_num_processes
+from lorasetup.sd.dataset.steps import ImpossibleSteps, StepPlan, count_datasets, plan_steps
+from lorasetup.sd.distributed import launch_plan
 from lorasetup.sd.trainargs import TrainArgs, path_setting, train_args
 
 
@@ -123,7 +125,7 @@ def compute_steps(ctx: Context) -> StepPlan:
                     out[p] = None
             return out
         args = train_args_or_none(ctx)
-        processes, _ = read_num_processes(ctx.target.accelerate_config)
+        processes = launch_plan(ctx.target, find_config(ctx.target).path).num_processes
         return plan_steps(count_datasets(plan, sizes, args), args, processes)
     return ctx.memo("dataset:steps", run)
 

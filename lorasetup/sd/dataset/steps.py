@@ -14,7 +14,6 @@ import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lorasetup.sd.dataset.blueprint import (
@@ -522,20 +521,6 @@ def _save_points(train_args: TrainArgs | None, total: int, per_epoch: int, epoch
     if every_steps.value is not None and every_steps.value > total:
         notes.append(f"save_every_n_steps = {every_steps.value} is more than the {total} steps: no step saves")
     return saves
-
-
-def read_num_processes(accelerate_config: Path | None) -> tuple[int, str]:
-    """`num_processes:` of the accelerate config file lorasetup was pointed at; 1 otherwise."""
-    if accelerate_config is None:
-        return 1, "default (one process)"
-    try:
-        for line in accelerate_config.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "num_processes" and value.strip().isdigit():
-                return max(1, int(value.strip())), f"{accelerate_config.name} num_processes"
-    except OSError:
-        pass
-    return 1, "default (one process)"
 
 
 def no_upscale_buckets(get: Resolver) -> Buckets | None:
