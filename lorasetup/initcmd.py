@@ -37,8 +37,8 @@ from lorasetup.sd.dataset.layout import (
     render_dataset,
 )
 from lorasetup.sd.dataset.plan import compute_steps
-from lorasetup.sd.dataset.scan import STEP_ARG_DEFAULTS, ImpossibleSteps, StepPlan
 from lorasetup.sd.dataset.schema import ConfigSyntaxError
+from lorasetup.sd.dataset.steps import STEP_ARG_DEFAULTS, ImpossibleSteps, StepPlan
 from lorasetup.sd.modelfamily import FAMILY_LABELS
 
 DATASET_NAME = "dataset.toml"

@@ -99,7 +99,7 @@ def tree_rss(root: int) -> tuple[set[int], int]:
     return pids, sum(_pss(p) if linux else table[p][1] for p in pids)
 
 
-def gpu_memory(smi: str, pids: set[int]) -> int | None:
+def process_gpu_memory(smi: str, pids: set[int]) -> int | None:
     """The GPU memory of `pids` in bytes from nvidia-smi's per-process list; None when it cannot answer."""
     try:
         proc = subprocess.run([smi, *SMI_QUERY], capture_output=True, text=True, timeout=10, check=False)
@@ -148,7 +148,7 @@ class MemorySampler:
             self.peaks.host_bytes = max(self.peaks.host_bytes or 0, rss)
             now = time.monotonic()
             if self.smi and now >= next_device:
-                used = gpu_memory(self.smi, pids)
+                used = process_gpu_memory(self.smi, pids)
                 if used is not None:
                     self.peaks.device_bytes = max(self.peaks.device_bytes or 0, used)
                 next_device = now + DEVICE_INTERVAL_S

@@ -23,19 +23,18 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from lorasetup.checks import all_checks
-from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result, Status
-from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
 from lorasetup.sd import stackprobe
+from lorasetup.sd.memfacts import KEY, MemoryFacts
 from lorasetup.sd.memory import GIB, Run, estimate, savings
 from lorasetup.sd.modelparts import model_parts
 from lorasetup.sd.safetensors_header import DTYPE_BYTES, TensorInfo
+from tests.support.checks import gate_checks, run_checks
 
 DATA = Path(__file__).parents[1] / "data"
 PROBES = DATA / "probes"
-DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
+DEVICE_CHECKS = gate_checks("device")
 MEMORY = ("device.memory", "device.load_ram")
 
 # kohya_ss presets (bmaltais/kohya_ss 45088f04), as sd-scripts arguments and dataset settings.
@@ -126,15 +125,11 @@ def preset_target(preset: str, root: Path, checkpoints: dict[str, Path], device:
                   base_model=checkpoints[preset], train_args=[*spec["args"], *extra])
 
 
-def run_memory(target: Target, answer: dict[str, Any]) -> dict[str, Result]:
-    """device.memory and device.load_ram (and device.torch, which they need) on a recorded probe answer."""
-    ctx = Context(target)
-    ctx.memo(stackprobe.KEY, lambda: answer)
-    try:
-        wanted = [c for c in DEVICE_CHECKS if c.id in MEMORY]
-        return {r.check_id: r for r in Runner(ctx, DEVICE_CHECKS).run(wanted)}
-    finally:
-        ctx.close()
+def run_memory(target: Target, answer: dict[str, Any], memory: MemoryFacts | None = None) -> dict[str, Result]:
+    """device.memory and device.load_ram (and device.torch, which they need) on a recorded probe answer and the
+    recording's memory figures (what lorasetup.sd.memfacts reads on that machine)."""
+    figures = memory if memory is not None else MemoryFacts.parse(answer["_memory"])
+    return run_checks(target, MEMORY, registry=DEVICE_CHECKS, answers={stackprobe.KEY: answer, KEY: figures})
 
 
 # ---- component sizes from headers ------------------------------------------------------------------------
@@ -288,19 +283,29 @@ def test_a_lora_file_as_base_model_skips_with_the_reason(tmp_path):
     assert got.status is Status.SKIP and "the estimate models SD1.x" in got.summary, got.summary
 
 
-def test_an_old_probe_answer_without_memory_figures_skips(tmp_path, checkpoints):
-    answer = probe("synthesized-cpu-16gb")
-    answer["host_memory"] = None
-    results = run_memory(preset_target("sd15", tmp_path, checkpoints, "cpu"), answer)
-    assert results["device.memory"].status is Status.SKIP and "no memory figures" in results["device.memory"].summary
-    assert results["device.load_ram"].status is Status.SKIP
+def test_without_memory_figures_the_checks_skip_with_the_reason(tmp_path, checkpoints):
+    unknown = MemoryFacts(notes=("psutil is not installed: available RAM unknown",))
+    results = run_memory(preset_target("sd15", tmp_path, checkpoints, "cpu"), probe("synthesized-cpu-16gb"), unknown)
+    for check_id in MEMORY:
+        assert results[check_id].status is Status.SKIP and "psutil is not installed" in results[check_id].summary
 
 
-def test_cuda_without_a_free_figure_uses_the_total(tmp_path, checkpoints):
-    answer = copy.deepcopy(probe("synthesized-cuda-24gb"))
-    del answer["torch"]["cuda_devices"][0]["free_memory"]
-    got = run_memory(preset_target("sd15", tmp_path, checkpoints, "cuda"), answer)["device.memory"]
+def test_cuda_without_nvidia_smi_figures_uses_torchs_total(tmp_path, checkpoints):
+    answer = probe("synthesized-cuda-24gb")
+    no_gpus = replace(MemoryFacts.parse(answer["_memory"]), gpus=())
+    got = run_memory(preset_target("sd15", tmp_path, checkpoints, "cuda"), answer, no_gpus)["device.memory"]
     assert got.data["available_bytes"] == answer["torch"]["cuda_devices"][0]["total_memory"]
+    assert any("free memory unknown without nvidia-smi" in d for d in got.details)
+
+
+def test_cuda_visible_devices_picks_the_gpus_the_run_sees(tmp_path, checkpoints, monkeypatch):
+    answer = copy.deepcopy(probe("synthesized-cuda-24gb"))
+    two = MemoryFacts.parse({**answer["_memory"], "gpus": [
+        {"index": 0, "name": "busy", "total": 25757220864, "free": 2 * GIB},
+        {"index": 1, "name": "idle", "total": 25757220864, "free": 24 * GIB}]})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    got = run_memory(preset_target("sd15", tmp_path, checkpoints, "cuda"), answer, two)["device.memory"]
+    assert got.data["available_bytes"] == 24 * GIB and got.status is Status.OK
 
 
 def test_no_dataset_or_an_unknown_script_skips_never_crashes(tmp_path, checkpoints):

@@ -10,13 +10,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from lorasetup.checks.smoke.checks import run_smoke
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target, tomllib
 from lorasetup.sd.dataset.largest import largest_bucket, largest_bucket_config
 from lorasetup.sd.launch import run_env, run_streaming
-from lorasetup.sd.memwatch import MemorySampler, gpu_memory
-from tests.smoke.test_smoke_check import setup, smoke  # noqa: F401 - the pytest fixture and helper
-from tests.smoke.test_smoke_run import dataset  # noqa: F401 - the session dataset fixture
+from lorasetup.sd.memwatch import MemorySampler, process_gpu_memory
 
 MIB = 1024 ** 2
 # A parent that starts a child holding 300 MiB of touched memory for 2 s (the tree's biggest process).
@@ -50,17 +49,17 @@ def test_the_sampler_sees_the_whole_tree_and_the_kernel_high_water_mark_agrees(t
     assert sampler.peaks.device_source == "nvidia-smi"
 
 
-def test_gpu_memory_counts_only_the_given_pids_and_survives_a_failing_nvidia_smi(tmp_path):
+def test_process_gpu_memory_counts_only_the_given_pids_and_survives_a_failing_nvidia_smi(tmp_path):
     pid_file = tmp_path / "pid"
     pid_file.write_text(str(os.getpid()))
     smi = stand_in_smi(tmp_path, pid_file, 700)
-    assert gpu_memory(str(smi), {os.getpid()}) == 700 * MIB
-    assert gpu_memory(str(smi), {12345678}) == 0
+    assert process_gpu_memory(str(smi), {os.getpid()}) == 700 * MIB
+    assert process_gpu_memory(str(smi), {12345678}) == 0
     broken = tmp_path / "broken-smi"
     broken.write_text("#!/bin/sh\necho 'NVIDIA-SMI has failed' >&2\nexit 9\n")
     broken.chmod(0o755)
-    assert gpu_memory(str(broken), {os.getpid()}) is None
-    assert gpu_memory(str(tmp_path / "missing"), {os.getpid()}) is None
+    assert process_gpu_memory(str(broken), {os.getpid()}) is None
+    assert process_gpu_memory(str(tmp_path / "missing"), {os.getpid()}) is None
 
 
 def bucketed_dataset(root: Path, reg_only_square: bool = False) -> Path:
@@ -124,17 +123,18 @@ def test_when_only_reg_images_are_in_the_largest_bucket_they_train_there(tmp_pat
     assert subset["is_reg"] is False and len(list(Path(subset["image_dir"]).glob("*.png"))) == 3
 
 
-def test_a_dataset_of_one_bucket_needs_no_config_of_its_own(tmp_path, dataset):  # noqa: F811
+def test_a_dataset_of_one_bucket_needs_no_config_of_its_own(tmp_path, dataset):
     with Context(Target(dataset_config=dataset, python=Path(sys.executable))) as ctx:
         bucket = largest_bucket(ctx)
         path, line = largest_bucket_config(ctx, bucket, tmp_path / "out")
     assert path is None and "the dataset has no other" in line
 
 
-def test_smoke_trains_at_the_largest_bucket_and_reports_memory_beside_the_estimate(setup, tmp_path):  # noqa: F811
+def test_smoke_trains_at_the_largest_bucket_and_reports_memory_beside_the_estimate(setup, tmp_path):
     target, record, _ = setup
     target.dataset_config = bucketed_dataset(tmp_path / "data")
-    result = smoke(target, keep=True)
+    with Context(target) as ctx:
+        result = run_smoke(ctx, echo=None, keep=True)
     memory = result.data["memory"]
     assert result.status.value == "ok", (result.summary, result.details)
     used = memory["largest_bucket"]["dataset_config"]

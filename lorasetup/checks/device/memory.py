@@ -1,7 +1,8 @@
 """device.memory and device.load_ram: will the run fit in memory, said before it starts.
 
-The estimate (lorasetup.sd.memory, inputs from lorasetup.sd.memoryrun) against what the stack probe saw the
-device offer: per-GPU free memory on CUDA, Metal's recommended working set on MPS, available RAM on the CPU.
+The estimate (lorasetup.sd.memory, inputs from lorasetup.sd.memoryrun) against what the device offers: on CUDA
+the visible GPU's free memory now (nvidia-smi; torch's total without it), on MPS Metal's recommended working
+set (the stack probe), on the CPU the available RAM now (lorasetup.sd.memfacts reads both fresh every run).
 Above the device's limit the run dies ("CUDA out of memory" at the first large bucket, "MPS backend out of
 memory", or the OS killing it); above 85% it is one background program away from that. Each figure is in
 Result.data in bytes, with every change that would lower the peak and by how much.
@@ -18,7 +19,8 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Result
 from lorasetup.sd import stackprobe
-from lorasetup.sd.devices import machine_offers, torch_facts
+from lorasetup.sd.devices import machine_offers
+from lorasetup.sd.memfacts import MemoryFacts, memory_facts
 from lorasetup.sd.memory import (
     GIB,
     MPS_HIGH_WATERMARK_RATIO,
@@ -29,6 +31,7 @@ from lorasetup.sd.memory import (
     savings,
 )
 from lorasetup.sd.memoryrun import NotEstimated, RunFacts, run_facts
+from lorasetup.sd.stackfacts import StackFacts
 
 PROBED = ("preflight", "probe")
 WARN_RATIO = 0.85
@@ -50,34 +53,49 @@ def gib(value: float) -> str:
     return f"{value / GIB:.1f} GiB"
 
 
-def device_of(ctx: Context, found: dict[str, Any]) -> str:
+def device_of(ctx: Context, found: StackFacts) -> str:
     return ctx.target.device if ctx.target.device != "auto" else machine_offers(found)
 
 
-def host_capacity(found: dict[str, Any]) -> Capacity | None:
-    memory = found.get("host_memory") or {}
-    available, total = memory.get("available"), memory.get("total")
-    if not isinstance(available, int) or not isinstance(total, int):
+def host_capacity(memory: MemoryFacts) -> Capacity | None:
+    available, total = memory.host_available_bytes, memory.host_total_bytes
+    if available is None or total is None:
         return None
     return Capacity(available, available, total, f"{gib(available)} of {gib(total)} RAM available")
 
 
-def cuda_capacity(found: dict[str, Any]) -> Capacity | None:
-    """The GPU with the least free memory among those torch sees (each process of a multi-GPU run gets one)."""
-    devices = [d for d in torch_facts(found).get("cuda_devices") or [] if isinstance(d.get("total_memory"), int)]
+def visible_gpus(found: StackFacts) -> set[int] | None:
+    """The machine's GPU indices the run sees (CUDA_VISIBLE_DEVICES from accelerate launch or the environment);
+    None: all of them."""
+    launch = found.accelerate.launch if found.accelerate else None
+    raw = (launch.env if launch else {}).get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if raw is None or not all(p.strip().isdigit() for p in raw.split(",") if p.strip()):
+        return None
+    return {int(p) for p in raw.split(",") if p.strip()}
+
+
+def cuda_capacity(found: StackFacts, memory: MemoryFacts) -> Capacity | None:
+    """The visible GPU with the least free memory (each process of a multi-GPU run gets one): nvidia-smi's free
+    figure now; torch's total when nvidia-smi cannot say."""
+    visible = visible_gpus(found)
+    gpus = [g for g in memory.gpus if visible is None or g.index in visible]
+    if gpus:
+        gpu = min(gpus, key=lambda g: g.free_bytes)
+        used = gpu.total_bytes - gpu.free_bytes
+        taken = f", {gib(used)} already in use" if used > 256 * 1024 ** 2 else ""
+        return Capacity(gpu.free_bytes, gpu.free_bytes, gpu.total_bytes,
+                        f"{gpu.name}: {gib(gpu.free_bytes)} free of {gib(gpu.total_bytes)}{taken} (nvidia-smi)")
+    devices = found.torch.cuda_devices if found.torch else ()
     if not devices:
         return None
-    gpu = min(devices, key=lambda d: d.get("free_memory", d["total_memory"]))
-    free = gpu.get("free_memory") if isinstance(gpu.get("free_memory"), int) else gpu["total_memory"]
-    used = gpu["total_memory"] - free
-    taken = f", {gib(used)} already in use by other processes" if used > 256 * 1024 ** 2 else ""
-    return Capacity(free, free, gpu["total_memory"], f"{gpu.get('name')}: {gib(free)} free of "
-                                                     f"{gib(gpu['total_memory'])}{taken}")
+    total = min(d.total_memory for d in devices)
+    return Capacity(total, total, total, f"{devices[0].name}: {gib(total)} (torch; free memory unknown without "
+                                         "nvidia-smi, counted as all free)")
 
 
-def mps_capacity(found: dict[str, Any]) -> Capacity | None:
+def mps_capacity(found: StackFacts, memory: MemoryFacts) -> Capacity | None:
     """Metal's recommended working set; PyTorch fails allocations beyond PYTORCH_MPS_HIGH_WATERMARK_RATIO x it."""
-    recommended = torch_facts(found).get("mps_recommended_max_memory")
+    recommended = found.torch.mps_recommended_max_memory if found.torch else None
     if not isinstance(recommended, int):
         return None
     try:
@@ -85,15 +103,17 @@ def mps_capacity(found: dict[str, Any]) -> Capacity | None:
     except ValueError:
         ratio = MPS_HIGH_WATERMARK_RATIO
     limit = int(recommended * ratio) if ratio > 0 else 2 ** 62
-    total = (found.get("host_memory") or {}).get("total") or recommended
+    total = memory.host_total_bytes or recommended
     return Capacity(recommended, limit, total, f"Metal's recommended working set {gib(recommended)} of "
                                                f"{gib(total)} unified memory (allocations fail above {gib(limit)})")
 
 
-def capacity(found: dict[str, Any], device: str) -> Capacity | None:
-    readers = {"cuda": cuda_capacity, "mps": mps_capacity, "cpu": host_capacity}
-    reader = readers.get(device)
-    return reader(found) if reader else None
+def capacity(found: StackFacts, memory: MemoryFacts, device: str) -> Capacity | None:
+    if device == "cuda":
+        return cuda_capacity(found, memory)
+    if device == "mps":
+        return mps_capacity(found, memory)
+    return host_capacity(memory) if device == "cpu" else None
 
 
 def fitting_plan(run: Run, budget: int) -> tuple[list[str], int]:
@@ -139,7 +159,7 @@ def _inputs(ctx: Context, host: bool) -> tuple[RunFacts, Capacity, Estimate] | R
     """The estimate's inputs, what the device (or with `host`, the RAM) offers and the estimate; or the skip
     that says why there is none."""
     try:
-        found = stackprobe.result(ctx)
+        found = stackprobe.facts(ctx)
     except ProbeError as exc:
         return Result.skip(f"needs the training interpreter's answer, which failed: {str(exc).splitlines()[0]}",
                            hint="see device.torch")
@@ -147,10 +167,12 @@ def _inputs(ctx: Context, host: bool) -> tuple[RunFacts, Capacity, Estimate] | R
         facts = run_facts(ctx, device_of(ctx, found))
     except NotEstimated as exc:
         return Result.skip(f"no memory estimate: {exc}")
-    cap = host_capacity(found) if host else capacity(found, facts.run.device)
+    memory = memory_facts(ctx)
+    cap = host_capacity(memory) if host else capacity(found, memory, facts.run.device)
     if cap is None:
         what = "RAM" if host else facts.run.device
-        return Result.skip(f"the probe reports no memory figures for {what} (an older answer?): not estimated")
+        why = "; ".join(memory.notes) or f"no memory figures for {what}"
+        return Result.skip(f"not estimated: {why}")
     return facts, cap, estimate(facts.run)
 
 

@@ -52,7 +52,7 @@ def device(ctx: Context) -> str | None:
     if ctx.target.device != "auto":
         return ctx.target.device
     try:
-        return machine_offers(stackprobe.result(ctx))
+        return machine_offers(stackprobe.facts(ctx))
     except ProbeError:
         return None
 

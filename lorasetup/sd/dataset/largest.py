@@ -16,15 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.engine.context import Context
+from lorasetup.sd.dataset.blueprint import DatasetPlan, Plan, finetune_entries, subset_images
+from lorasetup.sd.dataset.buckets import unusable
 from lorasetup.sd.dataset.plan import dataset_plan, image_probes, loaded_config
-from lorasetup.sd.dataset.scan import (
-    DatasetPlan,
-    ImpossibleSteps,
-    Plan,
-    bucket_manager,
-    finetune_entries,
-    subset_images,
-)
+from lorasetup.sd.dataset.steps import ImpossibleSteps, Shape, dataset_shapes
 from lorasetup.sd.launch import toml_key, toml_value
 
 
@@ -62,20 +57,19 @@ def _subset_paths(plan: Plan, dataset: DatasetPlan) -> list[tuple[int, str, tupl
     return out
 
 
-def dataset_largest(plan: Plan, dataset: DatasetPlan, size_of: Callable[[str], tuple[int, int] | None]
-                    ) -> LargestBucket | None:
+def dataset_largest(plan: Plan, dataset: DatasetPlan, shape: Shape,
+                    size_of: Callable[[str], tuple[int, int] | None]) -> LargestBucket | None:
     """The largest bucket of one dataset (None when it has no image with a readable size)."""
-    get = dataset.get.get
-    batch = get("batch_size") if isinstance(get("batch_size"), int) and get("batch_size") > 0 else 1
-    manager = bucket_manager(dataset) if get("enable_bucket") else None
-    resolution = tuple(get("resolution") or (0, 0))
+    batch = shape.batch_size.value if isinstance(shape.batch_size.value, int) and shape.batch_size.value > 0 else 1
     found: dict[tuple[int, int], dict[int, list[str]]] = {}
     samples = 0
     for index, path, known, repeats in _subset_paths(plan, dataset):
-        size = known or size_of(path)
+        size = known or plan.known_sizes.get(path) or size_of(path)
         if not size or size[0] <= 0 or size[1] <= 0:
             continue
-        reso = manager.select(*size) if manager else (int(resolution[0]), int(resolution[1]))
+        reso = shape.buckets.select(*size) if shape.buckets else shape.resolution
+        if unusable(reso):
+            continue  # sd-scripts crashes on it; the dataset gate says so
         found.setdefault(reso, {}).setdefault(index, []).append(path)
         samples += repeats
     if not found:
@@ -97,8 +91,8 @@ def largest_bucket(ctx: Context) -> LargestBucket | None:
             return probe.size if probe else None
         best: LargestBucket | None = None
         total = 0
-        for dataset in plan.datasets:
-            found = dataset_largest(plan, dataset, size_of)
+        for dataset, shape in zip(plan.datasets, dataset_shapes(plan)):
+            found = dataset_largest(plan, dataset, shape, size_of)
             if found is not None:
                 total += found.samples
                 best = found if best is None or found.pixels > best.pixels else best

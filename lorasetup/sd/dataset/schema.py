@@ -206,7 +206,7 @@ def sanitizer_support(script: Path | None, flag: Callable[[str], bool]) -> Suppo
                 break
         if len(values) == 4:
             origin = f"{path.name}: ConfigSanitizer({found.group(1)})"
-            return Support(*values, origin=origin)
+            return Support(values[0], values[1], values[2], values[3], origin=origin)
     # train_network.py's rules (library/config_util.py usage there), when no script can be read.
     return Support(True, True, flag("masked_loss"), True,
                    origin="assumed train_network.py rules (no readable entry script)")

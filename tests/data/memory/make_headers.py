@@ -15,9 +15,8 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
 from library import flux_models, model_util, sdxl_model_util, sdxl_original_unet
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 
 def entries(state_dict, prefix, dtype="F16"):
