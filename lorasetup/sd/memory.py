@@ -13,11 +13,12 @@ The model (each figure in bytes):
   largest bucket the dataset produces, times the batch size: every ResNet block, transformer block and attention
   of the U-Net (or DiT). Plain attention keeps its heads x tokens x tokens probabilities; SDPA, xformers and
   --mem_eff_attn keep none of those. With --gradient_checkpointing only each block's input is kept, plus one
-  block recomputed at a time. CPU_ACTIVATION_SCALE (measured, see below) turns the count into resident bytes;
+  block recomputed at a time. A device's Allocator (measured on the CPU, see below) turns the count into
+  held bytes;
 - on the CPU, the process's whole resident set: the Python runtime with torch and sd-scripts' imports, and the
   load peak (the checkpoint's tensors plus the fp32 models built from them, both alive at once).
 
-Calibration: RUNTIME_BYTES, CPU_ACTIVATION_SCALE and STEP_OVERHEAD_BYTES were fitted to the measured peak RSS of
+Calibration: RUNTIME_BYTES, LAUNCHER_BYTES and CPU_ALLOCATOR were fitted to the measured peak RSS of
 real sd-scripts runs on a CPU (benchmarks/bench_memory.py prints estimate vs measured for every row). The CUDA
 and MPS constants are the figures cited beside them; no GPU was at hand to measure them.
 """
@@ -36,14 +37,26 @@ MIB = 1024 ** 2
 RUNTIME_BYTES = int(0.80 * GIB)
 # `accelerate launch` stays alive beside the trainer, with torch imported: 0.68 GiB resident (same runs).
 LAUNCHER_BYTES = int(0.68 * GIB)
-# Resident bytes per counted activation byte on the CPU, fitted over the calibration runs: the count misses
-# small temporaries, and glibc's malloc keeps the first step's freed blocks (the second step's peak is about
-# 1 GiB above the first's at 512 px, then flat: measured over 4 steps).
-CPU_ACTIVATION_SCALE = 1.9
-# On a GPU the count is used as it is: with it, the VRAM figures sd-scripts documents for SDXL and FLUX.1 hold
+
+
+@dataclass(frozen=True)
+class Allocator:
+    """How a device's memory allocator turns counted activation bytes into held bytes: a scale over the count,
+    and what the block being recomputed under --gradient_checkpointing holds (times its activations)."""
+
+    activation_scale: float
+    recompute_factor: float
+
+
+# The CPU, fitted over the calibration runs (benchmarks/bench_memory.py): the count misses small temporaries,
+# and glibc's malloc keeps the first step's freed blocks (the second step's peak is about 1 GiB above the first's
+# at 512 px, then flat over 4 steps); the recomputed block holds its activations, their gradients and the
+# allocator's copies (1.37 GiB per 512 px sample measured with checkpointing).
+CPU_ALLOCATOR = Allocator(activation_scale=1.8, recompute_factor=2.5)
+# A GPU (CUDA's caching allocator, MPS): the count as it is, the recomputed block's activations plus their
+# gradients. With these, the VRAM figures sd-scripts documents for SDXL and FLUX.1 hold
 # (tests/device/test_memory.py test_cuda_figures_agree_with_the_vram_sd_scripts_documents).
-GPU_ACTIVATION_SCALE = 1.0
-STEP_OVERHEAD_BYTES = int(0.30 * GIB)  # per training step, independent of the image size (see the module doc)
+GPU_ALLOCATOR = Allocator(activation_scale=1.0, recompute_factor=2.0)
 
 # --- cited ---
 # The CUDA context on the GPU: "around 400MB if CUDA >= 11.7 is used and lazy module loading enabled"
@@ -149,6 +162,7 @@ class UNetSpec:
     heads: int | None = None  # a fixed head count (SD1), else channels // head_dim
     head_dim: int = 64
     layers: int = 2
+    block_checkpoint: bool = False  # checkpointing per transformer block (SDXL), not per Transformer2DModel
 
     def n_heads(self, channels: int) -> int:
         return self.heads or channels // self.head_dim
@@ -157,7 +171,7 @@ class UNetSpec:
 UNETS = {
     "sd1": UNetSpec((320, 640, 1280, 1280), (1, 1, 1, 0), 1, heads=8),
     "sd2": UNetSpec((320, 640, 1280, 1280), (1, 1, 1, 0), 1),
-    "sdxl": UNetSpec((320, 640, 1280), (0, 2, 10), 10),
+    "sdxl": UNetSpec((320, 640, 1280), (0, 2, 10), 10, block_checkpoint=True),
 }
 CONTEXT_TOKENS = 77
 
@@ -173,11 +187,14 @@ class Acts:
     unit_max: float = 0.0
     transient: float = 0.0
 
-    def unit(self, elements: float, probs: float, kept: float, transient: float) -> None:
+    def unit(self, elements: float, probs: float, kept: float, transient: float, recomputed: float | None = None
+             ) -> None:
+        """One module: its kept activations and probabilities; under checkpointing `kept` stays and
+        `recomputed` (default: all of it) is the largest piece recomputed at once."""
         self.saved += elements
         self.probs += probs
         self.checkpointed += kept
-        self.unit_max = max(self.unit_max, elements + probs)
+        self.unit_max = max(self.unit_max, elements + probs if recomputed is None else recomputed)
         self.transient = max(self.transient, transient)
 
 
@@ -186,16 +203,20 @@ def _resnet(acts: Acts, cin: int, cout: int, tokens: int) -> None:
     acts.unit(3.0 * (cin + cout) * tokens, 0.0, cin * tokens, 2.0 * cout * tokens)
 
 
-def _transformer(acts: Acts, channels: int, tokens: int, depth: int, heads: int, attention: str,
+def _transformer(acts: Acts, spec: UNetSpec, channels: int, tokens: int, depth: int, attention: str,
                  rank: int) -> None:
     """A Transformer2DModel of `depth` blocks: norms, q/k/v/out projections of self- and cross-attention and
     the GEGLU feed-forward keep about 30 tensors of channels x tokens per block (4 more for the wrapper);
     plain attention also keeps heads x tokens x tokens probabilities; each LoRA keeps rank x tokens."""
+    heads = spec.n_heads(channels)
     per_block = 30.0 * channels * tokens + 9.0 * rank * tokens
     probs = heads * tokens * (tokens + CONTEXT_TOKENS) if attention == "plain" else 0.0
     elements = depth * per_block + 4.0 * channels * tokens
     transient = 2.0 * heads * tokens * tokens if attention == "plain" else 8.0 * channels * tokens
-    acts.unit(elements, depth * probs, channels * tokens, transient)
+    if spec.block_checkpoint:  # each block's input is kept, the wrapper's own tensors too
+        acts.unit(elements, depth * probs, (depth + 4.0) * channels * tokens, transient, per_block + probs)
+    else:
+        acts.unit(elements, depth * probs, channels * tokens, transient)
 
 
 def unet_acts(spec: UNetSpec, width: int, height: int, attention: str, rank: int) -> Acts:
@@ -210,7 +231,7 @@ def unet_acts(spec: UNetSpec, width: int, height: int, attention: str, rank: int
         for _ in range(spec.layers):
             _resnet(acts, prev, channels, tokens[level])
             if spec.depth[level]:
-                _transformer(acts, channels, tokens[level], spec.depth[level], spec.n_heads(channels), attention, rank)
+                _transformer(acts, spec, channels, tokens[level], spec.depth[level], attention, rank)
             prev = channels
             skips.append((channels, tokens[level]))
         if level < len(spec.channels) - 1:
@@ -218,7 +239,7 @@ def unet_acts(spec: UNetSpec, width: int, height: int, attention: str, rank: int
             skips.append((channels, tokens[level + 1]))
     last = len(spec.channels) - 1
     _resnet(acts, prev, prev, tokens[last])
-    _transformer(acts, prev, tokens[last], spec.mid_depth, spec.n_heads(prev), attention, rank)
+    _transformer(acts, spec, prev, tokens[last], spec.mid_depth, attention, rank)
     _resnet(acts, prev, prev, tokens[last])
     for level in reversed(range(len(spec.channels))):
         channels = spec.channels[level]
@@ -226,7 +247,7 @@ def unet_acts(spec: UNetSpec, width: int, height: int, attention: str, rank: int
             skip_channels, _ = skips.pop()
             _resnet(acts, prev + skip_channels, channels, tokens[level])
             if spec.depth[level]:
-                _transformer(acts, channels, tokens[level], spec.depth[level], spec.n_heads(channels), attention, rank)
+                _transformer(acts, spec, channels, tokens[level], spec.depth[level], attention, rank)
             prev = channels
         if level:
             acts.saved += 2.0 * channels * tokens[level - 1]  # nearest upsampling, then a conv
@@ -376,15 +397,16 @@ def activation_part(run: Run) -> int:
     """The training step's activations on the device, at the largest bucket, for the whole batch."""
     acts = family_acts(run)
     per, probs = activation_bytes(run)
-    if run.gradient_checkpointing:
-        kept = acts.checkpointed * per + acts.unit_max * per
+    allocator = CPU_ALLOCATOR if run.device == "cpu" else GPU_ALLOCATOR
+    if run.gradient_checkpointing:  # block inputs (in the compute dtype), and one block recomputed at a time
+        inputs = DTYPE_BYTES[weight_dtype(run)] if run.mixed_precision in ("fp16", "bf16") else 4
+        kept = acts.checkpointed * inputs + allocator.recompute_factor * acts.unit_max * per
     else:
         kept = acts.saved * per + acts.probs * probs
     kept += acts.transient * (probs if run.attention == "plain" else per) + text_encoder_act_elements(run) * per
-    step = run.batch * kept * (CPU_ACTIVATION_SCALE if run.device == "cpu" else GPU_ACTIVATION_SCALE)
+    step = run.batch * kept * allocator.activation_scale
     if not run.cache_latents:  # the VAE encodes the batch first, without gradients: its widest maps at full size
-        vae = run.batch * 3.0 * VAE_ENCODER_CHANNELS * run.width * run.height * (4 if run.no_half_vae else per)
-        step = max(step, vae)
+        step += run.batch * 3.0 * VAE_ENCODER_CHANNELS * run.width * run.height * (4 if run.no_half_vae else per)
     return int(step)
 
 
@@ -404,7 +426,6 @@ def train_parts(run: Run) -> dict[str, int]:
     parts.update(device_weights(run))
     parts.update(network_parts(run))
     parts["activations_bytes"] = activation_part(run)
-    parts["step_overhead_bytes"] = STEP_OVERHEAD_BYTES
     if run.cache_latents and (run.highvram or run.device == "cpu") and not run.cache_to_disk:
         parts["latent_cache_bytes"] = run.cached_samples * latent_bytes(run)
     return parts

@@ -227,14 +227,17 @@ def test_the_estimate_matches_the_cpu_measurements_of_real_sd_scripts_runs():
 
 # ---- the checks on recorded machines ---------------------------------------------------------------------
 
-EXPECTED = [  # preset, probe, device, device.memory, device.load_ram
-    ("sd15", "synthesized-cuda-8gb", "cuda", Status.OK, Status.OK),
-    ("sd15", "synthesized-cpu-16gb", "cpu", Status.FAIL, Status.OK),
-    ("sd15", "synthesized-mps-16gb", "mps", Status.FAIL, Status.OK),
+# preset, recording, device, device.memory, device.load_ram (None: close to a threshold, not asserted)
+EXPECTED = [
+    ("sd15", "synthesized-cuda-12gb", "cuda", Status.OK, Status.OK),
+    ("sd15", "synthesized-mps-16gb", "mps", Status.OK, Status.OK),
+    ("sd15", "synthesized-cpu-16gb", "cpu", None, Status.OK),
     ("sdxl", "synthesized-cuda-8gb", "cuda", Status.FAIL, Status.FAIL),
-    ("sdxl", "synthesized-cuda-12gb", "cuda", Status.FAIL, Status.OK),
+    ("sdxl", "synthesized-cuda-12gb", "cuda", Status.FAIL, None),
     ("sdxl", "synthesized-cuda-24gb", "cuda", Status.OK, Status.OK),
-    ("sdxl", "synthesized-mps-32gb", "mps", Status.OK, Status.OK),
+    ("sdxl", "synthesized-mps-16gb", "mps", Status.WARN, Status.FAIL),  # past the working set, under the limit
+    ("sdxl", "synthesized-mps-32gb", "mps", Status.OK, Status.WARN),
+    ("sdxl", "synthesized-cpu-16gb", "cpu", Status.FAIL, Status.FAIL),
     ("flux", "synthesized-cuda-12gb", "cuda", Status.FAIL, Status.FAIL),
     ("flux", "synthesized-cuda-24gb", "cuda", Status.OK, Status.OK),
     ("flux", "synthesized-mps-32gb", "mps", Status.OK, Status.FAIL),
@@ -244,9 +247,9 @@ EXPECTED = [  # preset, probe, device, device.memory, device.load_ram
 @pytest.mark.parametrize("preset, recording, device, memory, load", EXPECTED)
 def test_presets_on_recorded_machines(preset, recording, device, memory, load, tmp_path, checkpoints):
     results = run_memory(preset_target(preset, tmp_path, checkpoints, device), probe(recording))
-    got = results["device.memory"]
-    assert (got.status, results["device.load_ram"].status) == (memory, load), (got.summary, got.details,
-                                                                               results["device.load_ram"].summary)
+    got, loading = results["device.memory"], results["device.load_ram"]
+    assert memory is None or got.status is memory, (got.summary, got.details)
+    assert load is None or loading.status is load, (loading.summary, loading.details)
     data = got.data
     assert data["estimate_peak_bytes"] > 0 and data["available_bytes"] > 0
     assert all(isinstance(v, int) for k, v in data.items() if k.endswith("_bytes"))
