@@ -212,7 +212,7 @@ def _transformer(acts: Acts, spec: UNetSpec, channels: int, tokens: int, depth: 
     per_block = 30.0 * channels * tokens + 9.0 * rank * tokens
     probs = heads * tokens * (tokens + CONTEXT_TOKENS) if attention == "plain" else 0.0
     elements = depth * per_block + 4.0 * channels * tokens
-    transient = 2.0 * heads * tokens * tokens if attention == "plain" else 8.0 * channels * tokens
+    transient = heads * tokens * tokens if attention == "plain" else 8.0 * channels * tokens  # scores beside probs
     if spec.block_checkpoint:  # each block's input is kept, the wrapper's own tensors too
         acts.unit(elements, depth * probs, (depth + 4.0) * channels * tokens, transient, per_block + probs)
     else:
@@ -398,13 +398,18 @@ def activation_part(run: Run) -> int:
     acts = family_acts(run)
     per, probs = activation_bytes(run)
     allocator = CPU_ALLOCATOR if run.device == "cpu" else GPU_ALLOCATOR
+    exact = 0.0  # plain attention's probabilities: one large block per layer, which no allocator keeps extra of
     if run.gradient_checkpointing:  # block inputs (in the compute dtype), and one block recomputed at a time
         inputs = DTYPE_BYTES[weight_dtype(run)] if run.mixed_precision in ("fp16", "bf16") else 4
         kept = acts.checkpointed * inputs + allocator.recompute_factor * acts.unit_max * per
     else:
-        kept = acts.saved * per + acts.probs * probs
-    kept += acts.transient * (probs if run.attention == "plain" else per) + text_encoder_act_elements(run) * per
-    step = run.batch * kept * allocator.activation_scale
+        kept, exact = acts.saved * per, acts.probs * probs
+    if run.attention == "plain":
+        exact += acts.transient * probs
+    else:
+        kept += acts.transient * per
+    kept += text_encoder_act_elements(run) * per
+    step = run.batch * (kept * allocator.activation_scale + exact)
     if not run.cache_latents:  # the VAE encodes the batch first, without gradients: its widest maps at full size
         step += run.batch * 3.0 * VAE_ENCODER_CHANNELS * run.width * run.height * (4 if run.no_half_vae else per)
     return int(step)
