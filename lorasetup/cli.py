@@ -21,7 +21,7 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap, needs_you
 from lorasetup.engine.report import err, exit_code, render_result, summary_line, to_json, use_color
 from lorasetup.engine.result import Check, Result
-from lorasetup.engine.runner import Runner, select
+from lorasetup.engine.runner import Deadline, Runner, select
 from lorasetup.engine.target import ConfigError, Target, load_target
 
 TARGET_FLAGS = {
@@ -59,6 +59,23 @@ def add_selection_flags(p: argparse.ArgumentParser) -> None:
                    help="only these checks or gates (their requirements run too)")
     p.add_argument("--skip", nargs="+", action="extend", default=[], metavar="ID",
                    help="skip these checks or gates (they neither run nor block others)")
+    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                   help="bound the whole run: a check still running then ends as an error and its processes "
+                        "are stopped (each check also has its own limit)")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def deadline(args: argparse.Namespace) -> Deadline | None:
+    return Deadline.start(args.timeout) if args.timeout else None
 
 
 def build_parser() -> Parser:
@@ -135,7 +152,7 @@ def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
     color = use_color(sys.stderr)
     start = time.perf_counter()
     with Context(target, verbose=args.verbose) as ctx:
-        runner = Runner(ctx, checks)
+        runner = Runner(ctx, checks, deadline(args))
         live = sys.stderr.isatty()
 
         def started(c: Check) -> None:
@@ -162,7 +179,7 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     apply = args.fix and not args.dry_run
     pip_args = shlex.split(args.pip_args)
     results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args), checks,
-                                  wanted, apply=apply, yes=args.yes)
+                                  wanted, apply=apply, yes=args.yes, deadline=deadline(args))
     color = use_color(sys.stderr)
     for r in results:
         err(render_result(r, args.verbose, color))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Check, FixError, Result, Status
-from lorasetup.engine.runner import Runner
+from lorasetup.engine.runner import Deadline, Runner
 
 MAX_ROUNDS = 3
 FAILING = (Status.FAIL, Status.ERROR)
@@ -48,10 +48,11 @@ def dependents(checks: list[Check], ids: set[str]) -> set[str]:
 
 
 def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected: list[Check], *,
-              apply: bool, yes: bool) -> tuple[list[Result], list[Outcome]]:
-    """Run the selected checks, fix what may be fixed, re-check; return final results and outcomes."""
+              apply: bool, yes: bool, deadline: Deadline | None = None) -> tuple[list[Result], list[Outcome]]:
+    """Run the selected checks, fix what may be fixed, re-check; return final results and outcomes. With a
+    `deadline`, checks still running when it passes end as errors and no further fix round starts."""
     with new_context() as ctx:
-        results = {r.check_id: r for r in Runner(ctx, checks).run(selected)}
+        results = {r.check_id: r for r in Runner(ctx, checks, deadline).run(selected)}
     outcomes: dict[str, Outcome] = {}
     for _ in range(MAX_ROUNDS if apply else 1):
         todo = [r for r in results.values() if r.status in FAILING and r.fix and r.check_id not in outcomes]
@@ -59,7 +60,7 @@ def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected:
             assert r.fix is not None
             outcomes[r.check_id] = Outcome(r.check_id, r.fix.description, list(r.fix.commands), r.fix.safe,
                                            "planned" if r.fix.safe or yes else "needs --yes")
-        if not apply:
+        if not apply or (deadline is not None and deadline.left() <= 0):
             break
         applied: set[str] = set()
         ran: dict[tuple[str, ...], str | None] = {}  # one plan shared by several checks runs once
@@ -82,7 +83,7 @@ def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected:
             break
         recheck = dependents(checks, applied)
         with new_context() as ctx:
-            fresh = {r.check_id: r for r in Runner(ctx, checks).run([c for c in checks if c.id in recheck])}
+            fresh = {r.check_id: r for r in Runner(ctx, checks, deadline).run([c for c in checks if c.id in recheck])}
         results.update(fresh)
         for check_id in applied:
             after = results[check_id]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from lorasetup.engine.context import Context
+    from lorasetup.engine.target import Target
 
 
 class Status(str, enum.Enum):
@@ -110,7 +111,12 @@ class Check:
     requires: tuple[str, ...] = ()
     timeout_s: float = 120.0
     prefetch: Callable[[Context], None] | None = None
+    timeout_from: Callable[[Target], float] | None = None  # a limit that depends on the target (the smoke run)
 
     @property
     def gate(self) -> str:
         return self.id.split(".", 1)[0]
+
+    def timeout_for(self, target: Target) -> float:
+        """How long the runner waits for this check on `target` before giving up on it."""
+        return self.timeout_from(target) if self.timeout_from is not None else self.timeout_s

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from lorasetup.engine.probe import kill_tree
+from lorasetup.engine.probe import kill_tree, track
 from lorasetup.engine.result import CheckFailed
 from lorasetup.engine.target import Target, tomllib
 
@@ -374,6 +374,7 @@ def run_streaming(argv: list[str], *, timeout: float, echo: IO[str] | None, cwd:
     except OSError as exc:
         raise CheckFailed(f"cannot start {argv[0]}: {exc.strerror or exc}",
                           hint="check the training interpreter (--python) and its accelerate install") from None
+    forget = track(proc)  # a runner that gives up on the smoke check stops the run
     chunks: queue.Queue[str | None] = queue.Queue()
 
     def read() -> None:
@@ -423,5 +424,6 @@ def run_streaming(argv: list[str], *, timeout: float, echo: IO[str] | None, cwd:
         if item:
             take(item)
     proc.stdout.close()
+    forget()
     watch.finish(time.monotonic())
     return RunOutcome(proc.returncode, stopped, time.monotonic() - start, peak, watch)
