@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine import files
 from lorasetup.engine.fileedit import backup
 from lorasetup.engine.result import FixError
 from lorasetup.engine.target import Target
@@ -113,13 +114,12 @@ def render(values: Mapping[str, Any]) -> str:
 
 
 def digest(path: Path) -> str | None:
-    """A fingerprint of a file's bytes (None when it does not exist), to refuse overwriting later edits."""
+    """A fingerprint of a file's bytes (None when it does not exist), to refuse overwriting later edits; what
+    cannot be read (a pipe at that name, say) is fingerprinted by its problem, so the backup refuses it."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise FixError(f"cannot read {path}: {exc.strerror}") from None
+        return hashlib.sha256(files.read_bytes(path)).hexdigest()
+    except files.FileProblem as exc:
+        return None if exc.kind == "missing" else f"unreadable: {exc.problem}"
 
 
 def write_config(path: Path, values: Mapping[str, Any], seen_digest: str | None) -> Path | None:

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from lorasetup.engine.files import read_toml
 from lorasetup.engine.probe import kill_tree, track
 from lorasetup.engine.result import CheckFailed
-from lorasetup.engine.target import Target, tomllib
+from lorasetup.engine.target import Target
 
 SMOKE_OUTPUT_NAME = "lorasetup-smoke"
 # What the smoke run takes out of the command line and the training config (sd-scripts option names).
@@ -129,8 +130,7 @@ def toml_key(key: str) -> str:
 
 def config_keys(config: Path) -> list[str]:
     """The keys of a training config as sd-scripts sees them: sections flattened one level."""
-    with config.open("rb") as fh:
-        data = tomllib.load(fh)
+    data = read_toml(config)
     return [k for k, v in data.items() if not isinstance(v, dict)] + \
         [k for v in data.values() if isinstance(v, dict) for k in v]
 
@@ -141,8 +141,7 @@ def config_without(config: Path, names: set[str], dest: Path) -> Path | None:
     flat = config_keys(config)
     if not names.intersection(flat):
         return None
-    with config.open("rb") as fh:
-        data = tomllib.load(fh)
+    data = read_toml(config)
     lines = [f"# {config} for a lorasetup smoke run, without: {', '.join(sorted(names.intersection(flat)))}"]
     lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and k not in names]
     for section, table in data.items():

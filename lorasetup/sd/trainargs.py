@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import CheckFailed
-from lorasetup.engine.target import tomllib
 
 
 @dataclass(frozen=True)
@@ -88,15 +88,7 @@ def load_train_args(config_file: Path | None, extra: list[str]) -> TrainArgs:
         if config_file.suffix != ".toml":
             config_file = config_file.with_suffix(".toml")  # sd-scripts appends .toml when missing
         result.config_file = config_file
-        try:
-            with config_file.open("rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise TrainArgsError(f"{config_file}: training config not found",
-                                 hint="point --train-config (or --config_file after --) at an existing file") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise TrainArgsError(f"{config_file}: not valid TOML: {exc}",
-                                 hint=f"fix the syntax at that line and column of {config_file}") from None
+        data = read_train_config(config_file)
         for key, value in data.items():
             if isinstance(value, dict):  # sections are flattened one level, as sd-scripts does
                 for sub, subval in value.items():
@@ -106,6 +98,20 @@ def load_train_args(config_file: Path | None, extra: list[str]) -> TrainArgs:
     for key, value in cli.items():
         result.values[key] = ArgValue(key, value, f"--{key}")
     return result
+
+
+def read_train_config(config_file: Path) -> dict[str, Any]:
+    """The `--config_file` TOML as data; TrainArgsError naming the file, what is wrong and what sd-scripts does
+    (read_config_from_file: `os.path.exists`, then `open` + `toml.load`)."""
+    try:
+        return files.read_toml(config_file)
+    except files.FileProblem as exc:
+        if exc.kind == "missing" and not config_file.is_symlink():
+            raise TrainArgsError(f"{config_file}: training config not found",
+                                 hint="point --train-config (or --config_file after --) at an existing file") from None
+        then = ("sd-scripts opens it at start and waits forever" if exc.file_kind == "a named pipe (FIFO)"
+                else "sd-scripts stops at start on it")
+        raise TrainArgsError(exc.summary, hint=f"{exc.hint}; {then}") from None
 
 
 def train_args(ctx: Context) -> TrainArgs:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.checks import check
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import backup
 from lorasetup.engine.result import Fix, FixError, Result
@@ -129,9 +130,9 @@ def _edit_fix(path: Path, planned: str, edits: list[Edit], expected: Callable[[A
 
     def apply() -> None:
         try:
-            current = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FixError(f"{path}: cannot read it again: {exc}") from None
+            current = files.read_text(path)
+        except files.FileProblem as exc:
+            raise FixError(f"cannot read it again: {exc}") from None
         if current != planned:
             raise FixError(f"{path} changed since it was checked; run lorasetup again before fixing")
         new = planned
@@ -252,14 +253,13 @@ _RULES_HINT = "sd-scripts stops after loading the model with an assertion; set t
 def _syntax_failure(path: Path | None, exc: ConfigSyntaxError) -> Result:
     where = f"{path}" + (f":{exc.line}" if exc.line else "") + (f":{exc.column}" if exc.column else "")
     fmt = "JSON" if path and path.suffix.lower() == ".json" else "TOML"
-    if exc.line is None and "not found" in exc.message:
-        return Result.fail(exc.message, hint="point --dataset-config (or dataset_config) at the existing file; "
-                           "sd-scripts stops with 'file not found'")
+    if exc.hint:  # the file cannot be read at all (not there, a pipe, not UTF-8, too large, nested too deep)
+        return Result.fail(exc.message, hint=exc.hint)
     details, fix, hint = [], None, f"fix the syntax at {where}; sd-scripts cannot start without a readable config"
     if path is not None and fmt == "TOML" and exc.line:
         try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
+            text = files.read_text(path)
+        except files.FileProblem:
             text = ""
         edits = _literal_edits_for_syntax(text)
         if edits:
@@ -412,11 +412,12 @@ def paths(ctx: Context) -> Result:
             if not path.exists():
                 cost = ("sd-scripts stops with 'no metadata'" if key == "metadata_file" else
                         "sd-scripts logs 'not directory', skips this subset and trains on the rest (or on nothing)")
-                problems.append(f"{where} = {raw!r}: does not exist; {cost}")
+                problems.append(f"{where} = {raw!r}: {files.describe(path)}; {cost}")
             elif kind == "dir" and not path.is_dir():
-                problems.append(f"{where} = {raw!r}: is a file, not a folder")
+                problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a folder")
             elif kind == "file" and not path.is_file():
-                problems.append(f"{where} = {raw!r}: is a folder, not a file")
+                then = "waits on it forever" if files.kind_of(path) == "a named pipe (FIFO)" else "crashes opening it"
+                problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a file; sd-scripts {then}")
     fix = None
     if literal_edits:
         fix = _edit_fix(plan.config.path, plan.config.text, literal_edits,
@@ -699,6 +700,7 @@ def captions(ctx: Context) -> Result:
             warnings.append(f"{where}: {len(bom)} caption file{'s' if len(bom) > 1 else ''} start with a UTF-8 BOM, "
                             f"so the first tag reads '\\ufeff...' (e.g. {os.path.basename(reads[bom[0]].path)}); "
                             "save them as UTF-8 without BOM")
+        warnings.extend(f"{where}: {r.note}" for r in reads.values() if r.note)
         warnings.extend(_trigger_findings(where, subset, reads))
         warnings.extend(_reg_findings(where, subset, plan))
         if not missing and not broken:
@@ -804,9 +806,9 @@ def _train_config_caption_fix(ctx: Context, mismatched: list[tuple[SubsetPlan, V
         return None
     path = args.config_file
     try:
-        text = path.read_bytes().decode("utf-8")
-        data = tomllib.loads(text)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        text = files.read_text(path)
+        data = files.parse_toml(path, text)
+    except files.FileProblem:
         return None
     layout = TomlLayout(text)
     ext = exts.pop()

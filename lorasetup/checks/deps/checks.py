@@ -24,9 +24,9 @@ from packaging.version import InvalidVersion
 from lorasetup.checks import check
 from lorasetup.checks.deps.requirements import Pin, RequirementSet, checkout_files, parse_files
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import FileProblem, open_regular, read_source, read_toml
 from lorasetup.engine.probe import ProbeError, tail
 from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
-from lorasetup.engine.target import tomllib
 from lorasetup.sd.imports import Closure, ImportUse, closure, deep_targets, dist_for, resolve
 
 DEFAULT_PYTHONS = ">=3.10,<3.13"  # sd-scripts README: Python 3.10; 3.11 and 3.12 "will work but not tested"
@@ -362,8 +362,12 @@ def venv_config(python: Path) -> Path | None:
 
 
 def read_cfg(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text(errors="replace").splitlines():
+    out: dict[str, str] = {}
+    try:
+        text = read_source(path)
+    except FileProblem:  # a pyvenv.cfg that cannot be read: deps.interpreter's probe reports the venv
+        return out
+    for line in text.splitlines():
         key, eq, value = line.partition("=")
         if eq:
             out[key.strip().lower()] = value.strip()
@@ -375,9 +379,8 @@ def supported_pythons(ctx: Context) -> tuple[SpecifierSet, str]:
     for root in dict.fromkeys(p for p in (ctx.target.kohya_root, ctx.target.sd_scripts) if p):
         pyproject = root / "pyproject.toml"
         try:
-            with pyproject.open("rb") as fh:
-                declared = tomllib.load(fh).get("project", {}).get("requires-python")
-        except (OSError, tomllib.TOMLDecodeError):
+            declared = read_toml(pyproject).get("project", {}).get("requires-python")
+        except FileProblem:
             continue
         if declared:
             try:
@@ -496,6 +499,10 @@ def versions(ctx: Context) -> Result:
                                   "(`No module named ...`, `cannot import name 'cached_download'`, NumPy 1/2 "
                                   "errors, accelerate keyword errors)")
         return with_plan(ctx, result)
+    if reqs.unreadable:  # the run itself never reads requirement files: worth a warning, not a failure
+        return Result.warn(f"{reqs.unreadable[0]}: its pins are not compared", reqs.unreadable[1:] + notes,
+                           hint="`pip install -r` cannot read it either; replace it with the checkout's own file "
+                                "(`git checkout -- requirements.txt` in a git checkout)")
     return Result.ok(f"all {len(reqs.pins)} requirements of {files} met", notes)
 
 
@@ -531,9 +538,9 @@ def classify(path: str, prefix: Path, base: Path, user_site: str | None) -> str 
 def script_interpreter(script: Path) -> str | None:
     """The interpreter a console script runs (its shebang, or pip's /bin/sh trampoline for long paths)."""
     try:
-        with script.open("rb") as fh:
+        with open_regular(script) as fh:
             head = fh.read(512).decode("utf-8", "replace").splitlines()
-    except OSError:
+    except FileProblem:
         return None
     if not head or not head[0].startswith("#!"):
         return None

@@ -18,6 +18,7 @@ from typing import Any
 from packaging.version import Version
 
 from lorasetup.checks import check
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import backup, flatten
 from lorasetup.engine.probe import ProbeError
@@ -213,7 +214,7 @@ def accelerate_device(ctx: Context) -> Result:
                                                      "checkout's pinned accelerate and torch (see deps.versions)")
     device = wanted(ctx, found)
     assert device is not None
-    state = "exists" if location.exists else "does not exist"
+    state = "exists" if location.exists else files.describe(location.path)
     details = [f"accelerate {acc.get('version')}; config {location.path} ({location.origin}) {state}"]
     if acc.get("config"):
         details.append("config: " + ", ".join(f"{k}={v}" for k, v in sorted(acc["config"].items())
@@ -230,7 +231,7 @@ def accelerate_device(ctx: Context) -> Result:
                        f"num_processes {report.get('num_processes')}")
     fix = accelerate_fix(device, location)
     if location.explicit and not location.exists:
-        return Result.fail(f"the accelerate config {location.path} does not exist", details,
+        return Result.fail(f"the accelerate config {location.path} {state}", details,
                            hint="accelerate launch --config_file stops at once on a missing file; fix the "
                                 "path or let lorasetup write one", fix=fix)
     if acc.get("config_error") or acc.get("launch_error"):
@@ -312,10 +313,10 @@ def edit_train_config(path: Path, edits: dict[str, Any], seen: dict[str, Any]) -
     """Apply `edits` to the training TOML after checking the keys still hold what the check saw; back it up
     first. Returns the backup's path."""
     try:
-        text = path.read_text(encoding="utf-8")
-        current = flatten(tomllib.loads(text))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FixError(f"cannot read {path}: {exc}") from None
+        text = files.read_text(path)
+        current = flatten(files.parse_toml(path, text))
+    except files.FileProblem as exc:
+        raise FixError(f"cannot read it again: {exc}") from None
     changed = [k for k in seen if current.get(k) != seen[k]]
     if changed:
         raise FixError(f"{path} changed since the check read it ({', '.join(changed)}); not touching it. "

@@ -19,6 +19,7 @@ from typing import Any
 
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import FileProblem, open_regular, read_json, read_source
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
 from lorasetup.sd.trainargs import path_setting, train_args
@@ -95,7 +96,7 @@ def model_file(ctx: Context) -> Result:
     if path.is_dir():
         return _diffusers_folder(ctx, path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             kind = sniff(fh.read(64))
         if kind == "lfs-pointer":
             return Result.fail(f"{path.name} is a git-lfs pointer, not the model", hint=HEADER_HINTS["lfs-pointer"])
@@ -148,8 +149,8 @@ def _diffusers_folder(ctx: Context, path: Path) -> Result:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = read_json(path)
+    except FileProblem:
         return None
     return value if isinstance(value, dict) else None
 
@@ -293,8 +294,8 @@ def tokenizer_specs(sd_scripts: Path, script: str, flags: Mapping[str, bool]) ->
     that class's `_load_tokenizer` calls in library/strategy_*.py; `if v2:` branches follow `flags`.
     None when the script does not load tokenizers that way."""
     try:
-        tree = ast.parse((sd_scripts / script).read_text(encoding="utf-8", errors="replace"))
-    except (OSError, SyntaxError):
+        tree = ast.parse(read_source(sd_scripts / script))
+    except (FileProblem, SyntaxError, ValueError):
         return None
     call = next((n.func for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                  and isinstance(n.func.value, ast.Name) and n.func.value.id.startswith("strategy_")
@@ -302,8 +303,8 @@ def tokenizer_specs(sd_scripts: Path, script: str, flags: Mapping[str, bool]) ->
     if call is None:
         return None
     try:
-        module = ast.parse((sd_scripts / "library" / f"{call.value.id}.py").read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
+        module = ast.parse(read_source(sd_scripts / "library" / f"{call.value.id}.py"))
+    except (FileProblem, SyntaxError, ValueError):
         return None
     consts = {t.id: n.value.value for n in module.body if isinstance(n, ast.Assign)
               and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
@@ -354,8 +355,8 @@ def cached_snapshot(cache: Path, model_id: str) -> Path | None:
     """The snapshot folder of `model_id`'s `main` revision in the Hub cache, if there is one."""
     repo = cache / ("models--" + model_id.replace("/", "--"))
     try:
-        revision = (repo / "refs" / "main").read_text().strip()
-    except OSError:
+        revision = read_source(repo / "refs" / "main").strip()
+    except FileProblem:
         return None
     snapshot = repo / "snapshots" / revision
     return snapshot if snapshot.is_dir() else None

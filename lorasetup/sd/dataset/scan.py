@@ -11,17 +11,18 @@ BaseDataset.make_buckets / BucketManager (buckets) and train_network.py (epochs,
 from __future__ import annotations
 
 import inspect
-import json
+import io
 import math
 import os
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import imagesize
 
+from lorasetup.engine import files
 from lorasetup.sd import facts as sdfacts
 from lorasetup.sd.dataset.schema import (
     BOOL,
@@ -381,6 +382,19 @@ EXTENSION_FORMAT = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "we
                     ".avif": "avif", ".jxl": "jxl"}
 # imagesize >= 2 rotates by EXIF unless told not to; sd-scripts pins imagesize 1.4.1, which reports the stored size.
 _IMAGESIZE_OPTIONS = {"exif_rotation": False} if "exif_rotation" in inspect.signature(imagesize.get).parameters else {}
+# imagesize 2 also reads an open file (so the file checked is the file measured); 1.x only takes a path.
+_IMAGESIZE_READS_FILES = bool(_IMAGESIZE_OPTIONS)
+# What sd-scripts does with an entry glob_images picks up that lorasetup does not read: make_buckets ->
+# get_image_size -> imagesize.get opens it (checked against the real sd-scripts with each kind of entry).
+_SD_SCRIPTS_ON = {"a named pipe (FIFO)": "sd-scripts waits on it forever (imagesize opens it to read the size)",
+                  "a folder": "sd-scripts crashes opening it (IsADirectoryError)",
+                  "a socket": "sd-scripts crashes opening it (OSError: No such device or address)",
+                  "a character device": "sd-scripts reads no size from it and crashes (ZeroDivisionError in "
+                                        "make_buckets)",
+                  "loop": "sd-scripts crashes opening it (OSError: Too many levels of symbolic links)",
+                  "missing": "sd-scripts lists it and crashes opening it (FileNotFoundError)",
+                  "vanished": "something is changing the folder: a run started now crashes on it (FileNotFoundError)",
+                  "permission": "sd-scripts crashes opening it (PermissionError)"}
 
 
 @dataclass(frozen=True)
@@ -394,29 +408,22 @@ class ImageProbe:
 
 
 def probe_image(path: str) -> ImageProbe:
-    """Header size (imagesize, as sd-scripts' get_image_size), content signature, and cheap truncation tests."""
+    """Header size (imagesize, as sd-scripts' get_image_size), content signature, and cheap truncation tests.
+    Only a regular file is opened (lorasetup.engine.files): a pipe named like an image never blocks the check."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the `with fh:` below; open errors become results
-    except IsADirectoryError:
-        return ImageProbe(None, None, "is a folder named like an image")
-    except OSError as exc:
-        return ImageProbe(None, None, f"cannot be opened: {exc.strerror}")
-    with fh:
-        length = os.fstat(fh.fileno()).st_size
-        if length == 0:
-            return ImageProbe(None, None, "empty file (0 bytes)")
-        head = fh.read(32)
-        fmt = next((name for name, test in SIGNATURES if test(head)), None)
-        if fmt is None:
-            return ImageProbe(None, None, f"not an image Pillow can open (starts with {head[:8]!r})")
-        tail = b""
-        if fmt in ("png", "jpeg"):
-            fh.seek(max(0, length - 1024))
-            tail = fh.read()
-    try:  # by path: imagesize's check for a file object costs more than a second open
-        width, height = imagesize.get(path, **_IMAGESIZE_OPTIONS)
-    except Exception:  # noqa: BLE001 - imagesize 1.x raises ValueError on a bad header
-        width, height = -1, -1
+        with files.open_regular(path) as fh:
+            head, tail, length, size = _read_image(path, fh)
+    except files.FileProblem as exc:
+        if exc.file_kind == "a folder":
+            return ImageProbe(None, None, "is a folder named like an image")
+        then = _SD_SCRIPTS_ON.get(exc.file_kind or exc.kind, "sd-scripts crashes on it")
+        return ImageProbe(None, None, f"{exc.problem}; {then}")
+    if length == 0:
+        return ImageProbe(None, None, "empty file (0 bytes)")
+    fmt = next((name for name, test in SIGNATURES if test(head)), None)
+    if fmt is None:
+        return ImageProbe(None, None, f"not an image Pillow can open (starts with {head[:8]!r})")
+    width, height = size
     if fmt in ("heic",):
         return ImageProbe(None, fmt, "HEIC content: Pillow cannot open it without a plugin; convert it to JPEG/PNG")
     if width <= 0 or height <= 0:
@@ -438,6 +445,20 @@ def probe_image(path: str) -> ImageProbe:
     return ImageProbe((width, height), fmt, None, warning)
 
 
+def _read_image(path: str, fh: BinaryIO) -> tuple[bytes, bytes, int, tuple[int, int]]:
+    """(first 32 bytes, last 1024 bytes, length, imagesize's (width, height)) of an open image file."""
+    length = os.fstat(fh.fileno()).st_size
+    head = fh.read(32)
+    fh.seek(max(0, length - 1024))
+    tail = fh.read()
+    fh.seek(0)
+    try:
+        size = imagesize.get(fh if _IMAGESIZE_READS_FILES else path, **_IMAGESIZE_OPTIONS)
+    except Exception:  # noqa: BLE001 - imagesize 1.x raises ValueError on a bad header
+        size = (-1, -1)
+    return head, tail, length, size
+
+
 # ----------------------------------------------------------------------------- captions
 
 @dataclass(frozen=True)
@@ -448,6 +469,7 @@ class CaptionRead:
     text: str | None           # first line (or all lines with enable_wildcard), stripped; None = no file
     problem: str | None = None  # sd-scripts stops on it (empty file, not UTF-8)
     bom: bool = False
+    note: str | None = None  # worth a warning: a caption-named entry sd-scripts skips, one too large to read
 
 
 def caption_candidates(image_path: str, extension: str) -> list[str]:
@@ -471,22 +493,24 @@ def read_caption(image_path: str, extension: str, wildcard: bool, scan: DirScan 
             exists = os.path.isfile(candidate)
         if exists:
             return _caption_file(candidate, wildcard)
+    if os.path.lexists(first) and not os.path.isfile(first):  # a pipe, folder, device or dead link by its name
+        return CaptionRead(None, None, note=f"{os.path.basename(first)} {files.describe(first)}, not a file: "
+                           "sd-scripts skips it (os.path.isfile is false) and trains this image without that caption")
     return CaptionRead(None, None)
 
 
 def _caption_file(path: str, wildcard: bool) -> CaptionRead:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        return CaptionRead(path, None, f"cannot be read: {exc.strerror}")
-    if not raw:
+        text = files.read_text(path)
+    except files.FileProblem as exc:
+        if exc.kind == "too-large":
+            return CaptionRead(path, None, note=f"{os.path.basename(path)} {exc.problem}; sd-scripts reads all of "
+                               "it into memory and trains on its first line")
+        if exc.kind == "encoding":
+            return CaptionRead(path, None, f"{exc.problem}: sd-scripts stops with 'illegal char in file (not UTF-8)'")
+        return CaptionRead(path, None, f"{exc.problem}: sd-scripts crashes reading it")
+    if not text:
         return CaptionRead(path, None, "empty caption file: sd-scripts stops with 'caption file is empty'")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return CaptionRead(path, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at {exc.start}): "
-                           "sd-scripts stops with 'illegal char in file (not UTF-8)'")
     # text-mode readlines(): universal newlines, split on "\n" only
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if len(lines) > 1 and lines[-1] == "":
@@ -549,9 +573,8 @@ def _subset_images(plan: Plan, subset: SubsetPlan) -> list[str] | None:
         cache = os.path.join(image_dir, "metadata_cache.json")
         if os.path.isfile(cache):
             try:
-                with open(cache, encoding="utf-8") as fh:
-                    return list(json.load(fh).keys())
-            except (OSError, ValueError, AttributeError):
+                return list(files.read_json(cache, files.DATA_LIMIT).keys())
+            except (files.FileProblem, AttributeError):
                 pass
     scan = plan.scan(Path(image_dir))
     if scan.error:
@@ -565,18 +588,14 @@ def finetune_entries(subset: SubsetPlan) -> tuple[dict[str, dict], str | None]:
     meta = subset.get.get("metadata_file")
     image_dir = subset.get.get("image_dir")
     try:
-        with open(meta, encoding="utf-8") as fh:
-            if str(meta).endswith(".jsonl"):
-                raw = {}
-                for line in fh:
-                    item = json.loads(line)
-                    raw[item["image_path"]] = {"image_size": item.get("image_size")}
-            else:
-                raw = json.load(fh)
-    except FileNotFoundError:
-        return {}, "metadata_file not found (sd-scripts stops with 'no metadata')"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return {}, f"metadata_file unreadable: {exc}"
+        text = files.read_text(meta, files.DATA_LIMIT)
+        raw = _json_lines(meta, text) if str(meta).endswith(".jsonl") else files.parse_json(meta, text)
+    except files.FileProblem as exc:
+        if exc.kind == "missing":
+            return {}, "metadata_file not found (sd-scripts stops with 'no metadata')"
+        return {}, f"metadata_file unreadable: {exc.summary}"
+    except (KeyError, TypeError, AttributeError) as exc:
+        return {}, f"metadata_file unreadable: an entry without image_path ({type(exc).__name__}: {exc})"
     if not isinstance(raw, dict):
         return {}, "metadata_file is not a JSON object of image entries"
     out: dict[str, dict] = {}
@@ -587,6 +606,18 @@ def finetune_entries(subset: SubsetPlan) -> tuple[dict[str, dict], str | None]:
         out[key] = {"abs_path": key if os.path.isabs(key) else os.path.join(image_dir, key),
                     "image_size": entry.get("image_size")}
     return out, None
+
+
+def _json_lines(meta: str, text: str) -> dict[str, dict]:
+    """FineTuningDataset's .jsonl reading: one JSON object per line, keyed by its image_path."""
+    raw = {}
+    for number, line in enumerate(io.StringIO(text), 1):
+        try:
+            item = files.parse_json(meta, line)
+        except files.FileProblem as exc:
+            raise files.FileProblem(meta, exc.problem, exc.hint, kind=exc.kind, line=number) from None
+        raw[item["image_path"]] = {"image_size": item.get("image_size")}
+    return raw
 
 
 # ----------------------------------------------------------------------------- buckets
@@ -892,10 +923,11 @@ def read_num_processes(accelerate_config: Path | None) -> tuple[int, str]:
     if accelerate_config is None:
         return 1, "default (one process)"
     try:
-        for line in accelerate_config.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "num_processes" and value.strip().isdigit():
-                return max(1, int(value.strip())), f"{accelerate_config.name} num_processes"
-    except OSError:
-        pass
+        text = files.read_bytes(accelerate_config).decode("utf-8", "replace")
+    except files.FileProblem:  # device.accelerate reports an unreadable config
+        return 1, "default (one process)"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "num_processes" and value.strip().isdigit():
+            return max(1, int(value.strip())), f"{accelerate_config.name} num_processes"
     return 1, "default (one process)"
