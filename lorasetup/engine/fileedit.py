@@ -1,15 +1,22 @@
-"""What every fix that rewrites a person's file shares: a backup next to it, and sd-scripts' view of a
-training TOML (sections flattened one level)."""
+"""What every fix that rewrites a person's file shares: a backup next to it, an atomic write (a crash leaves the
+old file or the new one, never half of one), and sd-scripts' view of a training TOML (sections flattened one
+level)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import stat
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from lorasetup.engine.result import FixError
+
+TEMP_SUFFIX = ".lorasetup-tmp"
 
 
 def backup(path: Path) -> Path:
@@ -25,6 +32,47 @@ def backup(path: Path) -> Path:
     except OSError as exc:
         raise FixError(f"cannot back up {path} to {target}: {exc.strerror}") from None
     return target
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable; not every platform lets a folder be opened (Windows), which is fine."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write `data` to a temporary file in the same folder, fsync it, give it `mode` (default: the file's current
+    mode), then rename it over `path`: readers and crashes see the old file or the new one, never a mix."""
+    if mode is None:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            mode = 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+            if hasattr(os, "fchmod"):
+                os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
 
 
 def flatten(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.engine import files
-from lorasetup.engine.fileedit import backup
+from lorasetup.engine.fileedit import backup, write_atomic
 from lorasetup.engine.result import FixError
 from lorasetup.engine.target import Target
 from lorasetup.sd.trainargs import TrainArgs
@@ -132,9 +132,7 @@ def write_config(path: Path, values: Mapping[str, Any], seen_digest: str | None)
     saved = backup(path) if seen_digest is not None else None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".lorasetup-tmp")
-        tmp.write_text(render(values), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, render(values).encode("utf-8"))
     except OSError as exc:
         raise FixError(f"cannot write {path}: {exc.strerror}") from None
     return saved

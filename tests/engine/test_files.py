@@ -170,8 +170,8 @@ def test_permission_denied_as_a_user_without_root_powers(tmp_path: Path) -> None
     secret = tmp_path / "dataset.toml"
     secret.write_text("a = 1\n")
     secret.chmod(0)
-    code = ("from lorasetup.engine import files\n"
-            f"try:\n    files.read_toml({str(secret)!r})\nexcept files.FileProblem as exc:\n    print(exc.kind, exc.summary)")
+    code = (f"from lorasetup.engine import files\ntry:\n    files.read_toml({str(secret)!r})\n"
+            "except files.FileProblem as exc:\n    print(exc.kind, exc.summary)")
     prefix = without_root_powers()
     if prefix is None:
         pytest.skip("running as root without setpriv: permission bits cannot be tested (root reads anything)")

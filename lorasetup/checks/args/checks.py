@@ -26,7 +26,7 @@ from typing import Any
 from lorasetup.checks import check
 from lorasetup.engine import files
 from lorasetup.engine.context import Context
-from lorasetup.engine.fileedit import backup, flatten
+from lorasetup.engine.fileedit import backup, flatten, write_atomic
 from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
 from lorasetup.engine.target import tomllib
 from lorasetup.sd import facts as sdfacts
@@ -866,9 +866,10 @@ def toml_value_fix(path: Path, key: str, old: Any, new: int, description: str) -
             raise FixError(f"could not edit `{key}` in {path} safely (it is not a plain `{key} = ...` line); "
                            f"set {key} = {new} there by hand")
         backup(path)
-        tmp = path.with_name(f".{path.name}.lorasetup-tmp")
-        tmp.write_bytes(edited.encode("utf-8"))
-        os.replace(tmp, path)
+        try:
+            write_atomic(path, edited.encode("utf-8"))
+        except OSError as exc:
+            raise FixError(f"cannot write {path}: {exc.strerror}") from None
     return Fix(description, [f"edit {path}: {key} = {_toml_repr(old)} -> {new} (backup {path.name}.bak-<time>)"],
                apply, safe=True)
 

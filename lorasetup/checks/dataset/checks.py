@@ -21,7 +21,7 @@ from typing import Any
 from lorasetup.checks import check
 from lorasetup.engine import files
 from lorasetup.engine.context import Context
-from lorasetup.engine.fileedit import backup
+from lorasetup.engine.fileedit import backup, write_atomic
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.engine.target import tomllib
 from lorasetup.sd import facts as sdfacts
@@ -146,7 +146,7 @@ def _edit_fix(path: Path, planned: str, edits: list[Edit], expected: Callable[[A
             raise FixError(f"{path}: the edit would change more than intended; nothing was changed")
         backup(path)
         try:
-            path.write_bytes(new.encode("utf-8"))
+            write_atomic(path, new.encode("utf-8"))
         except OSError as exc:
             raise FixError(f"{path}: cannot write it: {exc.strerror}") from None
     return Fix(description, commands, apply, safe=True)
@@ -521,8 +521,10 @@ def images(ctx: Context) -> Result:
         if not isinstance(image_dir, str) or CONTROL.search(image_dir):
             continue
         scan = plan.scan(Path(image_dir))
-        if scan.error:
-            continue  # dataset.paths reports it
+        if scan.error:  # dataset.paths reports a missing folder; one it cannot list is reported here
+            failures += [f"{where}: {image_dir} {scan.error}: sd-scripts' glob finds nothing there, silently, and "
+                         "skips this subset"] if os.path.isdir(image_dir) else []
+            continue
         found = subset_images(plan, subset) or []
         for name in scan.image_named_dirs:
             failures.append(f"{where}: {name} is a folder named like an image; sd-scripts tries to open it and crashes")

@@ -22,6 +22,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion
 
 from lorasetup.checks import check
+from lorasetup.checks.deps.installed import installed_now
 from lorasetup.checks.deps.requirements import Pin, RequirementSet, checkout_files, parse_files
 from lorasetup.engine.context import Context
 from lorasetup.engine.files import FileProblem, open_regular, read_source, read_toml
@@ -290,8 +291,8 @@ def pip_fix(ctx: Context, plan: Plan, commands: list[list[str]]) -> Fix:
         for args in commands:
             error = run_pip(python, args)
             if error:
-                state["done"] = error
-                raise FixError(error)
+                state["done"] = "\n".join(filter(None, [error, installed_now(python, plan.specs.values())]))
+                raise FixError(state["done"])
 
     parts = []
     pinned = [name for name, spec in plan.specs.items() if spec not in plan.from_table]

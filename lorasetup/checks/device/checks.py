@@ -20,7 +20,7 @@ from packaging.version import Version
 from lorasetup.checks import check
 from lorasetup.engine import files
 from lorasetup.engine.context import Context
-from lorasetup.engine.fileedit import backup, flatten
+from lorasetup.engine.fileedit import backup, flatten, write_atomic
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Fix, FixError, Result, Status
 from lorasetup.engine.target import tomllib
@@ -332,7 +332,7 @@ def edit_train_config(path: Path, edits: dict[str, Any], seen: dict[str, Any]) -
         raise FixError(f"could not set {', '.join(wrong)} in {path} safely; edit it by hand")
     saved = backup(path)
     try:
-        path.write_text(new_text, encoding="utf-8")
+        write_atomic(path, new_text.encode("utf-8"))
     except OSError as exc:
         raise FixError(f"cannot write {path}: {exc.strerror} (backup at {saved})") from None
     return saved

@@ -343,13 +343,14 @@ def scan_dir(directory: Path) -> DirScan:
     lower_exts = {e.lower() for e in sdfacts.IMAGE_EXTENSIONS}
     for entry in entries:
         name = entry.name
-        try:
+        try:  # both follow symlinks: a symlink loop raises OSError (ELOOP) and is neither
             is_file = entry.is_file()
+            is_dir = not is_file and entry.is_dir()
         except OSError:
-            is_file = False
+            is_file = is_dir = False
         stem, ext = os.path.splitext(name)
         if _picked_up(name):
-            (scan.images if is_file or not entry.is_dir() else scan.image_named_dirs).append(name)
+            (scan.images if not is_dir else scan.image_named_dirs).append(name)
             continue
         if not is_file or name.startswith("."):
             continue
@@ -413,7 +414,8 @@ def probe_image(path: str) -> ImageProbe:
     try:
         with files.open_regular(path) as fh:
             head, tail, length, size = _read_image(path, fh)
-    except files.FileProblem as exc:
+    except files.FileProblem as found:
+        exc = _since_listed(found)
         if exc.file_kind == "a folder":
             return ImageProbe(None, None, "is a folder named like an image")
         then = _SD_SCRIPTS_ON.get(exc.file_kind or exc.kind, "sd-scripts crashes on it")
@@ -443,6 +445,14 @@ def probe_image(path: str) -> ImageProbe:
     elif width * height > PIL_MAX_PIXELS:
         warning = f"{width}x{height}: Pillow warns (DecompressionBombWarning) and it needs a lot of RAM"
     return ImageProbe((width, height), fmt, None, warning)
+
+
+def _since_listed(exc: files.FileProblem) -> files.FileProblem:
+    """A file of a folder listing that is not there now (and is no dead link) vanished since the listing."""
+    if exc.kind != "missing" or os.path.lexists(exc.path):
+        return exc
+    return files.FileProblem(exc.path, "vanished since lorasetup listed its folder (moved or deleted meanwhile?)",
+                             "run lorasetup again once nothing is changing the dataset", kind="vanished")
 
 
 def _read_image(path: str, fh: BinaryIO) -> tuple[bytes, bytes, int, tuple[int, int]]:
@@ -502,7 +512,8 @@ def read_caption(image_path: str, extension: str, wildcard: bool, scan: DirScan 
 def _caption_file(path: str, wildcard: bool) -> CaptionRead:
     try:
         text = files.read_text(path)
-    except files.FileProblem as exc:
+    except files.FileProblem as found:
+        exc = _since_listed(found)
         if exc.kind == "too-large":
             return CaptionRead(path, None, note=f"{os.path.basename(path)} {exc.problem}; sd-scripts reads all of "
                                "it into memory and trains on its first line")
