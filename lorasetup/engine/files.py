@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lorasetup.engine.result import CheckFailed
+from lorasetup.engine.errors import CheckFailed
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -7,6 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from lorasetup.engine.errors import CheckFailed as CheckFailed
+from lorasetup.engine.errors import FixError as FixError
+
 if TYPE_CHECKING:
     from lorasetup.engine.context import Context
     from lorasetup.engine.target import Target
@@ -25,18 +28,6 @@ class Status(str, enum.Enum):
     def blocking(self) -> bool:
         """True when dependents of a check with this status cannot run."""
         return self in (Status.FAIL, Status.ERROR, Status.SKIP)
-
-
-class CheckFailed(Exception):
-    """Raised inside a check for bad input (an unreadable file, say): becomes a `fail` result, not `error`."""
-
-    def __init__(self, summary: str, hint: str | None = None, details: list[str] | None = None) -> None:
-        super().__init__(summary)
-        self.summary, self.hint, self.details = summary, hint, details or []
-
-
-class FixError(Exception):
-    """A fix could not be applied; the message is shown as is (e.g. pip's own error line)."""
 
 
 @dataclass
