@@ -44,10 +44,11 @@ class Context:
         """Compute `fn()` once per run under `key`; exceptions are cached and re-raised too."""
         check = CURRENT_CHECK.get()
         with self._lock:
-            future = self._futures.get(key)
-            owner = future is None
+            found = self._futures.get(key)
+            owner = found is None
+            future: Future = Future() if found is None else found
             if owner:
-                future = self._futures[key] = Future()
+                self._futures[key] = future
             if check is not None:
                 self._waits.setdefault(check, set()).add(key)
         if owner:
