@@ -1,4 +1,4 @@
-"""The `lorasetup` command line: doctor, bootstrap, smoke, train, env, list-checks.
+"""The `lorasetup` command line: doctor, bootstrap, smoke, train, env, list-checks, init.
 
 Exit codes: 0 no required check failed (warnings allowed), 1 a check failed or errored, 2 usage or
 config error. `--json` writes only JSON to stdout; human text goes to stderr.
@@ -23,6 +23,7 @@ from lorasetup.engine.report import err, exit_code, render_result, summary_line,
 from lorasetup.engine.result import Check, Result
 from lorasetup.engine.runner import Deadline, Runner, select
 from lorasetup.engine.target import ConfigError, Target, load_target
+from lorasetup.initcmd import add_init_flags, init_command
 
 TARGET_FLAGS = {
     "kohya_root": "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout",
@@ -34,6 +35,8 @@ TARGET_FLAGS = {
     "output_dir": "where the real run writes its LoRA",
     "device": "expected device: auto, mps, cuda, xpu or cpu",
     "accelerate_config": "accelerate config file (default: accelerate's own lookup)",
+    "launch_args": "`accelerate launch` flags, e.g. '--multi_gpu --num_processes 2 --main_process_port 29501'",
+    "rendezvous_timeout": "seconds device.distributed waits for every process and machine to join (default 60)",
 }
 
 
@@ -116,6 +119,12 @@ def build_parser() -> Parser:
     add_target_flags(env)
 
     sub.add_parser("list-checks", help="every check id, its markers and what it needs")
+
+    init = sub.add_parser("init", help="write dataset.toml and lorasetup.toml for a folder of images, then check",
+                          description="Target flags override what init finds; it reads a lorasetup.toml only when "
+                          "--config names one. Arguments after `--` are added to the training arguments.")
+    add_init_flags(init)
+    add_target_flags(init)
     return parser
 
 
@@ -246,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(own)
         if args.command == "list-checks":
             return cmd_list_checks(args)
+        if args.command == "init":  # builds its own target, from the dataset folder
+            return init_command(args, {name: getattr(args, name) for name in TARGET_FLAGS}, extra)
         target = make_target(args, extra)
         return COMMANDS[args.command](args, target)
     except (UsageError, ConfigError) as exc:

@@ -47,6 +47,8 @@ class Target:
     output_dir: Path | None = None
     device: str = "auto"
     accelerate_config: Path | None = None
+    launch_args: list[str] = field(default_factory=list)
+    rendezvous_timeout: float = 60.0
     smoke_steps: int = 5
     smoke_timeout: float = 900.0
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -182,15 +184,18 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
                 return None
             path = Path(str(value)).expanduser()
             return resolved(base / path) if not path.is_absolute() else path
-        if name == "train_args":
+        if name in ("train_args", "launch_args"):
             return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
         if name == "smoke_steps":
             steps = int(value)
             if steps < 1:
                 raise ValueError("must be at least 1")
             return steps
-        if name == "smoke_timeout":
-            return float(value)
+        if name in ("smoke_timeout", "rendezvous_timeout"):
+            seconds = float(value)
+            if seconds <= 0:
+                raise ValueError("must be a positive number of seconds")
+            return seconds
         if name == "device":
             device = str(value).lower()
             if device not in DEVICES:
@@ -203,10 +208,11 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
 
 def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
                 environ: Mapping[str, str] | None = None, config: Path | None = None,
-                settings: Mapping[str, Any] | None = None) -> Target:
+                settings: Mapping[str, Any] | None = None, search: bool = True) -> Target:
     """Build the Target from discovery, config file, environment and flags (rising priority).
 
-    `settings` (pytest ini keys) rank with the config file: above it, below the environment."""
+    `settings` (pytest ini keys) rank with the config file: above it, below the environment. Without `search`
+    only an explicit `config` is read, not a lorasetup.toml found from `cwd` upward."""
     cwd = (cwd or Path.cwd()).resolve()
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -225,7 +231,7 @@ def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
         found: tuple[Path, dict[str, Any]] | None = (config, raw.get("tool", {}).get("lorasetup", raw)
                                                      if config.name == "pyproject.toml" else raw)
     else:
-        found = find_config_file(cwd)
+        found = find_config_file(cwd) if search else None
     if found:
         path, raw = found
         for name, value in _flatten_config(path, raw).items():

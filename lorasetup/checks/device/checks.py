@@ -614,3 +614,4 @@ def features(ctx: Context) -> Result:
     if warnings:
         return Result.warn(warnings[0], details, hint=f"change: {change_hint(ctx, {'no_half_vae': True})}")
     return Result.ok(f"optimizer {optimizer}, attention and precision settings fit {device}", details)
+from lorasetup.checks.device import distributed as _distributed  # noqa: E402,F401 - registers device.distributed
