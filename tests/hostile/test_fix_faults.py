@@ -10,7 +10,6 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap
 from lorasetup.engine.runner import select
 from tests.hostile.baseline import Setup, build
-from tests.support.deps_fixtures import copy_venv, make_tree, make_venv, run, site_packages, target
+from tests.support.deps_fixtures import copy_venv, make_tree, make_venv, package_source, run, site_packages, target
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals and resource limits")
 
@@ -95,7 +94,7 @@ def test_kill_9_once_the_backup_exists(tmp_path: Path, extra_delay_s: float) -> 
 
 # ----------------------------------------------------------------------------- pip, failing midway
 
-PACKAGES = {"alpha-dep": ("alpha_dep", ""), "beta-pkg": ("beta_pkg", 'dependencies = ["alpha-dep==1.0"]\n')}
+PACKAGES = {"alpha-dep": ("alpha_dep", ()), "beta-pkg": ("beta_pkg", ("alpha-dep==1.0",))}
 
 
 @pytest.fixture(scope="module")
@@ -103,19 +102,7 @@ def midway(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A wheelhouse with beta-pkg, which needs alpha-dep (so pip installs alpha-dep first), and a venv with pip."""
     work = tmp_path_factory.mktemp("midway")
     for dist, (module, deps) in PACKAGES.items():
-        src = work / "src" / dist
-        (src / module).mkdir(parents=True)
-        (src / module / "__init__.py").write_text("X = 1\n")
-        (src / "pyproject.toml").write_text(textwrap.dedent(f"""\
-            [build-system]
-            requires = ["setuptools"]
-            build-backend = "setuptools.build_meta"
-            [project]
-            name = "{dist}"
-            version = "1.0"
-            [tool.setuptools]
-            packages = ["{module}"]
-            """).replace("[tool.setuptools]", deps + "[tool.setuptools]"))
+        package_source(work / "src" / dist, dist, module, "1.0", dependencies=deps)
     run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
          "--disable-pip-version-check", "-w", work / "wheels", *(work / "src").iterdir()])
     return work / "wheels", make_venv(work / "venv", with_pip=True)
