@@ -102,6 +102,9 @@ def build_parser() -> Parser:
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     boot.add_argument("--pip-args", default="", metavar="ARGS",
                       help="extra pip arguments, e.g. '--no-index --find-links ./wheels'")
+    boot.add_argument("--all-pins", action="store_true",
+                      help="install every pin of the checkout's requirement files, not only those of the modules "
+                           "this run imports (the GUI's, captioning's, ...)")
     boot.add_argument("--json", action="store_true", help="only JSON on stdout")
 
     smoke = sub.add_parser("smoke", help="a real short training run (default 5 steps) with finite loss")
@@ -187,8 +190,9 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     checks, wanted = selection(args, tags={"preflight"})
     apply = args.fix and not args.dry_run
     pip_args = shlex.split(args.pip_args)
-    results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args), checks,
-                                  wanted, apply=apply, yes=args.yes, deadline=deadline(args))
+    results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args,
+                                                  all_pins=args.all_pins), checks, wanted, apply=apply, yes=args.yes,
+                                  deadline=deadline(args))
     color = use_color(sys.stderr)
     for r in results:
         err(render_result(r, args.verbose, color))
