@@ -22,22 +22,10 @@ from lorasetup.engine.fixer import bootstrap, needs_you
 from lorasetup.engine.report import err, exit_code, render_result, summary_line, to_json, use_color
 from lorasetup.engine.result import Check, Result
 from lorasetup.engine.runner import Deadline, Runner, select
-from lorasetup.engine.target import ConfigError, Target, load_target
+from lorasetup.engine.target import SETTINGS, ConfigError, Target, load_target
 from lorasetup.initcmd import add_init_flags, init_command
 
-TARGET_FLAGS = {
-    "kohya_root": "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout",
-    "python": "the training interpreter (default: <root>/venv, <root>/.venv, else this Python)",
-    "script": "entry script (default train_network.py)",
-    "dataset_config": "dataset TOML (sd-scripts --dataset_config)",
-    "train_config": "training-args TOML (sd-scripts --config_file)",
-    "base_model": "base model .safetensors or diffusers folder",
-    "output_dir": "where the real run writes its LoRA",
-    "device": "expected device: auto, mps, cuda, xpu or cpu",
-    "accelerate_config": "accelerate config file (default: accelerate's own lookup)",
-    "launch_args": "`accelerate launch` flags, e.g. '--multi_gpu --num_processes 2 --main_process_port 29501'",
-    "rendezvous_timeout": "seconds device.distributed waits for every process and machine to join (default 60)",
-}
+TARGET_FLAGS = tuple(s for s in SETTINGS if s.cli)
 
 
 class UsageError(Exception):
@@ -51,8 +39,8 @@ class Parser(argparse.ArgumentParser):
 
 def add_target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target (also: lorasetup.toml, [tool.lorasetup], LORASETUP_<FIELD>)")
-    for name, help_text in TARGET_FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
+    for setting in TARGET_FLAGS:
+        g.add_argument(setting.flag, dest=setting.name, help=setting.help)
     g.add_argument("--config", type=Path, help="a lorasetup.toml to use instead of searching for one")
     g.add_argument("-v", "--verbose", action="store_true", help="details, probe output, per-check timings")
 
@@ -140,7 +128,7 @@ def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def make_target(args: argparse.Namespace, extra: list[str]) -> Target:
-    flags: dict[str, Any] = {name: getattr(args, name) for name in TARGET_FLAGS}
+    flags: dict[str, Any] = {s.name: getattr(args, s.name) for s in TARGET_FLAGS}
     if getattr(args, "steps", None) is not None:
         flags["smoke_steps"] = args.steps
     target = load_target(flags, config=args.config)
@@ -260,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list-checks":
             return cmd_list_checks(args)
         if args.command == "init":  # builds its own target, from the dataset folder
-            return init_command(args, {name: getattr(args, name) for name in TARGET_FLAGS}, extra)
+            return init_command(args, {s.name: getattr(args, s.name) for s in TARGET_FLAGS}, extra)
         target = make_target(args, extra)
         return COMMANDS[args.command](args, target)
     except (UsageError, ConfigError) as exc:

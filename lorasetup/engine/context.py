@@ -8,9 +8,10 @@ import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, TypeVar
 
-from lorasetup.engine.probe import run_probe, stop, tracked
+from lorasetup.engine.probe import run_program, stop, tracked
 from lorasetup.engine.target import Target
 
 T = TypeVar("T")
@@ -47,13 +48,12 @@ class Context:
         check = CURRENT_CHECK.get()
         with self._lock:
             found = self._futures.get(key)
-            owner = found is None
             future: Future = Future() if found is None else found
-            if owner:
+            if found is None:
                 self._futures[key] = future
             if check is not None:
                 self._waits.setdefault(check, set()).add(key)
-        if owner:
+        if found is None:
             try:
                 future.set_result(self._tracking(key, fn))
             except BaseException as exc:  # noqa: BLE001 - cached and re-raised to every caller
@@ -67,11 +67,11 @@ class Context:
                 return
             self._futures[key] = self._pool.submit(self._tracking, key, fn)
 
-    def probe(self, key: str, code: str, timeout: float = 60.0, env: Mapping[str, str] | None = None,
-              background: bool = False) -> dict[str, Any] | None:
-        """Run a snippet in the training interpreter once per run (see lorasetup.engine.probe)."""
+    def probe(self, key: str, program: Path, params: Mapping[str, Any] | None = None, timeout: float = 60.0,
+              env: Mapping[str, str] | None = None, background: bool = False) -> dict[str, Any] | None:
+        """Run a probe program in the training interpreter once per run (see lorasetup.engine.probe)."""
         def call() -> dict[str, Any]:
-            return run_probe(self.target.python_exe, code, timeout=timeout, env=env)
+            return run_program(self.target.python_exe, program, params, timeout=timeout, env=env)
         if background:
             self.prefetch(f"probe:{key}", call)
             return None

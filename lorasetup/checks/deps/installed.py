@@ -3,7 +3,6 @@ the person needs to know which before running anything again."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,17 +10,8 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion
 
-from lorasetup.engine.probe import ProbeError, run_probe
-
-VERSIONS = """
-import importlib.metadata as md
-RESULT["versions"] = {}
-for name in PARAMS:
-    try:
-        RESULT["versions"][name] = md.version(name)
-    except md.PackageNotFoundError:
-        RESULT["versions"][name] = None
-"""
+from lorasetup.engine.probe import ProbeError, run_program
+from lorasetup.sd.programs import program
 
 
 def installed_now(python: Path, specs: Iterable[str]) -> str:
@@ -34,12 +24,11 @@ def installed_now(python: Path, specs: Iterable[str]) -> str:
             continue
     if not reqs:
         return ""
-    names = [canonicalize_name(r.name) for r in reqs]
-    try:
-        found = run_probe(python, f"PARAMS = {json.dumps(names)}\n{VERSIONS}", timeout=60).get("versions", {})
+    try:  # the venv program lists every distribution under its canonical name
+        dists = run_program(python, program("venv"), timeout=60).get("dists", {})
     except ProbeError as exc:
         return f"what is installed now could not be read: {str(exc).splitlines()[0]}"
-    lines = [f"{req}: {_state(req, found.get(name))}" for req, name in zip(reqs, names)]
+    lines = [f"{req}: {_state(req, (dists.get(canonicalize_name(req.name)) or {}).get('version'))}" for req in reqs]
     return f"installed now in {python}:\n" + "\n".join(f"  {line}" for line in lines)
 
 
