@@ -28,11 +28,15 @@ def blocks_forever(ctx: Context) -> Result:
 
 
 def sleeping_probe(pid_file: Path):
-    """A check whose probe (a real training-interpreter process) writes its pid, then sleeps for ten minutes."""
-    code = f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n"
+    """A check whose probe program (a real training-interpreter process) writes its pid, then sleeps for ten
+    minutes."""
+    program = pid_file.with_name("sleeper.py")
+    program.write_text("import os, time\n\n\ndef main(params, checkpoint):\n"
+                       f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n    time.sleep(600)\n"
+                       "    return {}\n")
 
     def func(ctx: Context) -> Result:
-        ctx.probe("sleeper", code, timeout=900)
+        ctx.probe("sleeper", program, timeout=900)
         return Result.ok("the sleeper answered")
     return func
 
