@@ -19,8 +19,8 @@ from lorasetup import __version__
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap, needs_you
-from lorasetup.engine.report import err, exit_code, render_result, summary_line, to_json, use_color
-from lorasetup.engine.result import Check, Result
+from lorasetup.engine.report import LiveBlock, err, exit_code, render_result, summary_line, to_json, use_color
+from lorasetup.engine.result import Check, Status
 from lorasetup.engine.runner import Deadline, Runner, select
 from lorasetup.engine.target import SETTINGS, ConfigError, Target, load_target
 from lorasetup.initcmd import add_init_flags, init_command
@@ -81,6 +81,9 @@ def build_parser() -> Parser:
     doctor.add_argument("--smoke", action="store_true", help="also run the 5-step smoke training run")
     doctor.add_argument("--json", action="store_true", help="only JSON on stdout")
     doctor.add_argument("--strict", action="store_true", help="warnings fail too")
+    doctor.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing check")
+    doctor.add_argument("--fresh", action="store_true",
+                        help="ask the training interpreter anew, not the warm cache of its last answers")
 
     boot = sub.add_parser("bootstrap", help="show the repair plan; with --fix apply it and re-check")
     add_target_flags(boot)
@@ -149,26 +152,20 @@ def selection(args: argparse.Namespace, tags: set[str]) -> tuple[list[Check], li
 
 def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
     checks, wanted = selection(args, tags={"preflight", "smoke"} if args.smoke else {"preflight"})
-    color = use_color(sys.stderr)
     start = time.perf_counter()
-    with Context(target, verbose=args.verbose) as ctx:
+    with Context(target, verbose=args.verbose, fresh=args.fresh) as ctx:
         runner = Runner(ctx, checks, deadline(args))
-        live = sys.stderr.isatty()
-
-        def started(c: Check) -> None:
-            if live:  # name the slow ones while they run; the result line overwrites this
-                sys.stderr.write(f"\r… {c.id:<20} {c.title}\033[K\r")
-                sys.stderr.flush()
-
-        hints: set[str] = set()
-
-        def finished(r: Result) -> None:
-            if live:
-                sys.stderr.write("\033[K")
-            err(render_result(r, args.verbose, color, shown_hints=hints))
-        results = runner.run(wanted, on_result=finished, on_start=started)
+        block = LiveBlock(sys.stderr, runner.order(wanted), args.verbose, use_color(sys.stderr))
+        block.draw()
+        stop = (lambda r: r.status in (Status.FAIL, Status.ERROR)) if args.exitfirst else None
+        results = runner.run(wanted, on_result=block.add, fast_first=True, stop=stop)
+        block.finish()
+        notes = list(ctx.notes)
     elapsed = time.perf_counter() - start
-    err("\n" + summary_line(results, elapsed))
+    if args.verbose and notes:
+        err("\nwarm cache:" + "".join(f"\n  {n}" for n in notes))
+    stopped = len(results) < len(runner.order(wanted))
+    err("\n" + summary_line(results, elapsed) + (" (stopped at the first failure: -x)" if stopped else ""))
     if args.json:
         print(json.dumps(to_json(target, results, elapsed_s=round(elapsed, 3)), indent=2, default=str))
     return exit_code(results, strict=args.strict)

@@ -3,6 +3,7 @@ processes they started (so a runner that gives up on a check can stop them)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
@@ -31,9 +32,12 @@ class Context:
     """
 
     def __init__(self, target: Target, verbose: bool = False, pip_args: list[str] | None = None,
-                 all_pins: bool = False) -> None:
+                 all_pins: bool = False, fresh: bool | None = None) -> None:
         self.target = target
         self.verbose = verbose
+        # `--fresh` (or LORASETUP_FRESH=1 under pytest): ask the training interpreter anew, not the warm cache
+        self.fresh = os.environ.get("LORASETUP_FRESH", "") not in ("", "0") if fresh is None else fresh
+        self.notes: list[str] = []  # what the run decided on the way (cache hits and misses), shown by -v
         self.pip_args = list(pip_args or [])  # passed through to every `pip install` a fix runs
         self.all_pins = all_pins  # `bootstrap --all-pins`: every pin of the checkout counts, not only the run's
         self.planned: set[str] | None = None  # ids of the checks this run will compute (None: not known)
@@ -59,6 +63,11 @@ class Context:
             except BaseException as exc:  # noqa: BLE001 - cached and re-raised to every caller
                 future.set_exception(exc)
         return future.result()
+
+    def note(self, text: str) -> None:
+        """Record a decision of this run for `-v` (thread-safe: probes run in the background)."""
+        with self._lock:
+            self.notes.append(text)
 
     def prefetch(self, key: str, fn: Callable[[], Any]) -> None:
         """Start `fn` in the background; a later `memo(key, ...)` waits for it instead of recomputing."""

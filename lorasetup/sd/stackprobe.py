@@ -18,7 +18,7 @@ from typing import Any
 
 from lorasetup.engine.context import Context
 from lorasetup.engine.probe import ProbeError, run_program
-from lorasetup.sd import accelconfig
+from lorasetup.sd import accelconfig, warm
 from lorasetup.sd.imports import deep_targets
 from lorasetup.sd.programs import program
 from lorasetup.sd.stackfacts import StackFacts
@@ -59,9 +59,20 @@ def params(ctx: Context) -> dict[str, Any]:
             "sd_scripts": str(target.sd_scripts) if target.sd_scripts else None}
 
 
+def healthy(raw: dict[str, Any]) -> bool:
+    """An answer worth keeping in the warm cache: it ran to the end and reports no failure at all."""
+    acc = raw.get("accelerate") or {}
+    errors = [raw.get(k) for k in ("torch_error", "accelerate_error", "targets_error", "crash")]
+    errors += [acc.get(k) for k in ("config_error", "launch_error", "accelerator_error")]
+    imports = [*(raw.get("imports") or {}).values(), *(raw.get("from_imports") or {}).values()]
+    return bool(raw.get("done")) and not any(errors) and not any(imports) and bool(raw.get("torch"))
+
+
 def _run(ctx: Context) -> dict[str, Any]:
     p = params(ctx)
-    raw = run_program(ctx.target.python_exe, program("stack"), p, timeout=TIMEOUT_S)
+    stack = program("stack")
+    raw = warm.cached(KEY, ctx.target, stack, p, fresh=ctx.fresh, note=ctx.note, keep=healthy,
+                      compute=lambda: run_program(ctx.target.python_exe, stack, p, timeout=TIMEOUT_S))
     if "imports" not in raw:
         raise ProbeError(f"the training interpreter {ctx.target.python_exe} answered without the stack facts")
     raw["targets_error"] = p["targets_error"]

@@ -21,10 +21,10 @@ from lorasetup.checks import check
 from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import backup, flatten, write_atomic
-from lorasetup.engine.probe import ProbeError
+from lorasetup.engine.probe import ProbeError, run_program
 from lorasetup.engine.result import Fix, FixError, Result, Status
 from lorasetup.engine.target import tomllib
-from lorasetup.sd import accelconfig, stackprobe
+from lorasetup.sd import accelconfig, stackprobe, warm
 from lorasetup.sd.devices import available, device_lines, machine_offers, rosetta, smi_gpus, torch_facts, version
 from lorasetup.sd.facts import needs_bitsandbytes
 from lorasetup.sd.programs import program
@@ -523,8 +523,17 @@ def optimizer_probe(ctx: Context, background: bool = False) -> dict[str, Any] | 
     """One step of the bitsandbytes optimizer on a tiny tensor on the expected device, in its own process
     (a hung CUDA kernel must not take the shared probe with it)."""
     params = {"device": ctx.target.device, "optimizer": optimizer_name(ctx)[0]}
-    return ctx.probe("device:optimizer", program("optimizer"), params, timeout=OPTIMIZER_TIMEOUT_S,
-                     background=background)
+    step = program("optimizer")
+
+    def ask() -> dict[str, Any]:
+        return warm.cached("device:optimizer", ctx.target, step, params, fresh=ctx.fresh, note=ctx.note,
+                           keep=lambda a: not a.get("error") and a.get("finite") is True,
+                           compute=lambda: run_program(ctx.target.python_exe, step, params,
+                                                       timeout=OPTIMIZER_TIMEOUT_S))
+    if background:
+        ctx.prefetch("probe:device:optimizer", ask)
+        return None
+    return ctx.memo("probe:device:optimizer", ask)
 
 
 def features_prefetch(ctx: Context) -> None:
