@@ -391,6 +391,38 @@ class TomlEdit:
         return guarded_write(self.path, self.seen, self.new_text.encode("utf-8"))
 
 
+class TextRepair:
+    """Replacements in a TOML file that does not parse yet (a syntax error a check knows how to mend): the result
+    must parse, and each replaced value must read back as the value it was meant to be."""
+
+    def __init__(self, path: Path, replacements: Sequence[tuple[int, int, str, Any, str]], seen: bytes) -> None:
+        """`replacements`: (start, end, new text, the value it must parse to, label) in `seen` decoded."""
+        self.path, self.seen = path, seen
+        text = seen.decode("utf-8")
+        self.labels = [r[4] for r in replacements]
+        for _, _, new, value, label in replacements:
+            try:
+                ok = tomllib.loads(f"v = {new}")["v"] == value
+            except tomllib.TOMLDecodeError:
+                ok = False
+            if not ok:
+                raise FixError(f"{path}: {label} would not read back as intended; edit it by hand")
+        for start, end, new, _, _ in sorted(replacements, key=lambda r: r[0], reverse=True):
+            text = text[:start] + new + text[end:]
+        try:
+            tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise FixError(f"{path}: still not valid TOML after the repair ({exc}); edit it by hand") from None
+        self.new_text = text
+
+    def commands(self) -> list[str]:
+        return [f"edit {self.path}: {label}" for label in self.labels] + \
+            [f"back up {self.path.name} to {self.path.name}.bak-<timestamp> first"]
+
+    def apply(self) -> Path | None:
+        return guarded_write(self.path, self.seen, self.new_text.encode("utf-8"))
+
+
 def _short(text: str, limit: int = 48) -> str:
     one = " ".join(text.split())
     return one if len(one) <= limit else one[: limit - 3] + "..."
@@ -404,7 +436,7 @@ def plan_edits(edits: Iterable[tuple[Path, Sequence[Change]]], seen: dict[Path, 
     return [TomlEdit(path, changes, (seen or {}).get(path)) for path, changes in merged.items()]
 
 
-def edit_fix(description: str, edits: Sequence[TomlEdit], safe: bool = True) -> Fix:
+def edit_fix(description: str, edits: Sequence[TomlEdit | TextRepair], safe: bool = True) -> Fix:
     """A Fix that applies `edits` (several files: all are checked unchanged before the first is written)."""
     commands = [line for e in edits for line in e.commands()]
 

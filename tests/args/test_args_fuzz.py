@@ -18,9 +18,9 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.result import Status
 from lorasetup.engine.runner import run_one
 from lorasetup.engine.target import Target, tomllib
+from lorasetup.engine.tomledit import toml_value
 from lorasetup.sd.argspec import extract
 from tests.args.test_args import TREE, write_tree
-from tests.support.tomlgen import toml_value
 
 SCRIPTS = ("train_network.py", "sdxl_train_network.py", "flux_train_network.py", "fine_tune.py")
 ROOT_HOLDER: dict[str, Path] = {}

@@ -20,9 +20,9 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result, Status
 from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
+from lorasetup.engine.tomledit import toml_value
 from lorasetup.sd.dataset.schema import BUILTIN_SCHEMA
 from tests.dataset.test_dataset_checks import make_checkout
-from tests.support.tomlgen import toml_value
 
 KEYS = sorted({k for table in BUILTIN_SCHEMA.values() for k in table}) + [
     "general", "datasets", "subsets", "num_repeat", "learning_rate", "train_batch_size", ""]

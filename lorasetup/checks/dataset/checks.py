@@ -9,21 +9,19 @@ person sees every problem in one run.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
-from lorasetup.engine.fileedit import backup
 from lorasetup.engine.result import Fix, FixError, Result
-from lorasetup.engine.target import tomllib
+from lorasetup.engine.tomledit import Change, TextRepair, edit_fix, try_edit_fix
+from lorasetup.sd import argfix
 from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.argfix import ArgChange
 from lorasetup.sd.dataset.plan import (
     compute_steps,
     config_path,
@@ -57,9 +55,9 @@ from lorasetup.sd.dataset.scan import (
 from lorasetup.sd.dataset.schema import (
     PATH_KEYS,
     ConfigSyntaxError,
+    LoadedConfig,
     SchemaChecker,
-    TomlLayout,
-    format_place,
+    SchemaError,
     parse_place,
 )
 
@@ -107,92 +105,15 @@ def _file_label(plan: Plan) -> str:
     return plan.config.path.name if plan.config else "folder mode"
 
 
-# ----------------------------------------------------------------------------- text edits with backups
-
-@dataclass
-class Edit:
-    """Replace text[start:end] by `text`; `verify(data)` says whether the parsed result is the intended one."""
-
-    start: int
-    end: int
-    text: str
-    label: str
+# ----------------------------------------------------------------------------- edits (lorasetup.engine.tomledit)
 
 
-def _edit_fix(path: Path, planned: str, edits: list[Edit], expected: Callable[[Any], bool],
-              description: str) -> Fix:
-    """A safe fix that applies targeted text edits to `path`, keeping every other byte, after a backup.
-
-    It refuses when the file changed since it was checked, or when the edited file would not parse to the
-    intended data (`expected`)."""
-    commands = [f"edit {path}: {e.label}" for e in edits] + [f"backup first: {path.name}.bak-<timestamp>"]
-
-    def apply() -> None:
-        try:
-            current = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise FixError(f"{path}: cannot read it again: {exc}") from None
-        if current != planned:
-            raise FixError(f"{path} changed since it was checked; run lorasetup again before fixing")
-        new = planned
-        for e in sorted(edits, key=lambda e: e.start, reverse=True):
-            new = new[:e.start] + e.text + new[e.end:]
-        try:
-            data = tomllib.loads(new)
-        except tomllib.TOMLDecodeError as exc:
-            raise FixError(f"{path}: the edit would not parse ({exc}); nothing was changed") from None
-        if not expected(data):
-            raise FixError(f"{path}: the edit would change more than intended; nothing was changed")
-        backup(path)
-        try:
-            path.write_bytes(new.encode("utf-8"))
-        except OSError as exc:
-            raise FixError(f"{path}: cannot write it: {exc.strerror}") from None
-    return Fix(description, commands, apply, safe=True)
-
-
-def _toml_str(value: str) -> str:
-    """A TOML basic string for simple values (extensions, numbers as text)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _newline(text: str) -> str:
-    return "\r\n" if "\r\n" in text else "\n"
-
-
-def _set_key(text: str, layout: TomlLayout, table: tuple, key: str, literal: str) -> Edit | None:
-    """Replace the value of `key` in `table`, or insert `key = literal` right after the table's header."""
-    span = layout.tables.get(table)
-    if span is None:
+def _file_fix(path: Path, changes: list[Change], description: str, safe: bool = True) -> Fix | None:
+    """The guarded edit of the dataset config as one fix; None when it cannot be made safely."""
+    if not changes:
         return None
-    where = format_place(table) if table else "top level"
-    if key in span.keys:
-        k = span.keys[key]
-        return Edit(k.start, k.end, literal, f"line {k.line + 1}: {key} = {literal}")
-    indent = ""
-    if span.keys:
-        first = min(span.keys.values(), key=lambda k: k.start)
-        line_start = text.rfind("\n", 0, first.start) + 1
-        indent = re.match(r"[ \t]*", text[line_start:]).group(0)
-    at = span.header_end
-    prefix = _newline(text) if at > 0 and not text[:at].endswith("\n") else ""
-    line = (span.header_line + 2) if span.header_line is not None else 1
-    return Edit(at, at, f"{prefix}{indent}{key} = {literal}{_newline(text)}",
-                f"add `{key} = {literal}` at line {line} ({where})")
-
-
-def _data_at(data: Any, path: tuple) -> Any:
-    for part in path:
-        data = data[part]
-    return data
-
-
-def _expect_changes(old: Any, changes: list[tuple[tuple, str, Any]]) -> Callable[[Any], bool]:
-    """The parsed new file must equal the old data with exactly these (table, key, value) changes."""
-    want = copy.deepcopy(old)
-    for table, key, value in changes:
-        _data_at(want, table)[key] = value
-    return lambda data: data == want
+    fix, _ = try_edit_fix(description, [(path, changes)], safe)
+    return fix
 
 
 # ----------------------------------------------------------------------------- dataset.schema
@@ -221,7 +142,8 @@ def schema(ctx: Context) -> Result:
     label = loaded.path.name
     details = [e.render(label) for e in errors]
     plan = dataset_plan(ctx)
-    rule_problems, fixes = _dataset_rules(ctx, plan, checker)
+    rule_problems, bucket = _dataset_rules(ctx, plan, checker)
+    fixes = _schema_fix(loaded, errors, bucket)
     details += rule_problems
     info = [(f"schema: {checker.support.origin} ({checker.support.describe()}); tables from "
              f"{checker.origin}")]
@@ -249,6 +171,34 @@ def schema(ctx: Context) -> Result:
 _RULES_HINT = "sd-scripts stops after loading the model with an assertion; set the values named above"
 
 
+def _schema_fix(loaded: LoadedConfig, errors: list[SchemaError], bucket: list[Change]) -> Fix | None:
+    """Rename each unknown key that has one clear right name (value and comments kept; --yes, since the value
+    then takes effect) and set bucket_reso_steps to the script's divisor (safe)."""
+    if loaded.fmt != "toml":
+        return None
+    renames = []
+    for error in errors:
+        if error.rename_to is not None:
+            where = parse_place(error.place)
+            table = _data_at(loaded.data, where[:-1])
+            if isinstance(table, dict) and error.rename_to not in table:
+                renames.append(Change(where[:-1], str(where[-1]), rename_to=error.rename_to))
+    parts = [f"set bucket_reso_steps to {bucket[0].value}, the divisor the script demands"] if bucket else []
+    if renames:
+        parts.append("rename " + ", ".join(f"{c.place()} to `{c.rename_to}`" for c in renames)
+                     + " (the value then takes effect)")
+    return _file_fix(loaded.path, bucket + renames, "; ".join(parts), safe=not renames)
+
+
+def _data_at(data: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
 def _syntax_failure(path: Path | None, exc: ConfigSyntaxError) -> Result:
     where = f"{path}" + (f":{exc.line}" if exc.line else "") + (f":{exc.column}" if exc.column else "")
     fmt = "JSON" if path and path.suffix.lower() == ".json" else "TOML"
@@ -261,13 +211,16 @@ def _syntax_failure(path: Path | None, exc: ConfigSyntaxError) -> Result:
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
             text = ""
-        edits = _literal_edits_for_syntax(text)
-        if edits:
-            details = [e.label for e in edits]
+        repairs = _literal_edits_for_syntax(text)
+        try:
+            repair = TextRepair(path, repairs, text.encode("utf-8")) if repairs else None
+        except FixError:
+            repair = None  # the paths are not the only problem: the generic hint says where
+        if repair is not None:
+            details = [r[4] for r in repairs]
             hint = ("a Windows path in double quotes: backslashes start escapes there (\\U, \\x, \\t); write paths "
                     "in single quotes (TOML literal strings): image_dir = 'C:\\Users\\me\\img'")
-            fix = _edit_fix(path, text, edits, lambda data: True,
-                            "rewrite backslash paths as TOML literal (single-quoted) strings")
+            fix = edit_fix("rewrite backslash paths as TOML literal (single-quoted) strings", [repair])
     return Result.fail(f"{where}: not valid {fmt}: {exc.message}", details, hint=hint, fix=fix)
 
 
@@ -275,35 +228,25 @@ _BASIC_PATH_LINE = re.compile(
     r"""^([ \t]*([A-Za-z0-9_.-]+)[ \t]*=[ \t]*)"([^"'\n\r]*\\[^"'\n\r]*)"(?=[ \t]*(#|\r?$))""", re.MULTILINE)
 
 
-def _literal_edits_for_syntax(text: str) -> list[Edit]:
+def _literal_edits_for_syntax(text: str) -> list[tuple[int, int, str, Any, str]]:
     """Backslash paths in double quotes that break parsing (`\\U` needs hex digits), as literal strings."""
-    edits = []
+    repairs = []
     for m in _BASIC_PATH_LINE.finditer(text):
         if m.group(2).split(".")[-1] not in PATH_KEYS and m.group(2) not in PATH_KEYS:
             continue
         content = m.group(3).replace("\\\\", "\\")
-        start = m.start(3) - 1
         line = text.count("\n", 0, m.start()) + 1
-        edits.append(Edit(start, m.end(3) + 1, f"'{content}'", f"line {line}: {m.group(2)} = '{content}'"))
-    if not edits:
-        return []
-    new = text
-    for e in sorted(edits, key=lambda e: e.start, reverse=True):
-        new = new[:e.start] + e.text + new[e.end:]
-    try:
-        tomllib.loads(new)
-    except tomllib.TOMLDecodeError:
-        return []
-    return edits
+        repairs.append((m.start(3) - 1, m.end(3) + 1, f"'{content}'", content,
+                        f"line {line}: {m.group(2)} = '{content}'"))
+    return repairs
 
 
-def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[list[str], Fix | None]:
+def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[list[str], list[Change]]:
     """What DreamBoothDataset / BaseDataset assert after the schema passes: resolution set, bucket_reso_steps
     divisible by the script's divisor, min/max bucket reso around the resolution. Values that come from the
     training arguments are the args gate's to report (args.rules), so they are left out here."""
     problems: list[str] = []
-    fix_edits: list[Edit] = []
-    changes: list[tuple[tuple, str, Any]] = []
+    changes: list[Change] = []
     seen: set[str] = set()
     divisor = sdfacts.bucket_divisor(entry_script(ctx)) if entry_script(ctx) is not None else None
     label = _file_label(plan)
@@ -324,10 +267,7 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
             problems.append(f"{label} {steps.place} = {steps.value}: {ctx.target.script} needs bucket_reso_steps "
                             f"divisible by {divisor} (sd-scripts: 'bucket_reso_steps is {steps.value}. it must be "
                             f"divisible by {divisor}')")
-            edit = _value_edit(plan, steps, str(divisor))
-            if edit:
-                fix_edits.append(edit)
-                changes.append((_table_of(steps.place), "bucket_reso_steps", divisor))
+            changes.append(Change(_table_of(steps.place), "bucket_reso_steps", divisor))
         if any(v.source == "args" for v in (get("enable_bucket"), resolution, low, high)):
             continue
         w, h = resolution.value
@@ -342,25 +282,11 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
             problems.append(f"{label} {dataset.place}: max_bucket_reso {high.value} ({high.place}) is below the "
                             f"resolution's long side {max(w, h)} ({resolution.place}); sd-scripts: 'max_bucket_reso "
                             "must be equal or greater than resolution'")
-    fix = None
-    if fix_edits and plan.config is not None and plan.config.layout is not None:
-        fix = _edit_fix(plan.config.path, plan.config.text, fix_edits,
-                        _expect_changes(plan.config.data, changes),
-                        f"set bucket_reso_steps to {divisor}, the divisor {ctx.target.script} demands")
-    return problems, fix
+    return problems, changes
 
 
 def _table_of(place: str) -> tuple:
     return parse_place(place)[:-1]
-
-
-def _value_edit(plan: Plan, value: Value, literal: str) -> Edit | None:
-    """An edit that replaces the value at `value.place` in the dataset TOML."""
-    if plan.config is None or plan.config.layout is None:
-        return None
-    table = _table_of(value.place)
-    key = value.place.rsplit(".", 1)[-1]
-    return _set_key(plan.config.text, plan.config.layout, table, key, literal)
 
 
 # ----------------------------------------------------------------------------- dataset.paths
@@ -375,8 +301,7 @@ def paths(ctx: Context) -> Result:
     label = _file_label(plan)
     problems: list[str] = []
     notes: list[str] = []
-    literal_edits: list[Edit] = []
-    changes: list[tuple[tuple, str, Any]] = []
+    literal_edits: list[Change] = []
     if not plan.subsets:
         return Result.fail(f"{label} defines no subsets: sd-scripts finds no data, logs 'No data found' and exits 0 "
                            "without training", hint="add a [[datasets]] table with a [[datasets.subsets]] table "
@@ -398,8 +323,7 @@ def paths(ctx: Context) -> Result:
                                 "quotes turned \\t, \\n or \\b into one, so sd-scripts finds nothing there")
                 edit = _literal_edit(plan, value)
                 if edit:
-                    literal_edits.append(edit[0])
-                    changes.append((_table_of(value.place), key, edit[1]))
+                    literal_edits.append(edit)
                 continue
             path = Path(raw)
             if raw.startswith("~"):
@@ -418,9 +342,8 @@ def paths(ctx: Context) -> Result:
             elif kind == "file" and not path.is_file():
                 problems.append(f"{where} = {raw!r}: is a folder, not a file")
     fix = None
-    if literal_edits:
-        fix = _edit_fix(plan.config.path, plan.config.text, literal_edits,
-                        _expect_changes(plan.config.data, changes),
+    if literal_edits and plan.config is not None:
+        fix = _file_fix(plan.config.path, literal_edits,
                         "rewrite control-character paths as TOML literal (single-quoted) strings")
     if problems:
         hint = ("write Windows paths in single quotes (TOML literal strings), e.g. image_dir = 'C:\\train\\img'"
@@ -436,7 +359,7 @@ def paths(ctx: Context) -> Result:
                      found + unset + notes)
 
 
-def _literal_edit(plan: Plan, value: Value) -> tuple[Edit, str] | None:
+def _literal_edit(plan: Plan, value: Value) -> Change | None:
     """Rewrite a double-quoted path whose escapes made control characters as a literal string."""
     if plan.config is None or plan.config.layout is None:
         return None
@@ -452,7 +375,7 @@ def _literal_edit(plan: Plan, value: Value) -> tuple[Edit, str] | None:
     content = raw[1:-1].replace("\\\\", "\\")
     if "'" in content or '"' in content or CONTROL.search(content):
         return None
-    return Edit(k.start, k.end, f"'{content}'", f"line {k.line + 1}: {key} = '{content}'"), content
+    return Change(table, key, content, literal=f"'{content}'")
 
 
 def _folder_paths(ctx: Context, plan: Plan) -> Result:
@@ -771,10 +694,9 @@ def _caption_fix(ctx: Context, plan: Plan, mismatched: list[tuple[SubsetPlan, Va
     if plan.mode == "folder":
         return _train_config_caption_fix(ctx, mismatched)
     config = plan.config
-    if config is None or config.layout is None:
+    if config is None or config.fmt != "toml":
         return None
-    edits: list[Edit] = []
-    changes: list[tuple[tuple, str, Any]] = []
+    changes: list[Change] = []
     done: set[tuple] = set()
     for subset, value, ext in mismatched:
         table = subset.table_path
@@ -787,35 +709,21 @@ def _caption_fix(ctx: Context, plan: Plan, mismatched: list[tuple[SubsetPlan, Va
         if table in done:
             continue
         done.add(table)
-        edit = _set_key(config.text, config.layout, table, "caption_extension", _toml_str(ext))
-        if edit is None:
-            return None
-        edits.append(edit)
-        changes.append((table, "caption_extension", ext))
-    return _edit_fix(config.path, config.text, edits, _expect_changes(config.data, changes),
-                     f"set caption_extension to {', '.join(sorted({m[2] for m in mismatched}))}, the extension the "
-                     "caption files use")
+        changes.append(Change(table, "caption_extension", ext))
+    return _file_fix(config.path, changes, f"set caption_extension to {', '.join(sorted({m[2] for m in mismatched}))}"
+                     ", the extension the caption files use")
 
 
 def _train_config_caption_fix(ctx: Context, mismatched: list[tuple[SubsetPlan, Value, str]]) -> Fix | None:
+    """Folder mode: caption_extension is a training argument; set it where it is set (or add it)."""
     exts = {m[2] for m in mismatched}
     args = train_args_or_none(ctx)
-    if len(exts) != 1 or args is None or args.config_file is None or mismatched[0][1].place.startswith("--"):
+    if len(exts) != 1 or args is None:
         return None
-    path = args.config_file
-    try:
-        text = path.read_bytes().decode("utf-8")
-        data = tomllib.loads(text)
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return None
-    layout = TomlLayout(text)
     ext = exts.pop()
-    table = next((t for t, span in layout.tables.items() if len(t) <= 1 and "caption_extension" in span.keys), ())
-    edit = _set_key(text, layout, table, "caption_extension", _toml_str(ext))
-    if edit is None:
-        return None
-    return _edit_fix(path, text, [edit], _expect_changes(data, [(table, "caption_extension", ext)]),
-                     f"set caption_extension = {ext} in the training config, the extension the caption files use")
+    fix, _ = argfix.plan(args, [ArgChange("caption_extension", ext)]).fix(
+        f"set caption_extension = {ext} in the training arguments, the extension the caption files use", safe=True)
+    return fix
 
 
 # ----------------------------------------------------------------------------- dataset.steps

@@ -251,7 +251,7 @@ def model_family(ctx: Context) -> Result:
                 else f"this sd-scripts checkout has no script for {label}; use a base model that {script} trains")
         return Result.fail(f"{label} model with {script}: the run dies after loading the model "
                            "(Missing key(s) in state_dict)", details=details, hint=hint, data=data)
-    v2 = train_args(ctx).flag("v2")
+    v2 = train_args(ctx).on("v2")
     if family.name == "sd2" and not v2:
         return Result.fail(f"SD2.x model without --v2: {script} builds an SD1 model and dies loading the weights",
                            details=details, hint="add `v2 = true` to the training config (and "
@@ -259,7 +259,7 @@ def model_family(ctx: Context) -> Result:
     if family.name == "sd1" and v2:
         return Result.fail(f"SD1.x model with --v2 ({train_args(ctx).place('v2')}): the run dies loading the weights",
                            details=details, hint=f"remove v2 from {train_args(ctx).place('v2')}", data=data)
-    if family.v_prediction is not None and family.v_prediction != train_args(ctx).flag("v_parameterization"):
+    if family.v_prediction is not None and family.v_prediction != train_args(ctx).on("v_parameterization"):
         want = "needs" if family.v_prediction else "must not have"
         return Result.fail(f"{label} {'v-prediction' if family.v_prediction else 'epsilon'} model {want} "
                            "--v_parameterization: the run trains but the LoRA learns the wrong target",
@@ -381,7 +381,7 @@ def model_tokenizer(ctx: Context) -> Result:
     sd_scripts = ctx.target.sd_scripts
     if sd_scripts is None:
         return Result.skip("no sd-scripts checkout")
-    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).flag("v2")})
+    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).on("v2")})
     if specs is None:
         return Result.skip(f"{ctx.target.script} does not load its tokenizers through a strategy_* "
                            "_load_tokenizer call; not checked")

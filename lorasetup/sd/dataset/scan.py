@@ -37,6 +37,7 @@ from lorasetup.sd.dataset.schema import (
     accepts,
     format_place,
 )
+from lorasetup.sd.trainargs import Setting as Value  # the one resolved-value class (subset ... default)
 from lorasetup.sd.trainargs import TrainArgs
 
 # argparse defaults of the dataset options (library/train_util.py add_dataset_arguments, train_network.py
@@ -66,13 +67,6 @@ KINDS: dict[str, str] = {
     "alpha_mask": BOOL, "validation_split": FLOAT, "validation_seed": INT, "is_reg": BOOL, "class_tokens": STR,
     "image_dir": STR, "metadata_file": STR, "conditioning_data_dir": STR, "custom_attributes": TABLE,
 }
-# Training-loop options and their argparse defaults (library/train_util.py add_training_arguments,
-# add_sd_saving_arguments; train_network.py --save_model_as).
-STEP_ARG_DEFAULTS: dict[str, Any] = {
-    "max_train_steps": 1600, "max_train_epochs": None, "gradient_accumulation_steps": 1,
-    "save_every_n_steps": None, "save_every_n_epochs": None, "save_n_epoch_ratio": None,
-    "output_name": None, "save_model_as": "safetensors",
-}
 # Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS); sd-scripts does not change it, so
 # Image.open raises DecompressionBombError above twice this and warns above it.
 PIL_MAX_PIXELS = 89_478_485
@@ -85,22 +79,13 @@ NOT_CAPTIONS = ((".npz", ".json", ".safetensors", ".toml", ".db", ".ini")
 WINDOWS = os.name == "nt"
 
 
-@dataclass(frozen=True)
-class Value:
-    """A resolved setting and where it came from (`datasets[0].subsets[1].num_repeats`, `--resolution`, ...)."""
-
-    value: Any
-    place: str
-    source: str  # subset | dataset | general | args | default | folder
-
-
 def _from_arg(name: str, kind: str, raw: Any) -> Any:
     """A training-argument value (typed from --config_file TOML, or a string from the command line) as the
     dataset layer will see it; None when it cannot be read as that kind (the args gate reports those)."""
     if raw is None:
         return None
-    if kind == BOOL:
-        return raw is True or (isinstance(raw, str) and raw.lower() in ("true", "1", "yes"))
+    if kind == BOOL:  # argparse stores a real bool; a TOML string here stops sd-scripts' argparse sanitizer
+        return raw if isinstance(raw, bool) else None
     if kind == INT and not isinstance(raw, (bool, float)):
         try:
             return int(raw)
@@ -813,7 +798,9 @@ def _bucket_manager(dataset: DatasetPlan) -> Buckets:
 
 def step_arg(train_args: TrainArgs | None, name: str) -> Value:
     """A training-loop option with its place; strings from the command line are read as integers."""
-    default = STEP_ARG_DEFAULTS[name]
+    setting = train_args.setting(name) if train_args is not None else None
+    default = setting.value if setting is not None and setting.source == "default" else \
+        sdfacts.TRAINING_DEFAULTS[name]  # the checkout's argparse default, else the facts table's
     if train_args is None or name not in train_args or train_args.get(name) is None:
         return Value(default, "sd-scripts' default", "default")
     raw = train_args.get(name)
@@ -850,7 +837,7 @@ def plan_steps(counts: list[DatasetCount], train_args: TrainArgs | None, num_pro
     else:
         total = steps_arg.value
         if steps_arg.source == "default":
-            notes.append("neither max_train_steps nor max_train_epochs is set: sd-scripts' default is 1600 steps")
+            notes.append(f"neither max_train_steps nor max_train_epochs is set: sd-scripts' default is {total} steps")
     per_epoch = math.ceil(math.ceil(batches / num_processes) / g)
     if total < 1:
         raise ImpossibleSteps(f"{total} training steps "

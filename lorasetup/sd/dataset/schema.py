@@ -95,6 +95,7 @@ class SchemaError:
     found: str | None = None
     hint: str | None = None
     line: int | None = None  # 1-based, when the place could be located in the TOML text
+    rename_to: str | None = None  # an unknown key's one clear right name, for a fix that renames it
 
     def render(self, file_name: str = "") -> str:
         where = f"{file_name}:{self.line} " if file_name and self.line else (f"{file_name} " if file_name else "")
@@ -541,7 +542,18 @@ class SchemaChecker:
             hint = f"`{key}` is not allowed in a {label} {level}"
         else:
             hint = f"`{key}` is not allowed in [{level}] for this script"
-        return SchemaError(place, "unknown key (sd-scripts: 'extra keys not allowed')", hint=hint)
+        return SchemaError(place, "unknown key (sd-scripts: 'extra keys not allowed')", hint=hint,
+                           rename_to=self._clear_rename(key, allowed))
+
+    def _clear_rename(self, key: str, allowed: dict) -> str | None:
+        """The key this one plainly means at this level: the dataset-config name of a training argument, or
+        the one close spelling (no second candidate)."""
+        if key in ARG_TO_KEY and ARG_TO_KEY[key] in allowed:
+            return ARG_TO_KEY[key]
+        if key in self.every_key:
+            return None
+        close = difflib.get_close_matches(key, [str(k) for k in allowed], n=2, cutoff=0.8)
+        return close[0] if len(close) == 1 else None
 
 
 def _merge(*tables: dict[str, tuple[str, bool]]) -> dict[str, tuple[str, bool]]:
