@@ -7,6 +7,7 @@ The TOML-aware part (targeted edits that keep comments and layout) is lorasetup.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import stat
@@ -17,6 +18,25 @@ from pathlib import Path
 from lorasetup.engine.result import FixError
 
 TEMP_SUFFIX = ".lorasetup-tmp"
+_WRITTEN: dict[Path, list[tuple[str, str]]] = {}  # this process's own rewrites: (digest before, digest after)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def own_changes(path: Path, seen: bytes, current: bytes) -> bool:
+    """True when `current` is what this process's own guarded writes made of `seen` (an earlier fix of the same
+    run), so a later fix may be planned again on it; any other difference is someone else's edit."""
+    state, target = _digest(seen), _digest(current)
+    steps = list(_WRITTEN.get(path.resolve(), []))
+    while state != target:
+        step = next((s for s in steps if s[0] == state), None)
+        if step is None:
+            return False
+        steps.remove(step)
+        state = step[1]
+    return True
 
 
 def backup(path: Path) -> Path:
@@ -97,4 +117,6 @@ def guarded_write(path: Path, seen: bytes | None, new: bytes) -> Path | None:
     except OSError as exc:
         kept = f" (backup at {saved})" if saved else ""
         raise FixError(f"cannot write {path}: {exc.strerror}{kept}") from None
+    if seen is not None:
+        _WRITTEN.setdefault(path.resolve(), []).append((_digest(seen), _digest(new)))
     return saved

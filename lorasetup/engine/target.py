@@ -30,6 +30,14 @@ class ConfigError(Exception):
     """Bad configuration: the CLI exits 2 with this message."""
 
 
+class UnknownKey(ConfigError):
+    """A key the config file does not know; `rename_to` is its one clear right name (for `bootstrap --fix`)."""
+
+    def __init__(self, message: str, path: Path, table: tuple[str, ...], key: str, rename_to: str | None) -> None:
+        super().__init__(message)
+        self.path, self.table, self.key, self.rename_to = path, table, key, rename_to
+
+
 @dataclass
 class Target:
     """One training setup. Paths are absolute once loaded."""
@@ -151,27 +159,33 @@ def _load_toml(path: Path) -> dict[str, Any]:
 def _flatten_config(path: Path, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Map a config table to Target field names; unknown keys are a ConfigError with a did-you-mean."""
     known = set(FIELD_NAMES) | {"smoke"}
+    base: tuple[str, ...] = ("tool", "lorasetup") if path.name == "pyproject.toml" else ()
     out: dict[str, Any] = {}
     for key, value in raw.items():
         norm = key.replace("-", "_")
         if norm not in known:
-            raise ConfigError(_unknown_key(path, key, sorted(known)))
+            raise _unknown_key(path, base, key, sorted(known))
         if norm == "smoke":
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: `smoke` must be a table like [smoke] steps = 5, timeout = 900")
             for sub, subval in value.items():
                 if sub not in SMOKE_KEYS:
-                    raise ConfigError(_unknown_key(path, f"smoke.{sub}", [f"smoke.{k}" for k in SMOKE_KEYS]))
+                    raise _unknown_key(path, (*base, "smoke"), sub, list(SMOKE_KEYS), "smoke.")
                 out[SMOKE_KEYS[sub]] = subval
         else:
             out[norm] = value
     return out
 
 
-def _unknown_key(path: Path, key: str, known: list[str]) -> str:
+def _unknown_key(path: Path, table: tuple[str, ...], key: str, known: list[str], prefix: str = "") -> UnknownKey:
     close = difflib.get_close_matches(key, known, n=1)
-    suggestion = f" Did you mean `{close[0]}`?" if close else ""
-    return f"{path}: unknown key `{key}`.{suggestion} Known keys: {', '.join(known)}."
+    clear = difflib.get_close_matches(key, known, n=2, cutoff=0.8)
+    rename_to = clear[0] if len(clear) == 1 else None
+    suggestion = f" Did you mean `{prefix}{close[0]}`?" if close else ""
+    repair = " `lorasetup bootstrap --fix --yes` renames it." if rename_to else ""
+    message = (f"{path}: unknown key `{prefix}{key}`.{suggestion}{repair} Known keys: "
+               f"{', '.join(prefix + k for k in known)}.")
+    return UnknownKey(message, path, table, key, rename_to)
 
 
 def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:

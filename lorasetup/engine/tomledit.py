@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.engine.fileedit import guarded_write, read_bytes
+from lorasetup.engine.fileedit import guarded_write, own_changes, read_bytes
 from lorasetup.engine.result import Fix, FixError
 from lorasetup.engine.target import tomllib
 
@@ -341,8 +341,11 @@ class TomlEdit:
         if k is not None:
             old = self.text[k.start:k.end]
             new = _substituted(old, change.within) if change.within else None
-            return _Span(k.start, k.end, new if new is not None else literal,
-                         f"{self._line_label(k)}: {where} = {_short(old)} -> {_short(literal)}")
+            if new is not None:
+                subs = "; ".join(f"{_short(a) or '(nothing)'} -> {_short(b) or '(removed)'}" for a, b in change.within)
+                return _Span(k.start, k.end, new, f"{self._line_label(k)}: in {where}: {subs}")
+            label = f"{self._line_label(k)}: {where} = {_short(old)} -> {_short(literal)}"
+            return _Span(k.start, k.end, literal, label)
         return self._insertion(change, table, literal)
 
     def _insertion(self, change: Change, table: TableSpan, literal: str) -> _Span:
@@ -386,9 +389,40 @@ class TomlEdit:
         return [f"edit {self.path}: {s.label}" for s in self.spans] + \
             [f"back up {self.path.name} to {self.path.name}.bak-<timestamp> first"]
 
+    def current(self) -> TomlEdit:
+        """This edit, planned again on the file as it is now when only this run's own earlier fixes changed it
+        (a substitution inside a value is made in the value as it is now); FixError for anyone else's edit."""
+        now = read_bytes(self.path)
+        if now == self.seen:
+            return self
+        if now is None or not own_changes(self.path, self.seen, now):
+            raise FixError(f"{self.path} changed since the check read it; not touching it. Run lorasetup again.")
+        try:
+            data = tomllib.loads(now.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise FixError(f"{self.path} is not readable TOML ({exc})") from None
+        return TomlEdit(self.path, [self._rebased(c, data) for c in self.changes], now)
+
+    def _rebased(self, change: Change, data: dict[str, Any]) -> Change:
+        if change.rename_to is not None:
+            return change
+        try:
+            before, now = _table(self.data, change.table).get(change.key), _table(data, change.table).get(change.key)
+        except (KeyError, IndexError, TypeError):
+            raise FixError(f"{self.path}: {change.place()} moved since the check read it; run again") from None
+        if change.within and isinstance(now, str):
+            value = _substituted(now, change.within)
+            if value is not None:
+                return Change(change.table, change.key, value, within=change.within)
+        if now != before:
+            raise FixError(f"{self.path}: {change.place()} changed since the check read it; run lorasetup again")
+        return change
+
     def apply(self) -> Path | None:
-        """Write the planned text if the file still holds the bytes the check read; returns the backup."""
-        return guarded_write(self.path, self.seen, self.new_text.encode("utf-8"))
+        """Write the planned text if the file still holds the bytes the check read (or only this run's own fixes
+        changed it since); returns the backup."""
+        edit = self.current()
+        return guarded_write(edit.path, edit.seen, edit.new_text.encode("utf-8"))
 
 
 class TextRepair:
@@ -441,10 +475,11 @@ def edit_fix(description: str, edits: Sequence[TomlEdit | TextRepair], safe: boo
     commands = [line for e in edits for line in e.commands()]
 
     def apply() -> None:
-        for e in edits:
-            if read_bytes(e.path) != e.seen:
+        current = [e.current() if isinstance(e, TomlEdit) else e for e in edits]  # refuses before any write
+        for e in current:
+            if isinstance(e, TextRepair) and read_bytes(e.path) != e.seen:
                 raise FixError(f"{e.path} changed since the check read it; not touching it. Run lorasetup again.")
-        for e in edits:
+        for e in current:
             e.apply()
     return Fix(description, commands, apply, safe=safe)
 

@@ -247,12 +247,15 @@ def _string_edit(text: str, old: list[str], new: list[str]) -> tuple[str | None,
         if len(found) != 1:
             return None, ()
         start, end = found[0].span()
-        if not after:  # remove the token and the blanks before it (or after it, at the start)
-            while start > 0 and text[start - 1] in " \t":
-                start -= 1
-            if start == 0 or text[start - 1] == "\n":
+        if not after:  # remove the token and the blanks before it; at the start of a line, those after it
+            lead = start
+            while lead > 0 and text[lead - 1] in " \t":
+                lead -= 1
+            if lead == 0 or text[lead - 1] == "\n":
                 while end < len(text) and text[end] in " \t":
                     end += 1
+            else:
+                start = lead
         segment = text[start:end]
         if text.count(segment) != 1:
             return None, ()

@@ -774,7 +774,8 @@ def _bucket_fix(args: TrainArgs, old: int, new: int) -> Fix | None:
 
 
 @check("args.rules", "the argument combinations pass the checks sd-scripts makes only after loading the model",
-       requires=REQUIRES, prefetch=_prefetch)
+       requires=REQUIRES, prefetch=_prefetch,
+       fixes="sets bucket_reso_steps to the script's divisor in the training TOML (safe)")
 def rules(ctx: Context) -> Result:
     args = _args(ctx)
     if args.config_file is None and not args.cli:

@@ -118,7 +118,10 @@ def _file_fix(path: Path, changes: list[Change], description: str, safe: bool = 
 
 # ----------------------------------------------------------------------------- dataset.schema
 
-@check("dataset.schema", "the dataset config is what sd-scripts' ConfigSanitizer accepts for this script")
+@check("dataset.schema", "the dataset config is what sd-scripts' ConfigSanitizer accepts for this script",
+       fixes="renames an unknown key with one clear did-you-mean (--yes) and sets bucket_reso_steps to the script's "
+             "divisor (safe), in the dataset TOML; a Windows path that breaks the TOML is rewritten as a literal "
+             "string (safe)")
 def schema(ctx: Context) -> Result:
     path = config_path(ctx)
     checker = schema_checker(ctx)
@@ -291,7 +294,8 @@ def _table_of(place: str) -> tuple:
 
 # ----------------------------------------------------------------------------- dataset.paths
 
-@check("dataset.paths", "every image_dir, metadata_file and conditioning_data_dir exists and is the right kind")
+@check("dataset.paths", "every image_dir, metadata_file and conditioning_data_dir exists and is the right kind",
+       fixes="rewrites a double-quoted path whose backslashes became control characters as a literal string (safe)")
 def paths(ctx: Context) -> Result:
     plan = _usable_plan(ctx)
     if isinstance(plan, Result):
@@ -560,7 +564,8 @@ def _probe_findings(where: str, paths: list[str], probes: dict[str, ImageProbe],
 
 # ----------------------------------------------------------------------------- dataset.captions
 
-@check("dataset.captions", "each training image has the caption sd-scripts will read, readable and non-empty")
+@check("dataset.captions", "each training image has the caption sd-scripts will read, readable and non-empty",
+       fixes="sets caption_extension to the extension the caption files use, where it is decided (safe)")
 def captions(ctx: Context) -> Result:
     plan = _usable_plan(ctx)
     if isinstance(plan, Result):

@@ -201,7 +201,9 @@ def accelerate_fix(device: str, location: accelconfig.ConfigLocation) -> Fix:
 
 
 @check("device.accelerate", "accelerate launch puts training on the expected device", tags=PROBED,
-       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
+       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10,
+       fixes="writes an accelerate config for one process on the expected device (safe when none exists; an "
+             "existing one is backed up and rewritten with --yes)")
 def accelerate_device(ctx: Context) -> Result:
     found = facts(ctx)
     location = accelconfig.find_config(ctx.target)

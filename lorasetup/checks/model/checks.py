@@ -20,6 +20,7 @@ from typing import Any
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Fix, FixError, Result
+from lorasetup.engine.tomledit import Change, try_edit_fix
 from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
 from lorasetup.sd.trainargs import path_setting, train_args
 
@@ -213,7 +214,9 @@ def script_families(script: str) -> set[str] | None:
 
 
 @check("model.family", "the model family fits the entry script", tags=("preflight",),
-       requires=("model.file",))
+       requires=("model.file",),
+       fixes="sets `script` to the family's entry script in lorasetup.toml / [tool.lorasetup] (--yes); for --script "
+             "on the command line it prints the corrected command")
 def model_family(ctx: Context) -> Result:
     path, hub_id = base_model(ctx)
     if path is None or hub_id or not path.exists():
@@ -244,13 +247,7 @@ def model_family(ctx: Context) -> Result:
         return Result.ok(f"{label} ({path.name}); lorasetup does not know which family {script} trains",
                          details=details, data=data)
     if family.name not in wanted:
-        right = FAMILY_SCRIPT.get(family.name)
-        sd_scripts = ctx.target.sd_scripts
-        exists = right and (sd_scripts is None or (sd_scripts / right).is_file())
-        hint = (f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`" if exists
-                else f"this sd-scripts checkout has no script for {label}; use a base model that {script} trains")
-        return Result.fail(f"{label} model with {script}: the run dies after loading the model "
-                           "(Missing key(s) in state_dict)", details=details, hint=hint, data=data)
+        return _wrong_script(ctx, family.name, label, details, data)
     v2 = train_args(ctx).on("v2")
     if family.name == "sd2" and not v2:
         return Result.fail(f"SD2.x model without --v2: {script} builds an SD1 model and dies loading the weights",
@@ -270,6 +267,39 @@ def model_family(ctx: Context) -> Result:
         details.append("768-v SD2 models also need --v_parameterization; 512-base ones must not have it "
                        "(a single file does not say which it is)")
     return Result.ok(f"{label} model, trained by {script}", details=details, data=data)
+
+
+def _wrong_script(ctx: Context, family: str, label: str, details: list[str], data: dict[str, Any]) -> Result:
+    """The family's entry script, set where the Target's `script` lives (lorasetup.toml or [tool.lorasetup])."""
+    script, right = ctx.target.script, FAMILY_SCRIPT.get(family)
+    sd_scripts = ctx.target.sd_scripts
+    summary = f"{label} model with {script}: the run dies after loading the model (Missing key(s) in state_dict)"
+    if not right or (sd_scripts is not None and not (sd_scripts / right).is_file()):
+        return Result.fail(summary, details=details, data=data,
+                           hint=f"this sd-scripts checkout has no script for {label}; use a base model that {script} "
+                                "trains")
+    hint = f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`"
+    config = _config_file(ctx)
+    source = ctx.target.sources.get("script")
+    if config is None or source not in (None, str(config)):
+        where = source or "the default"
+        return Result.fail(summary, details=details, data=data,
+                           hint=f"{hint} (script comes from {where}, which lorasetup cannot edit: run again with "
+                                f"--script {right})")
+    table = ("tool", "lorasetup") if config.name == "pyproject.toml" else ()
+    fix, why = try_edit_fix(f'set script = "{right}" in {config} (the run then trains with {right})',
+                            [(config, [Change(table, "script", right)])], safe=False)
+    return Result.fail(summary, details=details, data=data, fix=fix,
+                       hint=hint + (f". Not fixed automatically: {why}" if why else ""))
+
+
+def _config_file(ctx: Context) -> Path | None:
+    """The lorasetup.toml or pyproject.toml this Target was read from, if any."""
+    for origin in ctx.target.sources.values():
+        path = Path(origin)
+        if path.name in ("lorasetup.toml", "pyproject.toml") and path.is_absolute() and path.is_file():
+            return path
+    return None
 
 
 # ---- tokenizer -------------------------------------------------------------------------------------------
@@ -376,7 +406,8 @@ def tokenizer_problem(folder: Path, cls: str, max_token_length: Any) -> str | No
 
 
 @check("model.tokenizer", "the tokenizer(s) load at start, also with the network off", tags=("preflight",),
-       requires=("repo.present",))
+       requires=("repo.present",),
+       fixes="downloads the tokenizer once with the training interpreter, into tokenizer_cache_dir when set (safe)")
 def model_tokenizer(ctx: Context) -> Result:
     sd_scripts = ctx.target.sd_scripts
     if sd_scripts is None:
