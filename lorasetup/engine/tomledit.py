@@ -342,7 +342,7 @@ class TomlEdit:
             old = self.text[k.start:k.end]
             new = _substituted(old, change.within) if change.within else None
             if new is not None:
-                subs = "; ".join(f"{_short(a) or '(nothing)'} -> {_short(b) or '(removed)'}" for a, b in change.within)
+                subs = "; ".join(_sub_label(a, b) for a, b in change.within)
                 return _Span(k.start, k.end, new, f"{self._line_label(k)}: in {where}: {subs}")
             label = f"{self._line_label(k)}: {where} = {_short(old)} -> {_short(literal)}"
             return _Span(k.start, k.end, literal, label)
@@ -363,7 +363,7 @@ class TomlEdit:
             after = f"after line {table.header_line + 1}" if table.header_line is not None else "at the top"
         prefix = nl if at > 0 and not text[:at].endswith("\n") else ""
         line = f"{prefix}{indent}{toml_key(change.key)} = {literal}{nl}"
-        where = " in [" + ".".join(str(p) for p in change.table) + "]" if change.table else ""
+        where = f" in {_table_place(change.table)}" if change.table else ""
         return _Span(at, at, line, f"add `{toml_key(change.key)} = {literal}` {after}{where}")
 
     def _render(self) -> str:
@@ -455,6 +455,22 @@ class TextRepair:
 
     def apply(self) -> Path | None:
         return guarded_write(self.path, self.seen, self.new_text.encode("utf-8"))
+
+
+def _table_place(table: TablePath) -> str:
+    """("datasets", 0, "subsets", 1) -> "datasets[0].subsets[1]"."""
+    out = ""
+    for part in table:
+        out += f"[{part}]" if isinstance(part, int) else (("." if out else "") + toml_key(str(part)))
+    return out
+
+
+def _sub_label(old: str, new: str) -> str:
+    if not new.strip():
+        return f"{_short(old)} -> (removed)"
+    if new.startswith(old):
+        return f"append {_short(new[len(old):].strip())}"
+    return f"{_short(old)} -> {_short(new)}"
 
 
 def _short(text: str, limit: int = 48) -> str:

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,13 @@ def known(ctx: Context) -> Result:
     return _known_result(ctx, args, found)
 
 
+def _root(ctx: Context) -> Path:
+    """The sd-scripts tree (the args checks require repo.present, so there is one)."""
+    root = ctx.target.sd_scripts
+    assert root is not None
+    return root
+
+
 def _opts(args: TrainArgs) -> ArgSpec:
     assert args.spec is not None  # _args() loaded it
     return args.spec
@@ -307,7 +314,7 @@ def _known_result(ctx: Context, args: TrainArgs, found: Known) -> Result:
     target = f" in {args.config_file}" if args.config_file else ""
     hint = (f"fix the keys and values listed (TOML keys are option names without `--`); the run otherwise "
             f"trains with settings you did not ask for or dies mid-run. All options: "
-            f"`{ctx.target.python_exe} {ctx.target.sd_scripts / script} --help`")
+            f"`{ctx.target.python_exe} {_root(ctx) / script} --help`")
     fix, extra = argfix.fix_and_hint(ctx, found.changes, "correct the misspelt options and mistyped values: "
                                      + "; ".join(found.meant or ["rename as listed"]))
     return Result.fail(f"{' and '.join(p for p in parts if p)} training argument(s){target}",
@@ -415,8 +422,9 @@ COMMENT_LINE = re.compile(r"^[ \t]*#.*$", re.MULTILINE)
 
 def _script_text(ctx: Context) -> ScriptText:
     def read() -> ScriptText:
-        root = ctx.target.sd_scripts
-        chain, library = [], []
+        root = _root(ctx)
+        chain: list[str] = []
+        library: list[str] = []
         for rel in sorted(_spec(ctx).files):
             try:
                 text = (root / rel).read_text(errors="replace")
@@ -470,7 +478,8 @@ def _scopes(ctx: Context, args: TrainArgs) -> tuple[list[Scope], list[Scope]]:
     if found is None:
         return [Scope([], args)], [Scope([], args)]
     path, data = found
-    general = data.get("general") if isinstance(data.get("general"), dict) else {}
+    raw_general = data.get("general")
+    general: Mapping[str, Any] = raw_general if isinstance(raw_general, dict) else {}
     general_layer = (general, f"{path.name} [general]")
     datasets, subsets = [], []
     for i, dataset in enumerate(d for d in data.get("datasets", []) or [] if isinstance(d, dict)):
@@ -503,17 +512,17 @@ def _rule_caching(ctx: Context, args: TrainArgs, text: ScriptText) -> list[Findi
     # the SDXL/SD3/FLUX trainers turn cache_text_encoder_outputs on when ..._to_disk is set
     te_caching = [n for n in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk") if args.on(n)]
     if te_caching and text.asserts(te_msg):
-        offenders = set()
+        te_offenders: set[str] = set()
         for s in subsets:
             for key in ("caption_dropout_rate", "token_warmup_step", "caption_tag_dropout_rate"):
                 value, place, _ = s.lookup(key)
                 if (_number(value) or 0) > 0:
-                    offenders.add(place)
+                    te_offenders.add(place)
             value, place, _ = s.lookup("shuffle_caption")
             if value:
-                offenders.add(place)
-        if offenders:
-            out.append(Finding(True, f"{args.place(te_caching[0])} with {', '.join(sorted(offenders))}: sd-scripts "
+                te_offenders.add(place)
+        if te_offenders:
+            out.append(Finding(True, f"{args.place(te_caching[0])} with {', '.join(sorted(te_offenders))}: sd-scripts "
                                      f"stops with \"{te_msg}\". Turn those off, or stop caching Text Encoder "
                                      f"outputs"))
     train_te_msg = "network for Text Encoder cannot be trained with caching Text Encoder outputs"
@@ -633,10 +642,11 @@ def _rule_buckets(ctx: Context, args: TrainArgs) -> list[Finding]:
     out: list[Finding] = []
     datasets, _ = _scopes(ctx, args)
     steps_setting = args.setting("bucket_reso_steps")
-    divisor = sdfacts.bucket_divisor(ctx.target.sd_scripts / ctx.target.script)
+    divisor = sdfacts.bucket_divisor(_root(ctx) / ctx.target.script)
     steps_value = steps_setting.value if steps_setting else None
     used = [s for s in datasets if s.lookup("bucket_reso_steps")[2]]
-    if (divisor and args.given("bucket_reso_steps") and used and isinstance(steps_value, int)
+    if (divisor and steps_setting is not None and args.given("bucket_reso_steps") and used
+            and isinstance(steps_value, int)
             and not isinstance(steps_value, bool) and (steps_value < 1 or steps_value % divisor)):
         message = f"bucket_reso_steps is {steps_value}. it must be divisible by {divisor}."
         fix = _bucket_fix(args, steps_value, divisor) if steps_setting.source == "toml" else None
@@ -704,7 +714,7 @@ def _rule_network(ctx: Context, args: TrainArgs) -> list[Finding]:
     out: list[Finding] = []
     if "network_module" not in _opts(args):
         return out
-    root = ctx.target.sd_scripts
+    root = _root(ctx)
     module = args.get("network_module")
     if not module:
         family = ctx.target.script.split("_train_network")[0] if "_train_network" in ctx.target.script else ""
@@ -838,10 +848,11 @@ def save_counts(args: TrainArgs) -> tuple[int, int, list[str]]:
     save_state = args.on("save_state")
     files, states = 1, 1 if (save_state or args.on("save_state_on_train_end")) else 0
     unknown: list[str] = []
-    schedules = []
+    schedules: list[tuple[int | None, Callable[[int], int], str, str, str]] = []
     every_steps = _positive_int(args.get("save_every_n_steps"))
     if every_steps:
-        schedules.append((steps // every_steps if steps else None, lambda last, n=every_steps: last // n + 1,
+        per = every_steps
+        schedules.append((steps // every_steps if steps else None, lambda last: last // per + 1,
                           "save_last_n_steps", f"every {every_steps} steps", "step"))
     every_epochs = _positive_int(args.get("save_every_n_epochs"))
     ratio = _positive_int(args.get("save_n_epoch_ratio"))

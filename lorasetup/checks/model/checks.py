@@ -329,7 +329,7 @@ def tokenizer_specs(sd_scripts: Path, script: str, flags: Mapping[str, bool]) ->
     call = next((n.func for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                  and isinstance(n.func.value, ast.Name) and n.func.value.id.startswith("strategy_")
                  and n.func.attr.endswith("TokenizeStrategy")), None)
-    if call is None:
+    if not isinstance(call, ast.Attribute) or not isinstance(call.value, ast.Name):
         return None
     try:
         module = ast.parse((sd_scripts / "library" / f"{call.value.id}.py").read_text(encoding="utf-8"))
