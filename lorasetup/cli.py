@@ -35,6 +35,8 @@ TARGET_FLAGS = {
     "output_dir": "where the real run writes its LoRA",
     "device": "expected device: auto, mps, cuda, xpu or cpu",
     "accelerate_config": "accelerate config file (default: accelerate's own lookup)",
+    "launch_args": "`accelerate launch` flags, e.g. '--multi_gpu --num_processes 2 --main_process_port 29501'",
+    "rendezvous_timeout": "seconds device.distributed waits for every process and machine to join (default 60)",
 }
 
 

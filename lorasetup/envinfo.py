@@ -8,6 +8,7 @@ Every fact it cannot collect says "could not collect" and why, instead of failin
 from __future__ import annotations
 
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,8 @@ def _torch_lines(found: dict[str, Any]) -> list[tuple[str, str]]:
 def _accelerate_lines(ctx: Context, found: dict[str, Any]) -> list[tuple[str, str]]:
     location = accelconfig.find_config(ctx.target)
     state = "exists" if location.exists else "does not exist"
-    rows = [("accelerate config", f"{location.path} ({location.origin}, {state})")]
+    rows = [("accelerate config", f"{location.path} ({location.origin}, {state})"),
+            ("launch flags", shlex.join(ctx.target.launch_args) or "none")]
     acc = found.get("accelerate")
     if not acc:
         return [("accelerate", f"{UNKNOWN}: cannot be imported: {found.get('accelerate_error')}")] + rows

@@ -52,6 +52,8 @@ class Target:
     output_dir: Path | None = None
     device: str = "auto"
     accelerate_config: Path | None = None
+    launch_args: list[str] = field(default_factory=list)
+    rendezvous_timeout: float = 60.0
     smoke_steps: int = 5
     smoke_timeout: float = 900.0
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -196,15 +198,18 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
                 return None
             path = Path(str(value)).expanduser()
             return (base / path).resolve() if not path.is_absolute() else path
-        if name == "train_args":
+        if name in ("train_args", "launch_args"):
             return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
         if name == "smoke_steps":
             steps = int(value)
             if steps < 1:
                 raise ValueError("must be at least 1")
             return steps
-        if name == "smoke_timeout":
-            return float(value)
+        if name in ("smoke_timeout", "rendezvous_timeout"):
+            seconds = float(value)
+            if seconds <= 0:
+                raise ValueError("must be a positive number of seconds")
+            return seconds
         if name == "device":
             device = str(value).lower()
             if device not in DEVICES:

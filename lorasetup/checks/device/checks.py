@@ -596,3 +596,6 @@ def _optimizer_findings(ctx: Context, device: str, problems: list[str], details:
     else:
         details.append(f"optimizer {optimizer}: one step on {step.get('device')} took "
                        f"{step.get('step_s')} s (bitsandbytes {step.get('bitsandbytes')})")
+
+
+from lorasetup.checks.device import distributed as _distributed  # noqa: E402,F401 - registers device.distributed
