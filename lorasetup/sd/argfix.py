@@ -259,8 +259,8 @@ def _string_edit(text: str, old: list[str], new: list[str]) -> tuple[str | None,
         segment = text[start:end]
         if text.count(segment) != 1:
             return None, ()
-        subs.append((segment, after if after or start > 0 else ""))
-        text = text[:start] + subs[-1][1] + text[end:]
+        subs.append((segment, after))
+        text = text[:start] + after + text[end:]
     extra = new[len(old):]
     if extra:
         stripped = text.rstrip()
