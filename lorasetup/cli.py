@@ -1,4 +1,4 @@
-"""The `lorasetup` command line: doctor, bootstrap, smoke, train, env, list-checks.
+"""The `lorasetup` command line: doctor, bootstrap, smoke, train, env, list-checks, init.
 
 Exit codes: 0 no required check failed (warnings allowed), 1 a check failed or errored, 2 usage or
 config error. `--json` writes only JSON to stdout; human text goes to stderr.
@@ -24,6 +24,7 @@ from lorasetup.engine.result import Check, FixError, Result
 from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import FIELD_NAMES, ConfigError, Target, UnknownKey, load_target
 from lorasetup.engine.tomledit import Change, try_edit_fix
+from lorasetup.initcmd import add_init_flags, init_command
 
 TARGET_FLAGS = {
     "kohya_root": "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout",
@@ -103,6 +104,12 @@ def build_parser() -> Parser:
 
     checks = sub.add_parser("list-checks", help="every check id, its markers and what it needs")
     checks.add_argument("--fixes", action="store_true", help="what each check repairs and how")
+
+    init = sub.add_parser("init", help="write dataset.toml and lorasetup.toml for a folder of images, then check",
+                          description="Target flags override what init finds; it reads a lorasetup.toml only when "
+                          "--config names one. Arguments after `--` are added to the training arguments.")
+    add_init_flags(init)
+    add_target_flags(init)
     return parser
 
 
@@ -270,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(own)
         if args.command == "list-checks":
             return cmd_list_checks(args)
+        if args.command == "init":  # builds its own target, from the dataset folder
+            return init_command(args, {name: getattr(args, name) for name in TARGET_FLAGS}, extra)
         args.passthrough = extra
         target = repaired_target(args, extra) if args.command == "bootstrap" else make_target(args, extra)
         return COMMANDS[args.command](args, target)

@@ -222,10 +222,11 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
 
 def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
                 environ: Mapping[str, str] | None = None, config: Path | None = None,
-                settings: Mapping[str, Any] | None = None) -> Target:
+                settings: Mapping[str, Any] | None = None, search: bool = True) -> Target:
     """Build the Target from discovery, config file, environment and flags (rising priority).
 
-    `settings` (pytest ini keys) rank with the config file: above it, below the environment."""
+    `settings` (pytest ini keys) rank with the config file: above it, below the environment. Without `search`
+    only an explicit `config` is read, not a lorasetup.toml found from `cwd` upward."""
     cwd = (cwd or Path.cwd()).resolve()
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -244,7 +245,7 @@ def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
         found: tuple[Path, dict[str, Any]] | None = (config, raw.get("tool", {}).get("lorasetup", raw)
                                                      if config.name == "pyproject.toml" else raw)
     else:
-        found = find_config_file(cwd)
+        found = find_config_file(cwd) if search else None
     if found:
         path, raw = found
         for name, value in _flatten_config(path, raw).items():

@@ -100,7 +100,7 @@ def test_sdxl_with_train_network_names_the_right_script(sd_tree, tmp_path):
 
 def test_real_random_sd15_checkpoint_when_present():
     """The randomly initialised SD1.5 built for the end-to-end run (docs in the issue note), when on disk."""
-    model = Path.home() / "bed" / "model" / "sd15-random.safetensors"
+    model = Path.home() / "bed" / "models" / "sd15-random.safetensors"
     if not model.is_file() or not REAL_SD_SCRIPTS.is_dir():
         pytest.skip("no local SD1.5 checkpoint / sd-scripts checkout on this machine")
     ctx = ctx_for(REAL_SD_SCRIPTS, model)
