@@ -86,6 +86,9 @@ def build_parser() -> Parser:
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     boot.add_argument("--pip-args", default="", metavar="ARGS",
                       help="extra pip arguments, e.g. '--no-index --find-links ./wheels'")
+    boot.add_argument("--all-pins", action="store_true",
+                      help="install every pin of the checkout's requirement files, not only those of the modules "
+                           "this run imports (the GUI's, captioning's, ...)")
     boot.add_argument("--json", action="store_true", help="only JSON on stdout")
 
     smoke = sub.add_parser("smoke", help="a real short training run (default 5 steps) with finite loss")
@@ -199,7 +202,8 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     pip_args = shlex.split(args.pip_args)
 
     def fresh() -> Context:  # a fix may have edited lorasetup.toml: each round reads the setup again
-        return Context(make_target(args, getattr(args, "passthrough", [])), verbose=args.verbose, pip_args=pip_args)
+        return Context(make_target(args, getattr(args, "passthrough", [])), verbose=args.verbose, pip_args=pip_args,
+                       all_pins=args.all_pins)
     results, outcomes = bootstrap(fresh, checks, wanted, apply=apply, yes=args.yes)
     color = use_color(sys.stderr)
     for r in results:

@@ -20,10 +20,12 @@ class Context:
     computed once per run and shared by every check that asks, including from background threads.
     """
 
-    def __init__(self, target: Target, verbose: bool = False, pip_args: list[str] | None = None) -> None:
+    def __init__(self, target: Target, verbose: bool = False, pip_args: list[str] | None = None,
+                 all_pins: bool = False) -> None:
         self.target = target
         self.verbose = verbose
         self.pip_args = list(pip_args or [])  # passed through to every `pip install` a fix runs
+        self.all_pins = all_pins  # `bootstrap --all-pins`: every pin of the checkout counts, not only the run's
         self.planned: set[str] | None = None  # ids of the checks this run will compute (None: not known)
         self._futures: dict[str, Future] = {}
         self._lock = threading.Lock()

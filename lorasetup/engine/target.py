@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import InvalidRequirement, Requirement
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -56,6 +58,7 @@ class Target:
     rendezvous_timeout: float = 60.0
     smoke_steps: int = 5
     smoke_timeout: float = 900.0
+    deps_accept: list[str] = field(default_factory=list)  # pins deliberately not met: `[deps] accept = [...]`
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -87,7 +90,8 @@ class Target:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(Target) if f.name != "sources")
-SMOKE_KEYS = {"steps": "smoke_steps", "timeout": "smoke_timeout"}
+SECTIONS = {"smoke": {"steps": "smoke_steps", "timeout": "smoke_timeout"}, "deps": {"accept": "deps_accept"}}
+SECTION_EXAMPLES = {"smoke": "[smoke] steps = 5, timeout = 900", "deps": '[deps] accept = ["accelerate>=1.11"]'}
 
 
 def detect_layout(root: Path) -> str | None:
@@ -160,22 +164,35 @@ def _load_toml(path: Path) -> dict[str, Any]:
 
 def _flatten_config(path: Path, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Map a config table to Target field names; unknown keys are a ConfigError with a did-you-mean."""
-    known = set(FIELD_NAMES) | {"smoke"}
-    base: tuple[str, ...] = ("tool", "lorasetup") if path.name == "pyproject.toml" else ()
+    known = set(FIELD_NAMES) | set(SECTIONS)
+    base = _base_table(path)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         norm = key.replace("-", "_")
         if norm not in known:
             raise _unknown_key(path, base, key, sorted(known))
-        if norm == "smoke":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: `smoke` must be a table like [smoke] steps = 5, timeout = 900")
-            for sub, subval in value.items():
-                if sub not in SMOKE_KEYS:
-                    raise _unknown_key(path, (*base, "smoke"), sub, list(SMOKE_KEYS), "smoke.")
-                out[SMOKE_KEYS[sub]] = subval
+        if norm in SECTIONS:
+            out.update(_flatten_section(path, norm, value))
         else:
             out[norm] = value
+    return out
+
+
+def _base_table(path: Path) -> tuple[str, ...]:
+    """Where lorasetup's keys sit in the file: the top level, or [tool.lorasetup] in a pyproject.toml."""
+    return ("tool", "lorasetup") if path.name == "pyproject.toml" else ()
+
+
+def _flatten_section(path: Path, section: str, value: Any) -> dict[str, Any]:
+    """A sub-table such as [smoke] or [deps], as Target field names."""
+    keys = SECTIONS[section]
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: `{section}` must be a table like {SECTION_EXAMPLES[section]}")
+    out: dict[str, Any] = {}
+    for sub, subval in value.items():
+        if sub not in keys:
+            raise _unknown_key(path, (*_base_table(path), section), sub, list(keys), f"{section}.")
+        out[keys[sub]] = subval
     return out
 
 
@@ -200,6 +217,8 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
             return (base / path).resolve() if not path.is_absolute() else path
         if name in ("train_args", "launch_args"):
             return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+        if name == "deps_accept":
+            return _requirements(value)
         if name == "smoke_steps":
             steps = int(value)
             if steps < 1:
@@ -217,7 +236,21 @@ def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
             return device
         return str(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: bad value for `{name}` ({value!r}): {exc}") from None
+        shown = next((f"{sec}.{k}" for sec, keys in SECTIONS.items() for k, f in keys.items() if f == name), name)
+        raise ConfigError(f"{origin}: bad value for `{shown}` ({value!r}): {exc}") from None
+
+
+def _requirements(value: Any) -> list[str]:
+    """`[deps] accept`: requirement strings (`accelerate>=1.11`); a string is split like a shell line."""
+    items = shlex.split(value) if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError('must be a list of requirements like ["accelerate>=1.11"]')
+    for item in items:
+        try:
+            Requirement(str(item))
+        except InvalidRequirement as exc:
+            raise ValueError(f"{item!r} is not a requirement like `accelerate>=1.11`: {exc}") from None
+    return [str(item) for item in items]
 
 
 def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
