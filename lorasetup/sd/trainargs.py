@@ -275,16 +275,18 @@ def _defaults(spec: ArgSpec) -> dict[str, Setting]:
 
 def _config_file(flags: list[CliFlag], spec: ArgSpec | None, given: Path | None) -> Path | None:
     """`--config_file` as sd-scripts opens it: the last one on the command line wins over the Target's (which
-    lorasetup puts first), and `.toml` is appended when missing."""
+    lorasetup puts first), an empty one means none (`if not args.config_file: return args`), and `.toml` is
+    appended when missing."""
+    raw = str(given) if given is not None else None
     for flag in reversed(flags):
         matches = [] if spec is None else spec.match_flag(flag.name)
         dest = flag.name[2:] if spec is None else matches[0].dest if len(matches) == 1 else None
         if dest == "config_file" and len(flag.values) == 1:
-            given = Path(flag.values[0])
+            raw = flag.values[0]
             break
-    if given is not None and given.suffix != ".toml":
-        given = given.with_name(given.name + ".toml")
-    return given
+    if not raw:
+        return None
+    return Path(raw if raw.endswith(".toml") else raw + ".toml")
 
 
 def load_train_args(config_file: Path | None, tokens: list[str], spec: ArgSpec | None = None,

@@ -265,6 +265,7 @@ def test_config_file_from_the_arguments_and_missing_suffix(tmp_path: Path) -> No
     (tmp_path / "cfg.toml").write_text("max_train_steps = 920\n")
     args = load_train_args(None, ["--config_file", str(tmp_path / "cfg")])
     assert args.get("max_train_steps") == 920 and args.config_file == tmp_path / "cfg.toml"
+    assert load_train_args(None, ["--config_file", ""]).config_file is None  # sd-scripts: `if not args.config_file`
 
 
 def test_flags_know_which_tokens_came_from_lorasetup_toml(tmp_path: Path) -> None:
