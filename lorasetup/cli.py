@@ -19,26 +19,14 @@ from lorasetup import __version__
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import Outcome, bootstrap, needs_you
-from lorasetup.engine.report import err, exit_code, render_result, summary_line, to_json, use_color
-from lorasetup.engine.result import Check, FixError, Result
+from lorasetup.engine.report import LiveBlock, err, exit_code, render_result, summary_line, to_json, use_color
+from lorasetup.engine.result import Check, FixError, Result, Status
 from lorasetup.engine.runner import Runner, select
-from lorasetup.engine.target import FIELD_NAMES, ConfigError, Target, UnknownKey, load_target
+from lorasetup.engine.target import FIELD_NAMES, SETTINGS, ConfigError, Target, UnknownKey, load_target
 from lorasetup.engine.tomledit import Change, try_edit_fix
 from lorasetup.initcmd import add_init_flags, init_command
 
-TARGET_FLAGS = {
-    "kohya_root": "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout",
-    "python": "the training interpreter (default: <root>/venv, <root>/.venv, else this Python)",
-    "script": "entry script (default train_network.py)",
-    "dataset_config": "dataset TOML (sd-scripts --dataset_config)",
-    "train_config": "training-args TOML (sd-scripts --config_file)",
-    "base_model": "base model .safetensors or diffusers folder",
-    "output_dir": "where the real run writes its LoRA",
-    "device": "expected device: auto, mps, cuda, xpu or cpu",
-    "accelerate_config": "accelerate config file (default: accelerate's own lookup)",
-    "launch_args": "`accelerate launch` flags, e.g. '--multi_gpu --num_processes 2 --main_process_port 29501'",
-    "rendezvous_timeout": "seconds device.distributed waits for every process and machine to join (default 60)",
-}
+TARGET_FLAGS = tuple(s for s in SETTINGS if s.cli)
 
 
 class UsageError(Exception):
@@ -52,8 +40,8 @@ class Parser(argparse.ArgumentParser):
 
 def add_target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target (also: lorasetup.toml, [tool.lorasetup], LORASETUP_<FIELD>)")
-    for name, help_text in TARGET_FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
+    for setting in TARGET_FLAGS:
+        g.add_argument(setting.flag, dest=setting.name, help=setting.help)
     g.add_argument("--config", type=Path, help="a lorasetup.toml to use instead of searching for one")
     g.add_argument("-v", "--verbose", action="store_true", help="details, probe output, per-check timings")
 
@@ -77,6 +65,9 @@ def build_parser() -> Parser:
     doctor.add_argument("--smoke", action="store_true", help="also run the 5-step smoke training run")
     doctor.add_argument("--json", action="store_true", help="only JSON on stdout")
     doctor.add_argument("--strict", action="store_true", help="warnings fail too")
+    doctor.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failing check")
+    doctor.add_argument("--fresh", action="store_true",
+                        help="ask the training interpreter anew, not the warm cache of its last answers")
 
     boot = sub.add_parser("bootstrap", help="show the repair plan; with --fix apply it and re-check")
     add_target_flags(boot)
@@ -150,7 +141,7 @@ def repaired_target(args: argparse.Namespace, extra: list[str]) -> Target:
 
 
 def make_target(args: argparse.Namespace, extra: list[str]) -> Target:
-    flags: dict[str, Any] = {name: getattr(args, name) for name in TARGET_FLAGS}
+    flags: dict[str, Any] = {s.name: getattr(args, s.name) for s in TARGET_FLAGS}
     if getattr(args, "steps", None) is not None:
         flags["smoke_steps"] = args.steps
     target = load_target(flags, config=args.config)
@@ -171,26 +162,20 @@ def selection(args: argparse.Namespace, tags: set[str]) -> tuple[list[Check], li
 
 def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
     checks, wanted = selection(args, tags={"preflight", "smoke"} if args.smoke else {"preflight"})
-    color = use_color(sys.stderr)
     start = time.perf_counter()
-    with Context(target, verbose=args.verbose) as ctx:
+    with Context(target, verbose=args.verbose, fresh=args.fresh) as ctx:
         runner = Runner(ctx, checks)
-        live = sys.stderr.isatty()
-
-        def started(c: Check) -> None:
-            if live:  # name the slow ones while they run; the result line overwrites this
-                sys.stderr.write(f"\r… {c.id:<20} {c.title}\033[K\r")
-                sys.stderr.flush()
-
-        hints: set[str] = set()
-
-        def finished(r: Result) -> None:
-            if live:
-                sys.stderr.write("\033[K")
-            err(render_result(r, args.verbose, color, shown_hints=hints))
-        results = runner.run(wanted, on_result=finished, on_start=started)
+        block = LiveBlock(sys.stderr, runner.order(wanted), args.verbose, use_color(sys.stderr))
+        block.draw()
+        stop = (lambda r: r.status in (Status.FAIL, Status.ERROR)) if args.exitfirst else None
+        results = runner.run(wanted, on_result=block.add, fast_first=True, stop=stop)
+        block.finish()
+        notes = list(ctx.notes)
     elapsed = time.perf_counter() - start
-    err("\n" + summary_line(results, elapsed))
+    if args.verbose and notes:
+        err("\nwarm cache:" + "".join(f"\n  {n}" for n in notes))
+    stopped = len(results) < len(runner.order(wanted))
+    err("\n" + summary_line(results, elapsed) + (" (stopped at the first failure: -x)" if stopped else ""))
     if args.json:
         print(json.dumps(to_json(target, results, elapsed_s=round(elapsed, 3)), indent=2, default=str))
     return exit_code(results, strict=args.strict)
@@ -282,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list-checks":
             return cmd_list_checks(args)
         if args.command == "init":  # builds its own target, from the dataset folder
-            return init_command(args, {name: getattr(args, name) for name in TARGET_FLAGS}, extra)
+            return init_command(args, {s.name: getattr(args, s.name) for s in TARGET_FLAGS}, extra)
         args.passthrough = extra
         target = repaired_target(args, extra) if args.command == "bootstrap" else make_target(args, extra)
         return COMMANDS[args.command](args, target)

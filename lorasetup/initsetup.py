@@ -26,7 +26,7 @@ from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.target import Target, discover_root, venv_python
 from lorasetup.sd import stackprobe
 from lorasetup.sd.dataset.layout import Finding
-from lorasetup.sd.devices import build_label, machine_offers, torch_facts
+from lorasetup.sd.devices import machine_offers
 from lorasetup.sd.launch import option_names, strip_options
 from lorasetup.sd.safetensors_header import HeaderError, read_header
 
@@ -200,15 +200,15 @@ def _choose_device(setup: Setup) -> None:
     with Context(target) as ctx:
         ctx.planned = set()  # torch and accelerate only: no deep imports of the training script
         try:
-            found = stackprobe.result(ctx)
+            found = stackprobe.facts(ctx)
         except ProbeError as exc:
             setup.warn("device", f"the training interpreter could not be asked which device it has: "
                        f"{str(exc).splitlines()[0]}", "pass --device mps|cuda|cpu")
             return
-    facts = torch_facts(found)
-    setup.cuda_bf16 = bool(facts.get("cuda_bf16"))
-    setup.device_facts = (f"torch {facts.get('version')}, {build_label(facts)}" if facts
-                          else f"torch not importable: {found.get('torch_error')}")
+    torch = found.torch
+    setup.cuda_bf16 = bool(torch and torch.cuda_bf16)
+    setup.device_facts = (f"torch {torch.version}, {torch.build_label()}" if torch
+                          else f"torch not importable: {found.torch_error}")
     if "device" not in setup.sources or target.device == "auto":
         target.device = machine_offers(found)
         setup.sources["device"] = "what this machine offers"

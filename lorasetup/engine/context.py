@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
-from lorasetup.engine.probe import run_probe
+from lorasetup.engine.probe import run_program
 from lorasetup.engine.target import Target
 
 T = TypeVar("T")
@@ -21,9 +23,12 @@ class Context:
     """
 
     def __init__(self, target: Target, verbose: bool = False, pip_args: list[str] | None = None,
-                 all_pins: bool = False) -> None:
+                 all_pins: bool = False, fresh: bool | None = None) -> None:
         self.target = target
         self.verbose = verbose
+        # `--fresh` (or LORASETUP_FRESH=1 under pytest): ask the training interpreter anew, not the warm cache
+        self.fresh = os.environ.get("LORASETUP_FRESH", "") not in ("", "0") if fresh is None else fresh
+        self.notes: list[str] = []  # what the run decided on the way (cache hits and misses), shown by -v
         self.pip_args = list(pip_args or [])  # passed through to every `pip install` a fix runs
         self.all_pins = all_pins  # `bootstrap --all-pins`: every pin of the checkout counts, not only the run's
         self.planned: set[str] | None = None  # ids of the checks this run will compute (None: not known)
@@ -34,16 +39,21 @@ class Context:
     def memo(self, key: str, fn: Callable[[], T]) -> T:
         """Compute `fn()` once per run under `key`; exceptions are cached and re-raised too."""
         with self._lock:
-            future = self._futures.get(key)
-            owner = future is None
-            if owner:
-                future = self._futures[key] = Future()
-        if owner:
+            found = self._futures.get(key)
+            future: Future = Future() if found is None else found
+            if found is None:
+                self._futures[key] = future
+        if found is None:
             try:
                 future.set_result(fn())
             except BaseException as exc:  # noqa: BLE001 - cached and re-raised to every caller
                 future.set_exception(exc)
         return future.result()
+
+    def note(self, text: str) -> None:
+        """Record a decision of this run for `-v` (thread-safe: probes run in the background)."""
+        with self._lock:
+            self.notes.append(text)
 
     def prefetch(self, key: str, fn: Callable[[], Any]) -> None:
         """Start `fn` in the background; a later `memo(key, ...)` waits for it instead of recomputing."""
@@ -52,11 +62,11 @@ class Context:
                 return
             self._futures[key] = self._pool.submit(fn)
 
-    def probe(self, key: str, code: str, timeout: float = 60.0, env: Mapping[str, str] | None = None,
-              background: bool = False) -> dict[str, Any] | None:
-        """Run a snippet in the training interpreter once per run (see lorasetup.engine.probe)."""
+    def probe(self, key: str, program: Path, params: Mapping[str, Any] | None = None, timeout: float = 60.0,
+              env: Mapping[str, str] | None = None, background: bool = False) -> dict[str, Any] | None:
+        """Run a probe program in the training interpreter once per run (see lorasetup.engine.probe)."""
         def call() -> dict[str, Any]:
-            return run_probe(self.target.python_exe, code, timeout=timeout, env=env)
+            return run_program(self.target.python_exe, program, params, timeout=timeout, env=env)
         if background:
             self.prefetch(f"probe:{key}", call)
             return None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import sys
 from collections.abc import Iterable
 from typing import IO, Any
 
-from lorasetup.engine.result import Result, Status
+from lorasetup.engine.result import Check, Result, Status
 from lorasetup.engine.target import Target
 
 SCHEMA_VERSION = 1
@@ -74,3 +76,63 @@ def exit_code(results: Iterable[Result], strict: bool = False) -> int:
 
 def err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class LiveBlock:
+    """A doctor run on a terminal: one line per planned check in gate order, each placeholder replaced by its
+    result the moment it is known, so the first failure is on screen at once and the block settles into gate
+    order. Off a terminal, or when the block outgrows the window, results are printed as they arrive."""
+
+    def __init__(self, stream: IO[str], checks: list[Check], verbose: bool, color: bool) -> None:
+        self.stream, self.checks, self.verbose, self.color = stream, checks, verbose, color
+        self.results: dict[str, Result] = {}
+        self.drawn = 0  # terminal rows of the last drawing
+        self.appending = not (hasattr(stream, "isatty") and stream.isatty())
+        self.hints: set[str] = set()
+
+    def _text(self) -> str:
+        hints: set[str] = set()
+        lines = []
+        for c in self.checks:
+            result = self.results.get(c.id)
+            lines.append(render_result(result, self.verbose, self.color, shown_hints=hints) if result
+                         else f"… {c.id:<20} {c.title}")
+        return "\n".join(lines)
+
+    def _rows(self, text: str) -> int:
+        width = max(shutil.get_terminal_size().columns, 20)
+        return sum(max(1, -(-len(ANSI.sub("", line)) // width)) for line in text.split("\n"))
+
+    def draw(self) -> None:
+        if self.appending:
+            return
+        text = self._text()
+        rows = self._rows(text)
+        if rows >= shutil.get_terminal_size().lines - 1:  # too tall to redraw in place: print as they come
+            self.appending = True
+            self.stream.write(f"\x1b[{self.drawn}F\x1b[J" if self.drawn else "")
+            for c in self.checks:
+                if c.id in self.results:
+                    self.stream.write(render_result(self.results[c.id], self.verbose, self.color,
+                                                    shown_hints=self.hints) + "\n")
+            self.stream.flush()
+            return
+        self.stream.write((f"\x1b[{self.drawn}F\x1b[J" if self.drawn else "") + text + "\n")
+        self.stream.flush()
+        self.drawn = rows
+
+    def add(self, result: Result) -> None:
+        self.results[result.check_id] = result
+        if self.appending:
+            self.stream.write(render_result(result, self.verbose, self.color, shown_hints=self.hints) + "\n")
+            self.stream.flush()
+        else:
+            self.draw()
+
+    def finish(self) -> None:
+        """Leave only what ran: checks a stop (`-x`) left out lose their placeholder."""
+        self.checks = [c for c in self.checks if c.id in self.results]
+        self.draw()

@@ -32,6 +32,7 @@ from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import CheckFailed
 from lorasetup.sd.argspec import cache_dir
 from lorasetup.sd.facts import MODULE_TO_DIST, optimizer_module
+from lorasetup.sd.programs import program
 from lorasetup.sd.trainargs import train_args
 
 CACHE_VERSION = 1
@@ -432,35 +433,13 @@ def tree_imports(ctx: Context) -> dict[str, str]:
     return ctx.memo("deps:tree_imports", compute)
 
 
-SPECS_PROBE = """
-import importlib.util, os, sys
-if sys.path and sys.path[0] in ("", os.getcwd()):
-    del sys.path[0]  # `python -c` puts the working directory first; a training run does not
-names = {names!r}
-stdlib = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
-RESULT["stdlib"] = sorted(n for n in names if n in stdlib)
-specs = {{}}
-for name in names:
-    if name in stdlib:
-        continue
-    try:
-        spec = importlib.util.find_spec(name)
-    except Exception as exc:
-        specs[name] = {{"error": type(exc).__name__ + ": " + str(exc)}}
-        continue
-    specs[name] = None if spec is None else {{
-        "origin": spec.origin, "locations": list(spec.submodule_search_locations or [])}}
-RESULT["specs"] = specs
-"""
-
-
 def resolve(ctx: Context) -> Resolution | None:
     """Ask the training interpreter, in one probe, which names are stdlib and where the others resolve."""
     found = closure(ctx)
     if found is None:
         return None
     names = sorted({use.top for use in found.uses})
-    answer = ctx.probe("deps:specs", SPECS_PROBE.format(names=names), timeout=60)
+    answer = ctx.probe("deps:specs", program("find_specs"), {"names": names}, timeout=60)
     assert answer is not None
     return Resolution(set(answer.get("stdlib", [])), answer.get("specs", {}))
 

@@ -13,7 +13,9 @@ from lorasetup.checks.deps.requirements import checkout_files
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap
 from lorasetup.engine.result import FixError, Status
-from lorasetup.engine.runner import Runner, select
+from lorasetup.engine.runner import select
+from lorasetup.engine.target import Target
+from tests.support.checks import run_checks
 from tests.support.deps_fixtures import (
     NINE,
     NINE_PINS,
@@ -290,13 +292,8 @@ def test_fix_in_a_venv_without_pip_says_how_to_get_pip(tmp_path, bare):
 def test_no_pip_fix_into_lorasetups_own_interpreter(tmp_path, bare):
     """Without a training venv the checks fall back to lorasetup's interpreter: never pip into that one."""
     tree = make_tree(tmp_path / "sd-scripts", ["import sentencepiece"], ["toml==0.10.2", "sentencepiece==0.2.1"])
-    from lorasetup.engine.target import Target
-    ctx = Context(Target(kohya_root=tree, python=bare, sources={"python": "current interpreter"}))
-    try:
-        checks = all_checks()
-        results = {r.check_id: r for r in Runner(ctx, checks).run(select(checks, only=("deps.imports",)))}
-    finally:
-        ctx.close()
+    results = run_checks(Target(kohya_root=tree, python=bare, sources={"python": "current interpreter"}),
+                         ["deps.imports"])
     imports = results["deps.imports"]
     assert imports.status is Status.FAIL and imports.fix is None
     assert "will not pip install into it" in imports.hint and "--python" in imports.hint

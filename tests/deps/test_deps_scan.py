@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from lorasetup.checks.deps.requirements import Machine, Pin, checkout_files, log
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import ConfigError, Target, load_target
 from lorasetup.sd.imports import closure, deep_targets, dist_for
+from tests.support.git import write_tree
 
 ENTRY = """\
 import os
@@ -54,16 +54,8 @@ if __name__ == "__main__":
 """
 
 
-def write(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    return root
-
-
 def tree(tmp_path: Path, **extra: str) -> Path:
-    return write(tmp_path / "sd-scripts", {
+    return write_tree(tmp_path / "sd-scripts", {
         "train_network.py": ENTRY, "library/__init__.py": "", "library/train_util.py": TRAIN_UTIL,
         "library/utils.py": "import pandas.io.json\ndef helper():\n    pass\n",
         "networks/__init__.py": "", "networks/lora.py": "import math\n", **extra})
@@ -146,7 +138,7 @@ def test_training_arguments_add_the_modules_they_name(tmp_path):
 
 def test_optimizer_and_logging_from_a_config_file(tmp_path):
     root = tree(tmp_path)
-    config = write(tmp_path, {"config.toml": '[optimizer]\noptimizer_type = "AdamW8bit"\n'
+    config = write_tree(tmp_path, {"config.toml": '[optimizer]\noptimizer_type = "AdamW8bit"\n'
                                              '[logging]\nlogging_dir = "logs"\n'}) / "config.toml"
     found = closure(context(root, train_config=config))
     assert {(u.module, u.place) for u in found.uses if not u.line} == {
@@ -170,7 +162,7 @@ def env(**overrides: str) -> dict[str, str]:
 
 
 def test_requirement_files_as_kohya_ss_writes_them(tmp_path):
-    write(tmp_path, {
+    write_tree(tmp_path, {
         "requirements.txt": "numpy>=1.26.0,<2\ndiffusers[torch]==0.32.2\nlycoris_lora==3.2.0.post2\n"
                             "opencv-python==4.10.0.84 --hash=sha256:00\n-e ./sd-scripts\n",
         "requirements_linux.txt": "--extra-index-url https://download.pytorch.org/whl/cu128\n\n"
@@ -201,7 +193,7 @@ def test_requirement_files_as_kohya_ss_writes_them(tmp_path):
 
 
 def test_include_cycles_are_read_once(tmp_path):
-    write(tmp_path, {"a.txt": "-r b.txt\nfoo==1\n", "b.txt": "-r a.txt\nbar==2\n"})
+    write_tree(tmp_path, {"a.txt": "-r b.txt\nfoo==1\n", "b.txt": "-r a.txt\nbar==2\n"})
     reqs = parse_files([tmp_path / "a.txt"], env())
     assert [f.name for f in reqs.files] == ["a.txt", "b.txt"]
     assert [p.spec for p in reqs.pins] == ["bar==2", "foo==1"]
@@ -229,7 +221,7 @@ KOHYA_FILES = ["requirements.txt", "requirements_linux.txt", "requirements_linux
 ])
 def test_checkout_files_pick_the_platform_file_as_kohya_setup_does(tmp_path, machine, expected, why):
     """kohya_ss 45088f04 setup.sh / gui.sh / setup/setup_windows.py, in their order of tests."""
-    write(tmp_path, {n: "" for n in KOHYA_FILES})
+    write_tree(tmp_path, {n: "" for n in KOHYA_FILES})
     files, note = checkout_files(tmp_path, "kohya_ss", machine)
     assert [p.name for p in files] == ["requirements.txt", expected]
     assert note.startswith(f"platform file {expected}: kohya_ss's ") and why in note
@@ -237,7 +229,7 @@ def test_checkout_files_pick_the_platform_file_as_kohya_setup_does(tmp_path, mac
 
 
 def test_a_platform_file_the_checkout_lacks_is_named(tmp_path):
-    write(tmp_path, {"requirements.txt": ""})
+    write_tree(tmp_path, {"requirements.txt": ""})
     files, note = checkout_files(tmp_path, "kohya_ss", Machine("linux", "x86_64", rocm=True))
     assert files == [tmp_path / "requirements.txt"]
     assert note.startswith("platform file requirements_linux_rocm.txt (kohya_ss's setup.sh on Linux when rocminfo")
@@ -245,7 +237,7 @@ def test_a_platform_file_the_checkout_lacks_is_named(tmp_path):
 
 
 def test_build_specific_pins_name_their_device_and_compare_by_release(tmp_path):
-    write(tmp_path, {
+    write_tree(tmp_path, {
         "requirements_linux.txt": "--extra-index-url https://download.pytorch.org/whl/cu128\ntorch==2.7.0+cu128\n"
                                   "xformers>=0.0.30\nbitsandbytes>=0.45.0\n",
         "requirements_macos_arm64.txt": "--pre --extra-index-url https://download.pytorch.org/whl/nightly/cpu\n"

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.checks import all_checks
-from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result, Status
-from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import Target
 from lorasetup.sd.distributed import KNOWN_ERRORS, known_error, launch_plan
+from tests.support.checks import run_checks
 
 PYTHON = Path(sys.executable)
 LORASETUP = shutil.which("lorasetup", path=str(PYTHON.parent)) or "lorasetup"
@@ -31,9 +29,7 @@ def free_port() -> int:
 
 
 def run_check(target: Target) -> Result:
-    with Context(target) as ctx:
-        results = Runner(ctx, all_checks()).run(select(all_checks(), only=["device.distributed"]))
-    return {r.check_id: r for r in results}["device.distributed"]
+    return run_checks(target, ["device.distributed"])["device.distributed"]
 
 
 def two_processes(tmp_path: Path, port: int, **kw) -> Target:

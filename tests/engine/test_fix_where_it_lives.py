@@ -19,8 +19,8 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.result import FixError, Status
 from lorasetup.engine.runner import run_one
 from lorasetup.engine.target import load_target
-from tests.args.test_args import TREE
 from tests.model.test_model import FAMILIES, write_model
+from tests.support.args_tree import TREE
 from tests.support.git import git, write_tree
 
 CHECKS = ["dataset.schema", "dataset.captions", "device.precision", "device.features", "args.known", "model.family"]

@@ -15,12 +15,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from lorasetup.checks import all_checks
 from lorasetup.checks.deps.requirements import Machine
-from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result
-from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import Target
+from tests.support.checks import run_checks
 from tests.support.git import git, write_tree
 
 # (distribution, import name, version, module body): stand-ins with sd-scripts' real names and pins
@@ -263,9 +261,7 @@ def run_deps(tree: Path | Target, python: Path | None = None, args: list[str] | 
     """Run the deps gate (and what it requires) through the real runner; results by check id. `tree` may be a
     ready Target (then `python`, `args` and `fields` are not used)."""
     chosen = tree if isinstance(tree, Target) else target(tree, python or Path(sys.executable), args, **fields)
-    with Context(chosen, pip_args=pip_args, all_pins=all_pins) as ctx:
-        checks = all_checks()
-        return {r.check_id: r for r in Runner(ctx, checks).run(select(checks, only=only))}
+    return run_checks(chosen, only, pip_args=pip_args, all_pins=all_pins)
 
 
 def library_points_at(python: Path, tree: Path) -> None:

@@ -354,16 +354,16 @@ def _launcher(scripts: Path) -> tuple[list[str], list[str], str]:
 def deep(ctx: Context) -> Result:
     from lorasetup.sd import stackprobe  # one process imports the stack for deps.deep and the device gate
     modules, pairs = deep_targets(ctx)
-    answer = stackprobe.result(ctx)
+    answer = stackprobe.facts(ctx)
     found = closure(ctx)
     uses = found.uses if found else []
-    failures = [f"the deep-import targets could not be computed: {answer['targets_error']}"] \
-        if answer.get("targets_error") else []
-    for module, error in sorted((answer.get("imports") or {}).items()):
+    failures = [f"the deep-import targets could not be computed: {answer.targets_error}"] \
+        if answer.targets_error else []
+    for module, error in sorted(answer.imports.items()):
         if error:
             at = [u for u in uses if u.top == module and u.required]
             failures.append(f"import {module}" + (f" ({where(at)})" if at else "") + f": {error}")
-    for key, error in sorted((answer.get("from_imports") or {}).items()):
+    for key, error in sorted(answer.from_imports.items()):
         if error:
             module, _, name = key.partition(":")
             at = [u for u in uses if u.module == module and name in u.names]
