@@ -297,7 +297,7 @@ def _flatten_table(path: Path, table: str, value: Any) -> dict[str, Any]:
     out = {}
     for sub, subval in value.items():
         if sub not in keys:
-            raise _unknown_key(path, (*_base_table(path), table), sub, list(keys), f"{table}.")
+            raise _unknown_key(path, (*_base_table(path), table), sub, [str(k) for k in keys], f"{table}.")
         out[keys[sub]] = subval
     return out
 
