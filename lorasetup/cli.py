@@ -18,11 +18,12 @@ from typing import Any
 from lorasetup import __version__
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
-from lorasetup.engine.fixer import bootstrap, needs_you
+from lorasetup.engine.fixer import Outcome, bootstrap, needs_you
 from lorasetup.engine.report import LiveBlock, err, exit_code, render_result, summary_line, to_json, use_color
-from lorasetup.engine.result import Check, Status
+from lorasetup.engine.result import Check, FixError, Result, Status
 from lorasetup.engine.runner import Runner, select
-from lorasetup.engine.target import SETTINGS, ConfigError, Target, load_target
+from lorasetup.engine.target import FIELD_NAMES, SETTINGS, ConfigError, Target, UnknownKey, load_target
+from lorasetup.engine.tomledit import Change, try_edit_fix
 from lorasetup.initcmd import add_init_flags, init_command
 
 TARGET_FLAGS = tuple(s for s in SETTINGS if s.cli)
@@ -95,7 +96,8 @@ def build_parser() -> Parser:
     env = sub.add_parser("env", help="a paste-ready description of this machine and setup")
     add_target_flags(env)
 
-    sub.add_parser("list-checks", help="every check id, its markers and what it needs")
+    checks = sub.add_parser("list-checks", help="every check id, its markers and what it needs")
+    checks.add_argument("--fixes", action="store_true", help="what each check repairs and how")
 
     init = sub.add_parser("init", help="write dataset.toml and lorasetup.toml for a folder of images, then check",
                           description="Target flags override what init finds; it reads a lorasetup.toml only when "
@@ -111,6 +113,31 @@ def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
         i = argv.index("--")
         return argv[:i], argv[i + 1:]
     return argv, []
+
+
+def repaired_target(args: argparse.Namespace, extra: list[str]) -> Target:
+    """The Target, after renaming unknown keys of lorasetup.toml / [tool.lorasetup] that have one clear right
+    name (`bootstrap --fix --yes`); otherwise the plan is shown and the config error stands (exit 2)."""
+    for _ in range(len(FIELD_NAMES)):
+        try:
+            return make_target(args, extra)
+        except UnknownKey as exc:
+            if exc.rename_to is None:
+                raise
+            fix, why = try_edit_fix(f"rename `{exc.key}` to `{exc.rename_to}` in {exc.path}",
+                                    [(exc.path, [Change(exc.table, exc.key, rename_to=exc.rename_to)])], safe=False)
+            if fix is None or not (args.fix and args.yes) or args.dry_run:
+                state = "cannot be made safely: " + str(why) if fix is None else \
+                    "dry run" if args.dry_run else "needs --fix --yes"
+                lines = [f"      $ {c}" for c in (fix.commands if fix else [])]
+                raise ConfigError("\n".join([str(exc), f"  [{state}] {exc.path.name}: rename `{exc.key}` to "
+                                                         f"`{exc.rename_to}`", *lines])) from None
+            try:
+                fix.apply()
+            except FixError as failed:
+                raise ConfigError(f"{exc}\n  [fix failed] {failed}") from None
+            err(f"  [fixed] {exc.path.name}: renamed `{exc.key}` to `{exc.rename_to}` (backup next to it)")
+    return make_target(args, extra)
 
 
 def make_target(args: argparse.Namespace, extra: list[str]) -> Target:
@@ -158,8 +185,11 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     checks, wanted = selection(args, tags={"preflight"})
     apply = args.fix and not args.dry_run
     pip_args = shlex.split(args.pip_args)
-    results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args,
-                                                  all_pins=args.all_pins), checks, wanted, apply=apply, yes=args.yes)
+
+    def fresh() -> Context:  # a fix may have edited lorasetup.toml: each round reads the setup again
+        return Context(make_target(args, getattr(args, "passthrough", [])), verbose=args.verbose, pip_args=pip_args,
+                       all_pins=args.all_pins)
+    results, outcomes = bootstrap(fresh, checks, wanted, apply=apply, yes=args.yes)
     color = use_color(sys.stderr)
     for r in results:
         err(render_result(r, args.verbose, color))
@@ -182,17 +212,27 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     err(f"\n{states.count('fixed')} fixed, {states.count('still failing') + states.count('fix failed')} still "
         f"failing, {len(manual) + states.count('needs --yes')} need you"
         + ("" if apply else f", {states.count('planned')} planned"))
-    for r in manual:
-        err(f"  {r.check_id}: {r.hint or r.summary}")
+    for line in per_check(results, outcomes, manual):
+        err(line)
     if args.json:
         print(json.dumps(to_json(target, results, fixes=[o.to_dict() for o in outcomes]), indent=2, default=str))
     return exit_code(results)
 
 
-def cmd_list_checks(_: argparse.Namespace) -> int:
+def per_check(results: list[Result], outcomes: list[Outcome], manual: list[Result]) -> list[str]:
+    """One line per check that was failing: fixed, still failing (and why), or what the person must do."""
+    lines = [f"  {o.check_id:<20} {o.state}" + (f": {o.message.splitlines()[0]}" if o.message else "")
+             for o in outcomes]
+    lines += [f"  {r.check_id:<20} needs you: {r.hint or r.summary}" for r in manual]
+    return lines
+
+
+def cmd_list_checks(args: argparse.Namespace) -> int:
     for c in all_checks():
         needs = f"  (needs {', '.join(c.requires)})" if c.requires else ""
         print(f"{c.id:<22} [{', '.join(sorted(c.tags))}] {c.title}{needs}")
+        if args.fixes:
+            print(f"{'':<24}fix: {c.fixes or 'none: the hint says what to do'}")
     return 0
 
 
@@ -228,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_list_checks(args)
         if args.command == "init":  # builds its own target, from the dataset folder
             return init_command(args, {s.name: getattr(args, s.name) for s in TARGET_FLAGS}, extra)
-        target = make_target(args, extra)
+        args.passthrough = extra
+        target = repaired_target(args, extra) if args.command == "bootstrap" else make_target(args, extra)
         return COMMANDS[args.command](args, target)
     except (UsageError, ConfigError) as exc:
         err(f"lorasetup: {exc}")

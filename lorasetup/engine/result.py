@@ -110,6 +110,7 @@ class Check:
     requires: tuple[str, ...] = ()
     timeout_s: float = 120.0
     prefetch: Callable[[Context], None] | None = None
+    fixes: str = ""  # what its fix repairs and how (`list-checks --fixes`); empty: it only reports
 
     @property
     def gate(self) -> str:

@@ -14,7 +14,6 @@ non-finite loss, the first traceback, "No data found", or the timeout.
 from __future__ import annotations
 
 import codecs
-import json
 import math
 import os
 import queue
@@ -26,11 +25,13 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from lorasetup.engine.probe import kill_tree
 from lorasetup.engine.result import CheckFailed
 from lorasetup.engine.target import Target, tomllib
+from lorasetup.engine.tomledit import toml_key, toml_value
+from lorasetup.sd.trainargs import read_config
 
 SMOKE_OUTPUT_NAME = "lorasetup-smoke"
 # What the smoke run takes out of the command line and the training config (sd-scripts option names).
@@ -106,33 +107,9 @@ def strip_options(args: list[str], names: set[str]) -> list[str]:
     return out
 
 
-def toml_value(value: Any) -> str:
-    """One value in TOML syntax (what tomllib returns: str, int, float, bool, list, dict, dates)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
-    return value.isoformat()  # datetime, date, time
-
-
-def toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
-
-
 def config_keys(config: Path) -> list[str]:
     """The keys of a training config as sd-scripts sees them: sections flattened one level."""
-    with config.open("rb") as fh:
-        data = tomllib.load(fh)
-    return [k for k, v in data.items() if not isinstance(v, dict)] + \
-        [k for v in data.values() if isinstance(v, dict) for k in v]
+    return [item.key for item in read_config(config)]
 
 
 def config_without(config: Path, names: set[str], dest: Path) -> Path | None:

@@ -156,7 +156,7 @@ def test_fix_refuses_when_the_file_changed_after_the_check(checkout: Path, tmp_p
     dataset, train = seed(tmp_path, toml_ext=None)
     fix = run(checkout, dataset, train)["dataset.captions"].fix
     dataset.write_text(dataset.read_text() + "\n# edited\n")
-    with pytest.raises(FixError, match="changed since it was checked"):
+    with pytest.raises(FixError, match="changed since the check read it"):
         fix.apply()
     assert not list(tmp_path.glob("dataset.toml.bak-*"))
 

@@ -24,15 +24,13 @@ from lorasetup.checks import check
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result
 from lorasetup.engine.target import Target
+from lorasetup.sd import facts as sdfacts
 from lorasetup.sd.dataset.plan import dataset_step_plan
 from lorasetup.sd.launch import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
 from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
 from lorasetup.sd.trainargs import TrainArgs, train_args
 
 PYTEST_MARGIN_S = 120.0  # the pytest timeout of the smoke gate: the run's own timeout plus this
-DEFAULT_MAX_TRAIN_STEPS = 1600  # library/train_util.py add_training_arguments: --max_train_steps default
-DEFAULT_NETWORK_DIM = 4  # networks/lora.py create_network: network_dim None -> 4
-DEFAULT_NETWORK_ALPHA = 1.0  # train_network.py: --network_alpha default 1
 LORA_SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
 # network_args that give modules other ranks than network_dim (networks/lora.py create_network)
 PER_BLOCK_ARGS = ("block_dims", "conv_block_dims", "block_alphas", "conv_block_alphas")
@@ -144,7 +142,7 @@ def planned_steps(ctx: Context) -> tuple[int | None, str]:
         return None, f"max_train_epochs needs the dataset's step count{note}"
     if args.get("max_train_steps") not in (None, ""):
         return int(args.get("max_train_steps")), args.place("max_train_steps")
-    return DEFAULT_MAX_TRAIN_STEPS, "sd-scripts' default max_train_steps"
+    return sdfacts.TRAINING_DEFAULTS["max_train_steps"], "sd-scripts' default max_train_steps"
 
 
 def duration(seconds: float) -> str:
@@ -190,20 +188,20 @@ def check_lora(path: Path, args: TrainArgs) -> tuple[list[str], list[str]]:
                         + ", ".join(f"{k}: {n}" for k, n in worst) + "): the LoRA would render black or noise")
     unet = [m for m in modules if m.startswith("lora_unet_")]
     te = [m for m in modules if m.startswith("lora_te")]
-    if not args.flag("network_train_text_encoder_only") and not unet:
+    if not args.on("network_train_text_encoder_only") and not unet:
         problems.append("no lora_unet_ modules: the U-Net was not trained")
-    if not args.flag("network_train_unet_only") and not te:
+    if not args.on("network_train_unet_only") and not te:
         problems.append("no lora_te modules although the text encoder is trained (network_train_unet_only is off)")
     facts = [f"{path.name}: {len(header.tensors)} tensors, {len(unet)} U-Net and {len(te)} text-encoder modules, "
              f"all finite" if not bad else f"{path.name}: {len(header.tensors)} tensors"]
     module_name = args.get("network_module") or "networks.lora"
     kwargs = network_kwargs(args)
-    if module_name != "networks.lora" or args.flag("dim_from_weights") or any(k in kwargs for k in PER_BLOCK_ARGS):
+    if module_name != "networks.lora" or args.on("dim_from_weights") or any(k in kwargs for k in PER_BLOCK_ARGS):
         facts.append(f"ranks not compared: {module_name} with these network_args sets them per module")
         return problems, facts
-    dim = int(_number(args.get("network_dim")) or DEFAULT_NETWORK_DIM)
+    dim = int(_number(args.get("network_dim")) or sdfacts.NETWORK_DEFAULTS["network_dim"])
     alpha = _number(args.get("network_alpha"))
-    alpha = DEFAULT_NETWORK_ALPHA if alpha is None else alpha
+    alpha = sdfacts.NETWORK_DEFAULTS["network_alpha"] if alpha is None else alpha
     conv_dim = int(_number(kwargs.get("conv_dim")) or 0) or None
     conv_alpha = _number(kwargs.get("conv_alpha")) or 1.0
     wrong_rank: list[str] = []

@@ -31,6 +31,7 @@ from lorasetup.sd.dataset.schema import (
     accepts,
     format_place,
 )
+from lorasetup.sd.trainargs import Setting as Value  # the one resolved-value class (subset ... default)
 from lorasetup.sd.trainargs import TrainArgs
 
 # argparse defaults of the dataset options (library/train_util.py add_dataset_arguments, train_network.py
@@ -64,22 +65,13 @@ KINDS: dict[str, str] = {
 
 
 
-@dataclass(frozen=True)
-class Value:
-    """A resolved setting and where it came from (`datasets[0].subsets[1].num_repeats`, `--resolution`, ...)."""
-
-    value: Any
-    place: str
-    source: str  # subset | dataset | general | args | default | folder
-
-
 def _from_arg(name: str, kind: str, raw: Any) -> Any:
     """A training-argument value (typed from --config_file TOML, or a string from the command line) as the
     dataset layer will see it; None when it cannot be read as that kind (the args gate reports those)."""
     if raw is None:
         return None
-    if kind == BOOL:
-        return raw is True or (isinstance(raw, str) and raw.lower() in ("true", "1", "yes"))
+    if kind == BOOL:  # argparse stores a real bool; a TOML string here stops sd-scripts' argparse sanitizer
+        return raw if isinstance(raw, bool) else None
     if kind == INT and not isinstance(raw, (bool, float)):
         try:
             return int(raw)
