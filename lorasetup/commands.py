@@ -16,7 +16,7 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.report import err, exit_code, render_result, summary_line, to_json, use_color
 from lorasetup.engine.result import CheckFailed, Result, Status
 from lorasetup.engine.runner import Runner, run_one, select
-from lorasetup.sd.launch import real_command, run_env
+from lorasetup.sd.run.command import real_command, run_env
 
 
 def smoke_command(ctx: Context, keep: bool, as_json: bool) -> int:

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from lorasetup.checks.smoke.checks import check_lora, explain, smoke_pytest_timeout
 from lorasetup.engine.target import Target, tomllib
-from lorasetup.sd.launch import (
+from lorasetup.sd.run.command import (
     SMOKE_DROPPED,
     config_without,
     launcher,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lorasetup.sd.launch import TRACEBACK_SETTLE_S, RunOutcome, run_env, run_streaming
+from lorasetup.sd.run.command import TRACEBACK_SETTLE_S, RunOutcome, run_env, run_streaming
 
 FIXTURE = Path(__file__).parents[1] / "support" / "fixture_trainer.py"
 

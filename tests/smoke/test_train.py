@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from lorasetup import commands
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
-from lorasetup.sd import launch
+from lorasetup.sd.run import command as launch
 from tests.smoke.test_smoke_check import setup  # noqa: F401 - the fixture-trainer target
 from tests.smoke.test_smoke_run import dataset  # noqa: F401 - the session dataset fixture
 

@@ -25,7 +25,7 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result
 from lorasetup.engine.target import Target
 from lorasetup.sd.dataset.plan import dataset_step_plan
-from lorasetup.sd.launch import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
+from lorasetup.sd.run.command import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
 from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
 from lorasetup.sd.trainargs import TrainArgs, train_args
 
