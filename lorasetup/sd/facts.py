@@ -84,3 +84,13 @@ def bucket_divisor(script_path: Path) -> int | None:
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(
     ext for base in (".png", ".jpg", ".jpeg", ".webp", ".bmp") for ext in (base, base.upper()))
 DEFAULT_CAPTION_EXTENSION = ".caption"  # library/config_util.py / train_util.py default
+DEFAULT_MAX_TRAIN_STEPS = 1600  # library/train_util.py add_training_arguments: --max_train_steps default
+DEFAULT_NETWORK_DIM = 4  # networks/lora.py create_network: network_dim None -> 4
+DEFAULT_NETWORK_ALPHA = 1.0  # train_network.py: --network_alpha default 1
+# Checkpoint and state names (library/train_util.py STEP_FILE_NAME, EPOCH_FILE_NAME, get_last_ckpt_name,
+# STEP_STATE_NAME, EPOCH_STATE_NAME, LAST_STATE_NAME; the default names when output_name is unset).
+STEP_FILE = re.compile(r"-step(?P<step>\d{8})$")
+EPOCH_FILE = re.compile(r"-(?P<epoch>\d{6})$")
+STATE_DIR = re.compile(r"^(?P<name>.*?)(?:-step(?P<step>\d{8})|-(?P<epoch>\d{6}))?-state$")
+DEFAULT_LAST_NAME = "last"
+DEFAULT_SAVE_MODEL_AS = "safetensors"

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lorasetup.sd.run.command import TRACEBACK_SETTLE_S, RunOutcome, run_env, run_streaming
+from lorasetup.sd.run.command import run_env
+from lorasetup.sd.run.stream import RunOutcome, run_streaming
+from lorasetup.sd.run.watch import TRACEBACK_SETTLE_S
 
 FIXTURE = Path(__file__).parents[1] / "support" / "fixture_trainer.py"
 

@@ -10,7 +10,6 @@ worse than a noisy one (under pytest it is captured and shown with a failure).
 
 from __future__ import annotations
 
-import math
 import re
 import shlex
 import shutil
@@ -24,18 +23,14 @@ from lorasetup.checks import check
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result
 from lorasetup.engine.target import Target
-from lorasetup.sd.dataset.plan import dataset_step_plan
-from lorasetup.sd.run.command import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
-from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
-from lorasetup.sd.trainargs import TrainArgs, train_args
+from lorasetup.sd.lora import expect_from_args, verify_lora
+from lorasetup.sd.run.command import SmokePlan, run_env, smoke_plan
+from lorasetup.sd.run.plan import planned_steps
+from lorasetup.sd.run.stream import RunOutcome, run_streaming
+from lorasetup.sd.run.units import duration
+from lorasetup.sd.trainargs import train_args
 
 PYTEST_MARGIN_S = 120.0  # the pytest timeout of the smoke gate: the run's own timeout plus this
-DEFAULT_MAX_TRAIN_STEPS = 1600  # library/train_util.py add_training_arguments: --max_train_steps default
-DEFAULT_NETWORK_DIM = 4  # networks/lora.py create_network: network_dim None -> 4
-DEFAULT_NETWORK_ALPHA = 1.0  # train_network.py: --network_alpha default 1
-LORA_SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
-# network_args that give modules other ranks than network_dim (networks/lora.py create_network)
-PER_BLOCK_ARGS = ("block_dims", "conv_block_dims", "block_alphas", "conv_block_alphas")
 
 
 @dataclass(frozen=True)
@@ -127,125 +122,6 @@ def explain(error_line: str | None, tail: list[str]) -> FailureMode | None:
 def smoke_pytest_timeout(target: Target) -> float:
     """The pytest timeout of the smoke gate for a Target: its own run timeout plus a margin."""
     return float(target.smoke_timeout) + PYTEST_MARGIN_S
-
-
-def planned_steps(ctx: Context) -> tuple[int | None, str]:
-    """The full run's total steps and where the number comes from."""
-    try:
-        plan = dataset_step_plan(ctx)
-    except Exception as exc:  # noqa: BLE001 - the ETA is a by-product; the dataset gate reports the cause
-        plan, note = None, f" (dataset step plan failed: {exc})"
-    else:
-        note = ""
-    if plan and isinstance(plan.get("total_steps"), int):
-        return plan["total_steps"], "dataset.steps"
-    args = train_args(ctx)
-    if args.get("max_train_epochs") not in (None, ""):
-        return None, f"max_train_epochs needs the dataset's step count{note}"
-    if args.get("max_train_steps") not in (None, ""):
-        return int(args.get("max_train_steps")), args.place("max_train_steps")
-    return DEFAULT_MAX_TRAIN_STEPS, "sd-scripts' default max_train_steps"
-
-
-def duration(seconds: float) -> str:
-    """`42 s`, `7 min`, `1 h 05 min`."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-# ---- the saved LoRA --------------------------------------------------------------------------------------
-
-def _number(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def network_kwargs(args: TrainArgs) -> dict[str, str]:
-    """`network_args` as sd-scripts splits them: `key=value` tokens."""
-    raw = args.get("network_args") or []
-    tokens = shlex.split(raw) if isinstance(raw, str) else [str(t) for t in raw]
-    return dict(t.split("=", 1) for t in tokens if "=" in t)
-
-
-def check_lora(path: Path, args: TrainArgs) -> tuple[list[str], list[str]]:
-    """Problems with the saved LoRA, and what was verified. Reads tensors one at a time, no torch."""
-    try:
-        header = read_header(path)
-    except HeaderError as exc:
-        return [f"{path.name}: {exc}"], []
-    problems: list[str] = []
-    modules: dict[str, dict[str, Any]] = {}
-    for name, info in header.tensors.items():
-        for suffix, part in LORA_SUFFIXES.items():
-            if name.endswith(suffix):
-                modules.setdefault(name[:-len(suffix)], {})[part] = info
-    bad = {name: n for name, info in header.tensors.items() if (n := nonfinite_count(path, info))}
-    if bad:
-        worst = sorted(bad.items(), key=lambda kv: -kv[1])[:3]
-        problems.append(f"{len(bad)} of {len(header.tensors)} tensors hold NaN/inf ("
-                        + ", ".join(f"{k}: {n}" for k, n in worst) + "): the LoRA would render black or noise")
-    unet = [m for m in modules if m.startswith("lora_unet_")]
-    te = [m for m in modules if m.startswith("lora_te")]
-    if not args.flag("network_train_text_encoder_only") and not unet:
-        problems.append("no lora_unet_ modules: the U-Net was not trained")
-    if not args.flag("network_train_unet_only") and not te:
-        problems.append("no lora_te modules although the text encoder is trained (network_train_unet_only is off)")
-    facts = [f"{path.name}: {len(header.tensors)} tensors, {len(unet)} U-Net and {len(te)} text-encoder modules, "
-             f"all finite" if not bad else f"{path.name}: {len(header.tensors)} tensors"]
-    module_name = args.get("network_module") or "networks.lora"
-    kwargs = network_kwargs(args)
-    if module_name != "networks.lora" or args.flag("dim_from_weights") or any(k in kwargs for k in PER_BLOCK_ARGS):
-        facts.append(f"ranks not compared: {module_name} with these network_args sets them per module")
-        return problems, facts
-    dim = int(_number(args.get("network_dim")) or DEFAULT_NETWORK_DIM)
-    alpha = _number(args.get("network_alpha"))
-    alpha = DEFAULT_NETWORK_ALPHA if alpha is None else alpha
-    conv_dim = int(_number(kwargs.get("conv_dim")) or 0) or None
-    conv_alpha = _number(kwargs.get("conv_alpha")) or 1.0
-    wrong_rank: list[str] = []
-    wrong_alpha: list[str] = []
-    ranks: set[int] = set()
-    alphas: set[float] = set()
-    for name, parts in sorted(modules.items()):
-        down, up, alpha_info = parts.get("down"), parts.get("up"), parts.get("alpha")
-        if down is None or up is None:
-            problems.append(f"{name}: lora_down/lora_up pair incomplete")
-            continue
-        conv3 = len(down.shape) == 4 and tuple(down.shape[2:]) != (1, 1)
-        want_rank, want_alpha = (conv_dim, conv_alpha) if conv3 else (dim, alpha)
-        rank = down.shape[0]
-        ranks.add(rank)
-        if len(up.shape) < 2 or up.shape[1] != rank:
-            problems.append(f"{name}: lora_up {list(up.shape)} does not match lora_down {list(down.shape)}")
-        elif rank != want_rank:
-            wrong_rank.append(f"{name}: rank {rank}")
-        if alpha_info is not None and alpha_info.dtype in ("F32", "F16", "BF16", "F64"):
-            value = tensor_values(path, alpha_info)[0]
-            alphas.add(value)
-            tolerance = 1e-6 if alpha_info.dtype in ("F32", "F64") else 1e-2
-            if not math.isclose(value, want_alpha, rel_tol=tolerance, abs_tol=tolerance):
-                wrong_alpha.append(f"{name}: alpha {value:g}")
-    if wrong_rank:
-        problems.append(f"{len(wrong_rank)} modules have a rank other than network_dim = {dim}"
-                        f"{f' / conv_dim = {conv_dim}' if conv_dim else ''} ({args.place('network_dim')}): "
-                        + ", ".join(wrong_rank[:3]))
-    if wrong_alpha:
-        problems.append(f"{len(wrong_alpha)} modules have an alpha other than network_alpha = {alpha:g} "
-                        f"({args.place('network_alpha')}): " + ", ".join(wrong_alpha[:3]))
-    meta_dim, meta_alpha = header.metadata.get("ss_network_dim"), header.metadata.get("ss_network_alpha")
-    if meta_dim not in (None, "None") and _number(meta_dim) != dim:
-        problems.append(f"metadata ss_network_dim = {meta_dim} but the tensors have rank "
-                        f"{dim if not wrong_rank else sorted(ranks)}")
-    if meta_alpha not in (None, "None") and _number(meta_alpha) is not None \
-            and not math.isclose(_number(meta_alpha), alpha, rel_tol=1e-6):
-        problems.append(f"metadata ss_network_alpha = {meta_alpha} but network_alpha = {alpha:g}")
-    facts.append(f"ranks {sorted(ranks)}, alphas {sorted(alphas)}; ss_network_dim {meta_dim}, "
-                 f"ss_network_alpha {meta_alpha}")
-    return problems, facts
 
 
 # ---- the check -------------------------------------------------------------------------------------------
@@ -345,8 +221,9 @@ def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
     if not plan.output.is_file():
         return Result.fail(f"the run exited 0 but saved no LoRA ({plan.output.name})", lines,
                            hint="read the output above for why sd-scripts did not save", data=data)
-    problems, facts = check_lora(plan.output, train_args(ctx))
-    data["output"] = str(plan.output)
+    lora = verify_lora(plan.output, expect_from_args(train_args(ctx)))
+    problems, facts = lora.problems, lora.facts
+    data["output"], data["output_bytes"] = str(plan.output), lora.size
     if problems:
         return Result.fail(f"the saved LoRA is broken: {problems[0]}", problems[1:] + facts + lines,
                            hint="the full run would save the same kind of file; fix the cause before the long run",
