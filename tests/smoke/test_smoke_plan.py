@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorasetup.checks.smoke.checks import explain, smoke_pytest_timeout
+from lorasetup.checks.smoke.checks import smoke_pytest_timeout
 from lorasetup.engine.target import Target, tomllib
 from lorasetup.sd.run.command import (
     SMOKE_DROPPED,
@@ -21,6 +21,7 @@ from lorasetup.sd.run.command import (
     toml_key,
     toml_value,
 )
+from lorasetup.sd.run.failures import explain
 
 GUI_CONFIG = '''
 # written by the kohya_ss GUI

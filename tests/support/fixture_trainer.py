@@ -43,10 +43,14 @@ import traceback
 from pathlib import Path
 
 import tomllib
-import torch
-from PIL import Image
-from safetensors.torch import save_file
-from tqdm import tqdm
+
+if os.environ.get("FIXTURE_TRAINER_ARGS"):  # the pid first: a test may stop the run while torch still imports
+    Path(os.environ["FIXTURE_TRAINER_ARGS"]).write_text(json.dumps({"pid": os.getpid(), "worker_pid": None}))
+
+import torch  # noqa: E402 - after the early pid record
+from PIL import Image  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 MODE = os.environ.get("FIXTURE_TRAINER_MODE", "good")
 STEP_S = float(os.environ.get("FIXTURE_TRAINER_STEP_S", "0.2"))

@@ -10,12 +10,10 @@ worse than a noisy one (under pytest it is captured and shown with a failure).
 
 from __future__ import annotations
 
-import re
 import shlex
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,98 +23,13 @@ from lorasetup.engine.result import Result
 from lorasetup.engine.target import Target
 from lorasetup.sd.lora import expect_from_args, verify_lora
 from lorasetup.sd.run.command import SmokePlan, run_env, smoke_plan
+from lorasetup.sd.run.failures import explain
 from lorasetup.sd.run.plan import planned_steps
 from lorasetup.sd.run.stream import RunOutcome, run_streaming
 from lorasetup.sd.run.units import duration
 from lorasetup.sd.trainargs import train_args
 
 PYTEST_MARGIN_S = 120.0  # the pytest timeout of the smoke gate: the run's own timeout plus this
-
-
-@dataclass(frozen=True)
-class FailureMode:
-    """One row of reference/failure-modes.md: how its error line reads and what to do."""
-
-    id: str
-    pattern: re.Pattern[str]
-    hint: str
-
-
-def _mode(mode_id: str, pattern: str, hint: str) -> FailureMode:
-    return FailureMode(mode_id, re.compile(pattern, re.IGNORECASE), hint)
-
-
-# First match wins: specific messages before generic ones.
-CATALOG = (
-    _mode("G2", r"out of memory|OutOfMemoryError",
-          "the GPU ran out of memory at this batch size and resolution: lower train_batch_size or the "
-          "resolution, add --gradient_checkpointing and --cache_latents"),
-    _mode("G3", r"died with <Signals\.SIGKILL|^Killed$",
-          "the system killed the run, most likely out of RAM: close other programs, add --cache_latents "
-          "and --lowram, or add swap"),
-    _mode("G4", r"No space left on device", "the disk is full: free space under output_dir and the temp folder"),
-    _mode("E2", r"HeaderTooLarge|MetadataIncompleteBuffer|InvalidHeaderDeserialization",
-          "the model file is truncated or a git-lfs pointer: see lorasetup doctor --only model.file"),
-    _mode("E3", r"Can't load tokenizer",
-          "the tokenizer could not be loaded (offline?): see lorasetup doctor --only model.tokenizer"),
-    _mode("E4", r"NaN detected in latents", "the SDXL VAE overflows in fp16: add --no_half_vae"),
-    _mode("E1", r"Missing key\(s\) in state_dict|Unexpected key\(s\) in state_dict|size mismatch for|"
-                r"'NoneType' object has no attribute 'dtype'",
-          "the model family does not fit the script: see lorasetup doctor --only model.family"),
-    _mode("B3", r"bitsandbytes|libcudart|compiled without GPU support",
-          "the 8-bit optimizer needs a working bitsandbytes (there is none on Macs or CPUs): "
-          "--optimizer_type=AdamW"),
-    _mode("B8", r"xFormers|memory_efficient_attention", "xformers does not work here: use --sdpa instead of "
-                                                        "--xformers"),
-    _mode("C2", r"bf16 mixed precision requires", "this device cannot do bf16: --mixed_precision=fp16 on a GPU, "
-                                                  "else --mixed_precision=no"),
-    _mode("C3", r"fp16 mixed precision requires a GPU",
-          "fp16 needs a CUDA GPU (or accelerate >= 1.11 on MPS): --mixed_precision=no"),
-    _mode("C7", r"Torch not compiled with CUDA enabled",
-          "CUDA-only code ran on a machine without CUDA (sampling or validation on MPS): remove the sample_* "
-          "and validation_split options"),
-    _mode("C5", r"NCCL|gpu_ids", "the multi-GPU settings do not fit this machine: num_processes: 1 in the "
-                                 "accelerate config (see lorasetup doctor --only device.accelerate)"),
-    _mode("A2", r"No module named 'library'",
-          "sd-scripts itself is not installed in the venv: pip install --no-deps -e <sd-scripts folder>"),
-    _mode("B4", r"cannot import name 'cached_download'",
-          "huggingface_hub is too new for this diffusers: lorasetup bootstrap --fix reinstalls the pins"),
-    _mode("B5", r"unexpected keyword argument 'logging_dir'",
-          "accelerate does not match the code: lorasetup bootstrap --fix reinstalls the pins"),
-    _mode("B6", r"compiled using NumPy 1\.x|_ARRAY_API not found",
-          "NumPy 2 with modules built for NumPy 1: lorasetup bootstrap --fix reinstalls the pins"),
-    _mode("imports", r"No module named '[\w.]+'",
-          "a module the run imports is missing: lorasetup doctor --only deps.imports, then lorasetup bootstrap --fix"),
-    _mode("A3", r"unrecognized arguments", "an option this sd-scripts checkout does not have: "
-                                           "lorasetup doctor --only args.known"),
-    _mode("D1", r"No data found", "sd-scripts found no images: with train_data_dir its subfolders must be "
-                                  "named <repeats>_<name> (e.g. 10_mychar); see lorasetup doctor --only dataset"),
-    _mode("D3", r"extra keys not allowed|Invalid user config|required key not provided|expected \w+ for "
-                r"dictionary value", "the dataset config fails sd-scripts' schema: lorasetup doctor --only "
-                                     "dataset.schema"),
-    _mode("D5", r"bucket_reso_steps|resolution is required",
-          "bucket settings: lorasetup doctor --only dataset.schema args.rules"),
-    _mode("D6", r"Unrecognized data stream|cannot identify image file|image file is truncated",
-          "a damaged or mislabelled image: lorasetup doctor --only dataset.images"),
-    _mode("F1-F4", r"when caching|cannot be trained with caching|full_fp16 requires|full_bf16 requires|"
-                   r"fp8_base requires|adaptive_noise_scale requires|min_bucket_reso must be",
-          "an argument combination sd-scripts refuses: lorasetup doctor --only args.rules"),
-    _mode("F5", r"not enough values to unpack",
-          "a network_args / optimizer_args / lr_scheduler_args entry is not key=value"),
-    _mode("F7", r"Permission denied", "a folder the run writes to is not writable: lorasetup doctor --only "
-                                      "args.output"),
-    _mode("resolution", r"'int' object has no attribute 'split'",
-          "resolution = 512 in the training config must be a string: resolution = \"512,512\""),
-)
-
-
-def explain(error_line: str | None, tail: list[str]) -> FailureMode | None:
-    """The known failure mode of the error line, else of the last lines of output."""
-    for line in ([error_line] if error_line else []) + list(reversed(tail)):
-        for mode in CATALOG:
-            if mode.pattern.search(line):
-                return mode
-    return None
 
 
 def smoke_pytest_timeout(target: Target) -> float:
@@ -176,14 +89,13 @@ def _report(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> tuple[dict[st
     return data, lines
 
 
-def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
-    """The verdict on one smoke run."""
+def _judge_stop(ctx: Context, outcome: RunOutcome, lines: list[str], data: dict[str, Any]) -> Result | None:
+    """The verdict when the run was stopped, crashed or ended early; None when it ran its steps."""
     watch = outcome.watch
-    data, lines = _report(ctx, plan, outcome)
     steps = ctx.target.smoke_steps
     elapsed = f"after {outcome.wall_s:.0f} s"
     error = watch.real_error()
-    tail = list(watch.tail)[-12:]
+    tail = ["last output:"] + [f"  {t}" for t in list(watch.tail)[-12:]]
     if outcome.stopped == "nonfinite" and watch.nonfinite:
         step, value = watch.nonfinite
         lr = train_args(ctx).get("learning_rate")
@@ -195,11 +107,10 @@ def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
     if outcome.stopped == "timeout":
         phase = f"at step {watch.steps_done} of {steps}" if watch.steps_done else \
             ("before the first step (still loading?)" if watch.bar_zero_at is None else "in the first step")
-        return Result.fail(f"no result within {ctx.target.smoke_timeout:.0f} s, {phase}: killed",
-                           lines + ["last output:"] + [f"  {t}" for t in tail],
+        return Result.fail(f"no result within {ctx.target.smoke_timeout:.0f} s, {phase}: killed", lines + tail,
                            hint="if the run is just slow, raise the smoke timeout ([smoke] timeout = 1800 in "
                                 "lorasetup.toml); if it hangs, the last output shows where", data=data)
-    mode = explain(error, tail) if outcome.stopped or outcome.returncode != 0 else None
+    mode = explain(error, list(watch.tail)[-12:]) if outcome.stopped or outcome.returncode != 0 else None
     if mode:
         data["failure_mode"] = mode.id
     if outcome.stopped == "no-data":
@@ -209,30 +120,40 @@ def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
         at = f"at step {watch.steps_done + 1} of {steps}" if watch.bar_zero_at is not None else "before training"
         how = "crashed" if outcome.stopped == "traceback" or (outcome.returncode or 0) > 0 else \
             f"was killed by signal {-(outcome.returncode or 0)}"
-        return Result.fail(f"the run {how} {at}: {error or 'exit status ' + str(outcome.returncode)}",
-                           lines + ["last output:"] + [f"  {t}" for t in tail],
+        return Result.fail(f"the run {how} {at}: {error or 'exit status ' + str(outcome.returncode)}", lines + tail,
                            hint=(f"[{mode.id}] {mode.hint}" if mode else
                                  "the line above is sd-scripts' own error; run lorasetup doctor for the static checks"),
                            data=data)
     if watch.steps_done < steps:
         return Result.fail(f"the run exited 0 after {watch.steps_done} of {steps} steps: it did not train",
-                           lines + ["last output:"] + [f"  {t}" for t in tail],
+                           lines + tail,
                            hint=f"{error}" if error else "read the output above for why sd-scripts stopped", data=data)
+    return None
+
+
+def _judge_lora(ctx: Context, plan: SmokePlan, outcome: RunOutcome, lines: list[str], data: dict[str, Any]) -> Result:
+    """The verdict on a run that ran its steps: the LoRA it saved."""
     if not plan.output.is_file():
         return Result.fail(f"the run exited 0 but saved no LoRA ({plan.output.name})", lines,
                            hint="read the output above for why sd-scripts did not save", data=data)
     lora = verify_lora(plan.output, expect_from_args(train_args(ctx)))
-    problems, facts = lora.problems, lora.facts
     data["output"], data["output_bytes"] = str(plan.output), lora.size
-    if problems:
-        return Result.fail(f"the saved LoRA is broken: {problems[0]}", problems[1:] + facts + lines,
+    if lora.problems:
+        return Result.fail(f"the saved LoRA is broken: {lora.problems[0]}", lora.problems[1:] + lora.facts + lines,
                            hint="the full run would save the same kind of file; fix the cause before the long run",
                            data=data)
+    watch = outcome.watch
     losses = [watch.loss[n] for n in sorted(watch.loss)]
-    per_step = data["s_per_step"]
     eta = f"; full run ≈ {duration(data['eta_s'])}" if data["eta_s"] else ""
     return Result.ok(f"{watch.steps_done} steps, avr_loss {losses[0]:.4g} → {losses[-1]:.4g} (finite), "
-                     f"{per_step:.1f} s/step, load {data['load_s']:.0f} s{eta}", facts + lines, data=data)
+                     f"{data['s_per_step']:.1f} s/step, load {data['load_s']:.0f} s{eta}", lora.facts + lines,
+                     data=data)
+
+
+def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
+    """The verdict on one smoke run."""
+    data, lines = _report(ctx, plan, outcome)
+    return _judge_stop(ctx, outcome, lines, data) or _judge_lora(ctx, plan, outcome, lines, data)
 
 
 def run_smoke(ctx: Context, echo: IO[str] | None, keep: bool = False) -> Result:

@@ -31,6 +31,8 @@ from lorasetup.sd.run.watch import Watch
 
 TICK_S = 0.25  # how often monitors are polled while the child is quiet
 EXIT_GRACE_S = 60.0  # after its output ends, a run without a deadline gets this long to exit
+GROUP_GONE_S = 5.0  # after SIGKILL, how long to wait for the group's processes to be gone
+EXIT_DRAIN_S = 2.0  # after the child exited, output still coming from what it left running is read this long
 SIGNAL_STOPS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
 
 
@@ -82,6 +84,7 @@ class _Child:
             raise CheckFailed(f"cannot start {argv[0]}: {exc.strerror or exc}",
                               hint="check the training interpreter (--python) and its accelerate install") from None
         self.chunks: queue.Queue[str | None] = queue.Queue()
+        self.exited_at: float | None = None
         self.reader = threading.Thread(target=self._read, name="lorasetup-run-output", daemon=True)
         self.reader.start()
 
@@ -101,9 +104,17 @@ class _Child:
         except queue.Empty:
             return ""
 
+    def ended(self, now: float, quiet: bool) -> bool:
+        """True when the child has exited and its output is read: a quiet moment after the exit, or EXIT_DRAIN_S
+        (a process it left behind may hold the pipe open and keep writing; it is stopped when the child is
+        reaped)."""
+        if self.exited_at is None and _exited(self.proc):
+            self.exited_at = now
+        return self.exited_at is not None and (quiet or now - self.exited_at >= EXIT_DRAIN_S)
+
     def stop(self) -> None:
         """Kill the whole process group and reap the child (no peak figure: the launcher did not reap it)."""
-        kill_tree(self.proc)
+        _stop_group(self.proc)
         _reap(self.proc, time.monotonic() + 30)
 
     def close(self, take: Callable[[str], None]) -> None:
@@ -117,22 +128,57 @@ class _Child:
             self.proc.stdout.close()
 
 
-def _reap(proc: subprocess.Popen, deadline: float) -> tuple[bool, int | None]:
-    """Wait for the child until `deadline`; (exited, peak RSS in bytes of it and its reaped children)."""
-    if not hasattr(os, "wait4"):
+def _group_alive(pgid: int) -> bool:
+    """True while a process of the group is alive (a zombie waiting for its parent is not)."""
+    if not os.path.isdir("/proc"):
         try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return False, None
-        return True, None
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return True, usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="utf-8", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # pid (comm) state ppid pgrp ...
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the child's process group and wait (up to GROUP_GONE_S) until none of it is left running."""
+    kill_tree(proc)
+    deadline = time.monotonic() + GROUP_GONE_S
+    while os.name != "nt" and _group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _exited(proc: subprocess.Popen) -> bool:
+    """True once the child has exited; it stays a zombie (not reaped), so its process group id cannot be reused
+    while what is left of the group is stopped."""
+    if not hasattr(os, "waitid"):
+        return proc.poll() is not None
+    return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+
+
+def _reap(proc: subprocess.Popen, deadline: float) -> tuple[bool, int | None]:
+    """Wait for the child until `deadline`; once it exited, stop whatever it left running in its process group
+    (a stuck data-loader worker, say), then reap it: (exited, peak RSS in bytes of it and its reaped children)."""
+    while not _exited(proc):
         if time.monotonic() >= deadline:
             return False, None
         time.sleep(0.05)
+    _stop_group(proc)
+    if not hasattr(os, "wait4"):
+        proc.wait()
+        return True, None
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return True, usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 @contextlib.contextmanager
@@ -171,6 +217,8 @@ def _pump(child: _Child, take: Callable[[str], None], watch: Watch, monitors: Se
         for monitor in monitors:
             if stop := monitor.poll(watch, now):
                 return stop
+        if child.ended(now, quiet=not item):
+            return None
     return signalled[0]
 
 
