@@ -71,10 +71,10 @@ class DiskGuard:
     folder: Path | None
     saves: list[dict[str, Any]]
     tracker: CheckpointTracker
+    note: Callable[[str], None]
     lora_bytes: int | None = None
     save_state: bool = False
     state_on_end: bool = False
-    note: Callable[[str], None] = print
     warned: set[int] = field(default_factory=set)
     checked: tuple[int, float] = (-1, 0.0)
 

@@ -104,7 +104,7 @@ def run_long(plan: RunPlan, options: TrainOptions, console: Console, env: dict[s
     monitors: list[Monitor] = [
         OutputStops(options.on_nan),
         StallGuard(options.stall_timeout_s, load_timeout(options, smoke)),
-        DiskGuard(plan.output_dir, saves, tracker, lora_bytes, plan.save_state, plan.state_on_end, console.note),
+        DiskGuard(plan.output_dir, saves, tracker, console.note, lora_bytes, plan.save_state, plan.state_on_end),
         tracker, console]
     outcome = run_streaming(plan.argv, timeout=None, echo=None, env=env, watch=watch, monitors=monitors,
                             signals=True)
