@@ -55,6 +55,7 @@ class LongRun:
     started_at: float  # time.time()
     smoke: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    watch_cpu_s: float | None = None  # lorasetup's own CPU time while it watched (all its threads): the cost
 
     @property
     def watch(self) -> Watch:
@@ -95,7 +96,7 @@ class LongRun:
 def run_long(plan: RunPlan, options: TrainOptions, console: Console, env: dict[str, str],
              smoke: dict[str, Any] | None = None) -> LongRun:
     """Run the real command under every guard; SIGINT/SIGTERM stop it cleanly (see stream.stop_signals)."""
-    started_at = time.time()
+    started_at, cpu = time.time(), time.process_time()
     watch = Watch(time.monotonic(), on_line=console.line)
     tracker = CheckpointTracker(plan.output_dir, plan.expect, options.on_nan, on_verified=console.checkpoint)
     saves = plan.saves or ([{"step": plan.total_steps, "kind": "final", "file": plan.final_file}]
@@ -111,4 +112,4 @@ def run_long(plan: RunPlan, options: TrainOptions, console: Console, env: dict[s
     checkpoints = tracker.finish(watch)
     console.close(watch, time.monotonic())
     return LongRun(plan, outcome, checkpoints, state_dirs(plan.output_dir, since=started_at - 1), started_at, smoke,
-                   console.notes)
+                   console.notes, time.process_time() - cpu)

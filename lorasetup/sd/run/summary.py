@@ -195,6 +195,7 @@ def report(run: LongRun, target: dict[str, Any]) -> dict[str, Any]:
                  "first_nonfinite_step": run.first_nonfinite},
         "timing": {**{k: (round(v, 3) if v is not None else None) for k, v in watch.timing().items()},
                    "median_s_per_step": watch.median_step_s(), "wall_s": round(out.wall_s, 3),
+                   "watch_cpu_s": round(run.watch_cpu_s, 3) if run.watch_cpu_s is not None else None,
                    "smoke_eta_s": run.smoke.get("eta_s") if run.smoke else None},
         "peak_rss_bytes": out.peak_rss_bytes,
         "checkpoints": [c.to_dict() for c in run.checkpoints],
