@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from lorasetup.cli import seconds
+from lorasetup.cli import build_parser, seconds
 from lorasetup.sd.run.console import Console, status_text
 from lorasetup.sd.run.units import duration, size, sparkline
 from lorasetup.sd.run.watch import Watch
@@ -89,3 +89,12 @@ def test_duration_flags():
     for bad in ("ten", "0", "-5m"):
         with pytest.raises(argparse.ArgumentTypeError):
             seconds(bad)
+
+
+def test_train_flags():
+    args = build_parser().parse_args(["train", "--quiet", "--on-nan", "warn", "--stall-timeout", "5m",
+                                      "--load-timeout", "1h", "--report", "run.json"])
+    assert (args.quiet, args.on_nan, args.stall_timeout, args.load_timeout, str(args.report)) == \
+        (True, "warn", 300.0, 3600.0, "run.json")
+    defaults = build_parser().parse_args(["train"])
+    assert (defaults.on_nan, defaults.stall_timeout, defaults.load_timeout) == ("stop", 600.0, None)
