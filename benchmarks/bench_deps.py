@@ -106,8 +106,8 @@ def main() -> None:
     def deep() -> None:
         c = Context(target)
         try:
-            answer = stackprobe.result(c)
-            if any(answer["imports"].values()) or any(answer["from_imports"].values()):
+            answer = stackprobe.facts(c)
+            if any(answer.imports.values()) or any(answer.from_imports.values()):
                 raise SystemExit("deps.deep found failing imports; fix them before timing")
         finally:
             c.close()

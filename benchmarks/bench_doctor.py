@@ -82,12 +82,12 @@ def main() -> None:
 
     ctx = Context(target)
     try:
-        answer = stackprobe.result(ctx)
+        answer = stackprobe.facts(ctx)
     finally:
         ctx.close()
-    stages = ", ".join(f"{k} {v:.2f} s" for k, v in answer["timings"].items())
-    print(f"  stack probe stages (one more run): {stages}; {len(answer['imports'])} modules and "
-          f"{len(answer['from_imports'])} names imported")
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in answer.timings.items())
+    print(f"  stack probe stages (one more run): {stages}; {len(answer.imports)} modules and "
+          f"{len(answer.from_imports)} names imported")
 
 
 if __name__ == "__main__":

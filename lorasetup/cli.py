@@ -1,4 +1,4 @@
-"""The `lorasetup` command line: doctor, bootstrap, smoke, train, checkpoints, env, list-checks.
+"""The `lorasetup` command line: doctor, bootstrap, smoke, train, checkpoints, env, list-checks, init.
 
 Exit codes: 0 no required check failed (warnings allowed), 1 a check failed or errored, 2 usage or
 config error. `--json` writes only JSON to stdout; human text goes to stderr.
@@ -22,20 +22,11 @@ from lorasetup.engine.fixer import bootstrap, needs_you
 from lorasetup.engine.report import err, exit_code, render_result, summary_line, to_json, use_color
 from lorasetup.engine.result import Check, Result
 from lorasetup.engine.runner import Runner, select
-from lorasetup.engine.target import ConfigError, Target, load_target
+from lorasetup.engine.target import SETTINGS, ConfigError, Target, load_target
+from lorasetup.initcmd import add_init_flags, init_command
 from lorasetup.sd.run.longrun import DEFAULT_STALL_TIMEOUT_S, TrainOptions
 
-TARGET_FLAGS = {
-    "kohya_root": "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout",
-    "python": "the training interpreter (default: <root>/venv, <root>/.venv, else this Python)",
-    "script": "entry script (default train_network.py)",
-    "dataset_config": "dataset TOML (sd-scripts --dataset_config)",
-    "train_config": "training-args TOML (sd-scripts --config_file)",
-    "base_model": "base model .safetensors or diffusers folder",
-    "output_dir": "where the real run writes its LoRA",
-    "device": "expected device: auto, mps, cuda, xpu or cpu",
-    "accelerate_config": "accelerate config file (default: accelerate's own lookup)",
-}
+TARGET_FLAGS = tuple(s for s in SETTINGS if s.cli)
 
 
 class UsageError(Exception):
@@ -49,8 +40,8 @@ class Parser(argparse.ArgumentParser):
 
 def add_target_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("target (also: lorasetup.toml, [tool.lorasetup], LORASETUP_<FIELD>)")
-    for name, help_text in TARGET_FLAGS.items():
-        g.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
+    for setting in TARGET_FLAGS:
+        g.add_argument(setting.flag, dest=setting.name, help=setting.help)
     g.add_argument("--config", type=Path, help="a lorasetup.toml to use instead of searching for one")
     g.add_argument("-v", "--verbose", action="store_true", help="details, probe output, per-check timings")
 
@@ -110,6 +101,9 @@ def build_parser() -> Parser:
     boot.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     boot.add_argument("--pip-args", default="", metavar="ARGS",
                       help="extra pip arguments, e.g. '--no-index --find-links ./wheels'")
+    boot.add_argument("--all-pins", action="store_true",
+                      help="install every pin of the checkout's requirement files, not only those of the modules "
+                           "this run imports (the GUI's, captioning's, ...)")
     boot.add_argument("--json", action="store_true", help="only JSON on stdout")
 
     smoke = sub.add_parser("smoke", help="a real short training run (default 5 steps) with finite loss")
@@ -132,6 +126,12 @@ def build_parser() -> Parser:
     add_target_flags(env)
 
     sub.add_parser("list-checks", help="every check id, its markers and what it needs")
+
+    init = sub.add_parser("init", help="write dataset.toml and lorasetup.toml for a folder of images, then check",
+                          description="Target flags override what init finds; it reads a lorasetup.toml only when "
+                          "--config names one. Arguments after `--` are added to the training arguments.")
+    add_init_flags(init)
+    add_target_flags(init)
     return parser
 
 
@@ -144,7 +144,7 @@ def split_passthrough(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def make_target(args: argparse.Namespace, extra: list[str]) -> Target:
-    flags: dict[str, Any] = {name: getattr(args, name) for name in TARGET_FLAGS}
+    flags: dict[str, Any] = {s.name: getattr(args, s.name) for s in TARGET_FLAGS}
     if getattr(args, "steps", None) is not None:
         flags["smoke_steps"] = args.steps
     target = load_target(flags, config=args.config)
@@ -194,8 +194,8 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     checks, wanted = selection(args, tags={"preflight"})
     apply = args.fix and not args.dry_run
     pip_args = shlex.split(args.pip_args)
-    results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args), checks,
-                                  wanted, apply=apply, yes=args.yes)
+    results, outcomes = bootstrap(lambda: Context(target, verbose=args.verbose, pip_args=pip_args,
+                                                  all_pins=args.all_pins), checks, wanted, apply=apply, yes=args.yes)
     color = use_color(sys.stderr)
     for r in results:
         err(render_result(r, args.verbose, color))
@@ -271,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(own)
         if args.command == "list-checks":
             return cmd_list_checks(args)
+        if args.command == "init":  # builds its own target, from the dataset folder
+            return init_command(args, {s.name: getattr(args, s.name) for s in TARGET_FLAGS}, extra)
         target = make_target(args, extra)
         return COMMANDS[args.command](args, target)
     except (UsageError, ConfigError) as exc:

@@ -8,18 +8,19 @@ Every fact it cannot collect says "could not collect" and why, instead of failin
 from __future__ import annotations
 
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from lorasetup import __version__
 from lorasetup.engine.context import Context
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import CheckFailed
 from lorasetup.sd import accelconfig, stackprobe
-from lorasetup.sd.devices import GIB, build_label, rosetta, yes
+from lorasetup.sd.devices import GIB, gpu_line, rosetta, yes
 from lorasetup.sd.git import git
+from lorasetup.sd.stackfacts import StackFacts
 
 UNKNOWN = "could not collect"
 
@@ -42,62 +43,56 @@ def git_state(path: Path | None) -> str:
     return f"{path} @ {head.stdout.strip()} ({described.stdout.strip()})"
 
 
-def _torch_lines(found: dict[str, Any]) -> list[tuple[str, str]]:
-    t = found.get("torch")
-    if not t:
-        return [("torch", f"{UNKNOWN}: cannot be imported: {found.get('torch_error')}")]
-    rows = [("torch", f"{t.get('version')} ({build_label(t)})"),
-            ("torchvision", str(t.get("torchvision") or "not installed"))]
-    cuda = f"available {yes(t.get('cuda_available'))}, {t.get('cuda_device_count') or 0} device(s)"
-    if t.get("cuda_arch_list"):
-        cuda += f"; built for {' '.join(t['cuda_arch_list'])}"
+def _torch_lines(found: StackFacts) -> list[tuple[str, str]]:
+    t = found.torch
+    if t is None:
+        return [("torch", f"{UNKNOWN}: cannot be imported: {found.torch_error}")]
+    rows = [("torch", f"{t.version} ({t.build_label()})"), ("torchvision", str(t.torchvision or "not installed"))]
+    cuda = f"available {yes(t.cuda_available)}, {t.cuda_device_count or 0} device(s)"
+    if t.cuda_arch_list:
+        cuda += f"; built for {' '.join(t.cuda_arch_list)}"
     rows.append(("CUDA", cuda))
-    for i, d in enumerate(t.get("cuda_devices") or []):
-        cap = d.get("capability") or [0, 0]
-        memory = (d.get("total_memory") or 0) / GIB
-        rows.append((f"  cuda:{i}", (f"{d.get('name')}, sm_{cap[0]}{cap[1]}, {memory:.1f} GiB, "
-                                   f"bf16 {yes(t.get('cuda_bf16'))}")))
-    mps = f"built {yes(t.get('mps_built'))}, available {yes(t.get('mps_available'))}"
-    if t.get("mps_recommended_max_memory"):
-        mps += f", recommended max memory {t['mps_recommended_max_memory'] / GIB:.1f} GiB"
-    if t.get("mps_macos14") is not None:
-        mps += f", macOS 14 or newer {yes(t['mps_macos14'])}"
+    rows += [(f"  cuda:{i}", f"{gpu_line(d)}, bf16 {yes(t.cuda_bf16)}") for i, d in enumerate(t.cuda_devices)]
+    mps = f"built {yes(t.mps_built)}, available {yes(t.mps_available)}"
+    if t.mps_recommended_max_memory:
+        mps += f", recommended max memory {t.mps_recommended_max_memory / GIB:.1f} GiB"
+    if t.mps_macos14 is not None:
+        mps += f", macOS 14 or newer {yes(t.mps_macos14)}"
     rows.append(("MPS", mps))
-    if t.get("xpu_available"):
-        rows.append(("XPU", ", ".join(t.get("xpu_devices") or []) or "available"))
-    rows += [("torch warned", w.splitlines()[0]) for w in t.get("warnings") or []]
+    if t.xpu_available:
+        rows.append(("XPU", ", ".join(t.xpu_devices) or "available"))
+    rows += [("torch warned", w.splitlines()[0]) for w in t.warnings]
     return rows
 
 
-def _accelerate_lines(ctx: Context, found: dict[str, Any]) -> list[tuple[str, str]]:
+def _accelerate_lines(ctx: Context, found: StackFacts) -> list[tuple[str, str]]:
     location = accelconfig.find_config(ctx.target)
     state = "exists" if location.exists else "does not exist"
-    rows = [("accelerate config", f"{location.path} ({location.origin}, {state})")]
-    acc = found.get("accelerate")
-    if not acc:
-        return [("accelerate", f"{UNKNOWN}: cannot be imported: {found.get('accelerate_error')}")] + rows
-    rows.insert(0, ("accelerate", str(acc.get("version"))))
-    if acc.get("config"):
-        rows.append(("  values", ", ".join(f"{k}: {v}" for k, v in sorted(acc["config"].items())
+    rows = [("accelerate config", f"{location.path} ({location.origin}, {state})"),
+            ("launch flags", shlex.join(ctx.target.launch_args) or "none")]
+    acc = found.accelerate
+    if acc is None:
+        return [("accelerate", f"{UNKNOWN}: cannot be imported: {found.accelerate_error}")] + rows
+    rows.insert(0, ("accelerate", str(acc.version)))
+    if acc.config:
+        rows.append(("  values", ", ".join(f"{k}: {v}" for k, v in sorted(acc.config.items())
                                            if not isinstance(v, (dict, list)))))
-    if acc.get("config_error") or acc.get("launch_error"):
-        rows.append(("  launch", f"fails: {acc.get('config_error') or acc.get('launch_error')}"))
-    report = acc.get("accelerator")
+    if acc.config_error or acc.launch_error:
+        rows.append(("  launch", f"fails: {acc.config_error or acc.launch_error}"))
+    report = acc.accelerator
     if report:
-        rows.append(("Accelerator()", (f"device {report.get('device')}, mixed_precision "
-                                      f"{report.get('mixed_precision')}, distributed "
-                                      f"{report.get('distributed_type')}, {report.get('num_processes')} "
+        rows.append(("Accelerator()", (f"device {report.device}, mixed_precision {report.mixed_precision}, "
+                                      f"distributed {report.distributed_type}, {report.num_processes} "
                                       "process(es)")))
     else:
-        why = acc.get("accelerator_error_no") or acc.get("accelerator_error")
-        rows.append(("Accelerator()", f"{UNKNOWN}: {why}"))
+        rows.append(("Accelerator()", f"{UNKNOWN}: {acc.accelerator_error_no or acc.accelerator_error}"))
     return rows
 
 
-def _imports_line(found: dict[str, Any]) -> tuple[str, str]:
-    if found.get("targets_error"):
-        return "sd-scripts imports", f"{UNKNOWN}: {found['targets_error']}"
-    results = {**found.get("imports", {}), **found.get("from_imports", {})}
+def _imports_line(found: StackFacts) -> tuple[str, str]:
+    if found.targets_error:
+        return "sd-scripts imports", f"{UNKNOWN}: {found.targets_error}"
+    results = {**found.imports, **found.from_imports}
     if not results:
         return "sd-scripts imports", f"{UNKNOWN}: no sd-scripts entry script to read"
     failing = sorted(k for k, v in results.items() if v)
@@ -105,6 +100,19 @@ def _imports_line(found: dict[str, Any]) -> tuple[str, str]:
         return "sd-scripts imports", f"all {len(results)} resolve"
     return "sd-scripts imports", f"{len(failing)} of {len(results)} fail: " + "; ".join(
         f"{k}: {results[k]}" for k in failing[:5]) + (" ..." if len(failing) > 5 else "")
+
+
+def _stack_lines(found: StackFacts) -> list[tuple[str, str]]:
+    """The training interpreter, torch and nvidia-smi, as the stack probe saw them."""
+    py = found.python
+    line = f"{py.version} {py.machine} at {py.executable}"
+    if py.sys_platform == "darwin":
+        line += f"; Rosetta {yes(rosetta(found))}"
+    smi = found.nvidia_smi
+    smi_text = "not on PATH" if smi is None else (
+        "; ".join(f"{g.name} ({g.memory_mib} MiB, driver {g.driver}, sm {g.capability})" for g in smi.gpus)
+        or f"{UNKNOWN}: {smi.error or 'no GPU listed'}")
+    return [("training Python", line), *_torch_lines(found), ("nvidia-smi", smi_text)]
 
 
 def render_env(ctx: Context) -> str:
@@ -116,22 +124,12 @@ def render_env(ctx: Context) -> str:
                + (f", macOS {platform.mac_ver()[0]}" if sys.platform == "darwin" else "")),
     ]
     try:
-        found = stackprobe.result(ctx)
+        found: StackFacts | None = stackprobe.facts(ctx)
     except ProbeError as exc:
         found = None
         rows.append(("training Python", f"{target.python_exe} ({UNKNOWN}: {str(exc).splitlines()[0]})"))
     if found is not None:
-        py = found.get("python") or {}
-        line = f"{py.get('version')} {py.get('machine')} at {py.get('executable')}"
-        if py.get("sys_platform") == "darwin":
-            line += f"; Rosetta {yes(rosetta(found))}"
-        rows.append(("training Python", line))
-        rows += _torch_lines(found)
-        smi = found.get("nvidia_smi")
-        rows.append(("nvidia-smi", "not on PATH" if smi is None else "; ".join(
-            f"{g['name']} ({g['memory_mib']} MiB, driver {g['driver']}, sm {g['capability']})"
-            for g in smi.get("gpus") or []) or f"{UNKNOWN}: {smi.get('error') or 'no GPU listed'}"))
-        rows += _accelerate_lines(ctx, found)
+        rows += _stack_lines(found) + _accelerate_lines(ctx, found)
     else:
         rows.append(("torch, accelerate", UNKNOWN))
     rows.append(("expected device", target.device))

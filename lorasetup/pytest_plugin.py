@@ -6,7 +6,6 @@ so both always agree.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -17,24 +16,21 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.report import render_result
 from lorasetup.engine.result import Status
 from lorasetup.engine.runner import Runner
-from lorasetup.engine.target import FIELD_NAMES, ConfigError, Target, load_target
+from lorasetup.engine.target import SETTINGS, ConfigError, Target, load_target
 
-OPTION_FIELDS = ("kohya_root", "python", "script", "dataset_config", "train_config", "base_model",
-                 "output_dir", "device", "accelerate_config", "smoke_steps")
+OPTIONS = tuple(s for s in SETTINGS if s.pytest)
 SELECTED = pytest.StashKey[set]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lorasetup", "lorasetup: the training setup under test")
-    for name in OPTION_FIELDS:
-        group.addoption("--" + name.replace("_", "-"), dest=f"lorasetup_{name}", default=None,
-                        help=f"lorasetup target {name} (ini: lorasetup_{name})")
-    group.addoption("--train-args", dest="lorasetup_train_args", default=None,
-                    help="extra sd-scripts arguments, one shell-quoted string")
+    for setting in OPTIONS:
+        group.addoption(setting.flag, dest=setting.ini, default=None,
+                        help=f"lorasetup target {setting.name}: {setting.help} (ini: {setting.ini})")
     group.addoption("--lorasetup-config", dest="lorasetup_config", default=None,
                     help="a lorasetup.toml (default: searched from the working directory upward)")
-    for name in FIELD_NAMES:
-        parser.addini(f"lorasetup_{name}", f"lorasetup target {name}", default=None)
+    for setting in SETTINGS:
+        parser.addini(setting.ini, f"lorasetup target {setting.name}: {setting.help}", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,11 +53,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def target_from_config(config: pytest.Config) -> Target:
-    flags = {name: config.getoption(f"lorasetup_{name}") for name in OPTION_FIELDS}
-    extra = config.getoption("lorasetup_train_args")
-    if extra:
-        flags["train_args"] = shlex.split(extra)
-    settings = {name: config.getini(f"lorasetup_{name}") for name in FIELD_NAMES}
+    flags = {s.name: config.getoption(s.ini) for s in OPTIONS}
+    settings = {s.name: config.getini(s.ini) for s in SETTINGS}
     config_file = config.getoption("lorasetup_config")
     return load_target(flags, settings=settings, config=Path(config_file) if config_file else None)
 
@@ -104,7 +97,7 @@ def lorasetup_results(request: pytest.FixtureRequest, target: Target) -> Any:
 
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if not config.stash.get(SELECTED, None) and not any(
-            config.getoption(f"lorasetup_{n}") for n in OPTION_FIELDS):
+            config.getoption(s.ini) for s in OPTIONS):
         return None
     try:
         t = target_from_config(config)

@@ -59,31 +59,12 @@ def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected:
             assert r.fix is not None
             outcomes[r.check_id] = Outcome(r.check_id, r.fix.description, list(r.fix.commands), r.fix.safe,
                                            "planned" if r.fix.safe or yes else "needs --yes")
-        if not apply:
-            break
-        applied: set[str] = set()
-        ran: dict[tuple[str, ...], str | None] = {}  # one plan shared by several checks runs once
-        for r in todo:
-            outcome = outcomes[r.check_id]
-            if outcome.state != "planned":
-                continue
-            key = tuple(outcome.commands)
-            if key not in ran:
-                try:
-                    r.fix.apply()  # type: ignore[union-attr]
-                    ran[key] = None
-                except FixError as exc:
-                    ran[key] = str(exc)
-            if ran[key] is None:
-                applied.add(r.check_id)
-            else:
-                outcome.state, outcome.message = "fix failed", ran[key] or ""
+        applied = apply_fixes(todo, outcomes) if apply else set()
         if not applied:
             break
-        recheck = dependents(checks, applied)
         with new_context() as ctx:
-            fresh = {r.check_id: r for r in Runner(ctx, checks).run([c for c in checks if c.id in recheck])}
-        results.update(fresh)
+            recheck = dependents(checks, applied)
+            results.update({r.check_id: r for r in Runner(ctx, checks).run([c for c in checks if c.id in recheck])})
         for check_id in applied:
             after = results[check_id]
             outcomes[check_id].state = "fixed" if after.status in (Status.OK, Status.WARN) else "still failing"
@@ -91,6 +72,29 @@ def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected:
                 outcomes[check_id].message = after.summary
     order = {c.id: i for i, c in enumerate(checks)}
     return sorted(results.values(), key=lambda r: order[r.check_id]), list(outcomes.values())
+
+
+def apply_fixes(todo: list[Result], outcomes: dict[str, Outcome]) -> set[str]:
+    """Apply each planned fix; a plan shared by several checks (the same commands) runs once. Returns the ids
+    of the checks whose fix applied."""
+    applied: set[str] = set()
+    ran: dict[tuple[str, ...], str | None] = {}  # commands -> None, or the error of their one run
+    for r in todo:
+        outcome = outcomes[r.check_id]
+        if outcome.state != "planned" or r.fix is None:
+            continue
+        key = tuple(outcome.commands)
+        if key not in ran:
+            try:
+                r.fix.apply()
+                ran[key] = None
+            except FixError as exc:
+                ran[key] = str(exc)
+        if ran[key] is None:
+            applied.add(r.check_id)
+        else:
+            outcome.state, outcome.message = "fix failed", ran[key] or ""
+    return applied
 
 
 def needs_you(results: list[Result], outcomes: list[Outcome]) -> list[Result]:

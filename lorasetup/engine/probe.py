@@ -1,8 +1,10 @@
-"""The bridge to the training interpreter: run a short snippet there, read one JSON object back.
+"""The bridge to the training interpreter: run a probe program there, read one JSON object back.
 
-lorasetup itself never imports torch, accelerate or sd-scripts. A snippet assigns the dict `RESULT`;
-whatever it prints goes to stderr, so import noise cannot corrupt the answer. A crash, a hang or garbage
-becomes a ProbeError naming the interpreter and what it printed.
+lorasetup itself never imports torch, accelerate or sd-scripts. A probe program is a module file that imports
+only the standard library at module level and defines `main(params, checkpoint) -> dict` (they live in
+lorasetup/sd/programs/); the training interpreter runs it through probe_entry.py, which sends whatever it
+prints to stderr, so import noise cannot corrupt the answer. A crash, a hang or garbage becomes a ProbeError
+naming the interpreter and what it printed.
 """
 
 from __future__ import annotations
@@ -16,14 +18,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "@@LORASETUP-PROBE@@"
-WRAPPER = f"""
-import json as _json, sys as _sys
-_out, _sys.stdout = _sys.stdout, _sys.stderr
-RESULT = {{}}
-exec(compile(_sys.argv[1], "<lorasetup probe>", "exec"))
-_out.write("\\n{MARKER}" + _json.dumps(RESULT, default=str) + "\\n")
-_out.flush()
-"""
+ENTRY = Path(__file__).with_name("probe_entry.py")
 
 
 class ProbeError(Exception):
@@ -40,38 +35,46 @@ def tail(text: str, lines: int = 8) -> str:
     return "\n".join(kept[-lines:])
 
 
-def run_probe(python: Path, code: str, timeout: float = 60.0, env: Mapping[str, str] | None = None,
-              cwd: Path | None = None) -> dict[str, Any]:
-    """Run `code` in `python` and return its RESULT dict, or raise ProbeError."""
+def run_program(python: Path, program: Path, params: Mapping[str, Any] | None = None, timeout: float = 60.0,
+                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> dict[str, Any]:
+    """Run the probe program `program` in `python` with `params` and return its answer, or raise ProbeError."""
     full_env = dict(os.environ if env is None else env)
     full_env.setdefault("PYTHONIOENCODING", "utf-8")
     try:
-        proc = subprocess.Popen([str(python), "-c", WRAPPER, code], stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen([str(python), str(ENTRY), MARKER, str(program)], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
                                 cwd=str(cwd) if cwd else None, start_new_session=True,
                                 encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ProbeError(f"the training interpreter {python} cannot be started: {exc.strerror or exc}") from None
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(json.dumps(dict(params or {})), timeout=timeout)
     except subprocess.TimeoutExpired:
         kill_tree(proc)
         out, err = proc.communicate()
         raise ProbeError(f"the training interpreter {python} did not answer within {timeout:.0f} s "
                          f"(a hang while importing?). Last output:\n{tail(err + out)}", err + out) from None
-    for line in reversed(out.splitlines()):
-        if line.startswith(MARKER):
-            try:
-                value = json.loads(line[len(MARKER):])
-            except json.JSONDecodeError:
-                break
-            if isinstance(value, dict):
-                return value
+    answer = last_answer(out)
+    if answer is not None:
+        return answer
     if proc.returncode != 0:
         raise ProbeError(f"the training interpreter {python} crashed (exit {proc.returncode}):\n"
                          f"{tail(err + out)}", err + out)
     raise ProbeError(f"the training interpreter {python} answered with no readable result:\n"
                      f"{tail(out + err)}", out + err)
+
+
+def last_answer(out: str) -> dict[str, Any] | None:
+    """The last answer line a probe wrote (a checkpoint, or its final answer), None when there is none."""
+    for line in reversed(out.splitlines()):
+        if line.startswith(MARKER):
+            try:
+                value = json.loads(line[len(MARKER):])
+            except json.JSONDecodeError:
+                return None
+            if isinstance(value, dict):
+                return value
+    return None
 
 
 def kill_tree(proc: subprocess.Popen) -> None:

@@ -10,10 +10,12 @@ import difflib
 import os
 import shlex
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import InvalidRequirement, Requirement
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,8 +23,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEVICES = ("auto", "mps", "cuda", "xpu", "cpu")
-PATH_FIELDS = ("kohya_root", "python", "dataset_config", "train_config", "base_model", "output_dir",
-               "accelerate_config")
 DISCOVERY_DIRS = ("kohya_ss", "~/kohya_ss", "~/tools/kohya_ss")
 
 
@@ -30,22 +30,131 @@ class ConfigError(Exception):
     """Bad configuration: the CLI exits 2 with this message."""
 
 
+def _path(value: Any, base: Path) -> Path | None:
+    if value in (None, ""):
+        return None
+    path = Path(str(value)).expanduser()
+    return (base / path).resolve() if not path.is_absolute() else path
+
+
+def _args(value: Any, base: Path) -> list[str]:
+    return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
+
+
+def _steps(value: Any, base: Path) -> int:
+    steps = int(value)
+    if steps < 1:
+        raise ValueError("must be at least 1")
+    return steps
+
+
+def _seconds(value: Any, base: Path) -> float:
+    seconds = float(value)
+    if seconds <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return seconds
+
+
+def _device(value: Any, base: Path) -> str:
+    device = str(value).lower()
+    if device not in DEVICES:
+        raise ValueError(f"must be one of {', '.join(DEVICES)}")
+    return device
+
+
+def _text(value: Any, base: Path) -> str:
+    return str(value)
+
+
+def _requirements(value: Any, base: Path) -> list[str]:
+    """`[deps] accept`: requirement strings (`accelerate>=1.11`); a string is split like a shell line."""
+    items = shlex.split(value) if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise ValueError('must be a list of requirements like ["accelerate>=1.11"]')
+    for item in items:
+        try:
+            Requirement(str(item))
+        except InvalidRequirement as exc:
+            raise ValueError(f"{item!r} is not a requirement like `accelerate>=1.11`: {exc}") from None
+    return [str(item) for item in items]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one Target field is spelt everywhere: the CLI flag, the pytest option and ini key, the environment
+    variable and the config key all come from this, so the front ends cannot drift apart."""
+
+    name: str
+    coerce: Callable[[Any, Path], Any]  # raw value, the folder relative paths resolve against -> field value
+    help: str
+    cli: bool = True  # a flag of every lorasetup command (`--kohya-root`); train_args come after `--` instead
+    pytest: bool = True  # a pytest option (`--kohya-root`)
+    table: str | None = None  # the config file's table holding it (`[smoke] steps`), besides the plain key
+    example: str = ""  # a value as the config file spells it, for messages
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return f"LORASETUP_{self.name.upper()}"
+
+    @property
+    def ini(self) -> str:
+        return f"lorasetup_{self.name}"
+
+    @property
+    def table_key(self) -> str | None:
+        """The key inside `table`: `steps` for smoke_steps in [smoke]."""
+        return self.name.removeprefix(f"{self.table}_") if self.table else None
+
+    @property
+    def config_key(self) -> str:
+        """How the config file names it: `smoke.steps`, `device`."""
+        return f"{self.table}.{self.table_key}" if self.table else self.name
+
+
+def _setting(coerce: Callable[[Any, Path], Any], help_text: str, *, default: Any = None,
+             default_factory: Callable[[], Any] | None = None, **how: Any) -> Any:
+    """A Target field with its Setting (named when the class is built: see SETTINGS)."""
+    meta = {"setting": Setting("", coerce, help_text, **how)}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class Target:
     """One training setup. Paths are absolute once loaded."""
 
-    kohya_root: Path | None = None
-    python: Path | None = None
-    script: str = "train_network.py"
-    dataset_config: Path | None = None
-    train_config: Path | None = None
-    train_args: list[str] = field(default_factory=list)
-    base_model: Path | None = None
-    output_dir: Path | None = None
-    device: str = "auto"
-    accelerate_config: Path | None = None
-    smoke_steps: int = 5
-    smoke_timeout: float = 900.0
+    kohya_root: Path | None = _setting(
+        _path, "kohya_ss GUI checkout (with sd-scripts/ inside) or a bare sd-scripts checkout")
+    python: Path | None = _setting(
+        _path, "the training interpreter (default: <root>/venv, <root>/.venv, else this Python)")
+    script: str = _setting(_text, "entry script (default train_network.py)", default="train_network.py")
+    dataset_config: Path | None = _setting(_path, "dataset TOML (sd-scripts --dataset_config)")
+    train_config: Path | None = _setting(_path, "training-args TOML (sd-scripts --config_file)")
+    train_args: list[str] = _setting(_args, "extra sd-scripts arguments, one shell-quoted string",
+                                     default_factory=list, cli=False)
+    base_model: Path | None = _setting(_path, "base model .safetensors or diffusers folder")
+    output_dir: Path | None = _setting(_path, "where the real run writes its LoRA")
+    device: str = _setting(_device, "expected device: auto, mps, cuda, xpu or cpu", default="auto")
+    accelerate_config: Path | None = _setting(
+        _path, "accelerate config file (default: accelerate's own lookup)")
+    launch_args: list[str] = _setting(
+        _args, "`accelerate launch` flags, e.g. '--multi_gpu --num_processes 2 --main_process_port 29501'",
+        default_factory=list)
+    rendezvous_timeout: float = _setting(
+        _seconds, "seconds device.distributed waits for every process and machine to join (default 60)",
+        default=60.0)
+    smoke_steps: int = _setting(_steps, "smoke run: training steps (default 5)", default=5, cli=False,
+                                table="smoke", example="5")
+    smoke_timeout: float = _setting(_seconds, "smoke run: seconds before it is stopped (default 900)",
+                                    default=900.0, cli=False, pytest=False, table="smoke", example="900")
+    deps_accept: list[str] = _setting(_requirements, "pins deliberately not met, e.g. accelerate>=1.11",
+                                      default_factory=list, cli=False, pytest=False, table="deps",
+                                      example='["accelerate>=1.11"]')
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -66,18 +175,21 @@ class Target:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name == "sources":
-                continue
-            value = getattr(self, f.name)
-            out[f.name] = str(value) if isinstance(value, Path) else value
+        for name in FIELD_NAMES:
+            value = getattr(self, name)
+            out[name] = str(value) if isinstance(value, Path) else value
         out["layout"] = self.layout
         out["sd_scripts"] = str(self.sd_scripts) if self.sd_scripts else None
         return out
 
 
-FIELD_NAMES = tuple(f.name for f in fields(Target) if f.name != "sources")
-SMOKE_KEYS = {"steps": "smoke_steps", "timeout": "smoke_timeout"}
+# The one table of the Target's settings, in field order.
+SETTINGS: tuple[Setting, ...] = tuple(replace(f.metadata["setting"], name=f.name)
+                                      for f in fields(Target) if "setting" in f.metadata)
+FIELD_NAMES = tuple(s.name for s in SETTINGS)
+BY_NAME = {s.name: s for s in SETTINGS}
+TABLES = {s.table: {t.table_key: t.name for t in SETTINGS if t.table == s.table}
+          for s in SETTINGS if s.table}
 
 
 def detect_layout(root: Path) -> str | None:
@@ -150,21 +262,30 @@ def _load_toml(path: Path) -> dict[str, Any]:
 
 def _flatten_config(path: Path, raw: Mapping[str, Any]) -> dict[str, Any]:
     """Map a config table to Target field names; unknown keys are a ConfigError with a did-you-mean."""
-    known = set(FIELD_NAMES) | {"smoke"}
+    known = set(FIELD_NAMES) | set(TABLES)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         norm = key.replace("-", "_")
         if norm not in known:
             raise ConfigError(_unknown_key(path, key, sorted(known)))
-        if norm == "smoke":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{path}: `smoke` must be a table like [smoke] steps = 5, timeout = 900")
-            for sub, subval in value.items():
-                if sub not in SMOKE_KEYS:
-                    raise ConfigError(_unknown_key(path, f"smoke.{sub}", [f"smoke.{k}" for k in SMOKE_KEYS]))
-                out[SMOKE_KEYS[sub]] = subval
+        if norm in TABLES:
+            out.update(_flatten_table(path, norm, value))
         else:
             out[norm] = value
+    return out
+
+
+def _flatten_table(path: Path, table: str, value: Any) -> dict[str, Any]:
+    """The fields of one config table (`[smoke] steps = 3` -> smoke_steps)."""
+    keys = TABLES[table]
+    if not isinstance(value, dict):
+        example = ", ".join(f"{key} = {BY_NAME[name].example}" for key, name in keys.items())
+        raise ConfigError(f"{path}: `{table}` must be a table like [{table}] {example}")
+    out = {}
+    for sub, subval in value.items():
+        if sub not in keys:
+            raise ConfigError(_unknown_key(path, f"{table}.{sub}", [f"{table}.{k}" for k in keys]))
+        out[keys[sub]] = subval
     return out
 
 
@@ -177,72 +298,45 @@ def _unknown_key(path: Path, key: str, known: list[str]) -> str:
 def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
     """Turn a raw value into the field's type; relative paths resolve against `base`."""
     try:
-        if name in PATH_FIELDS:
-            if value in (None, ""):
-                return None
-            path = Path(str(value)).expanduser()
-            return (base / path).resolve() if not path.is_absolute() else path
-        if name == "train_args":
-            return shlex.split(value) if isinstance(value, str) else [str(v) for v in value]
-        if name == "smoke_steps":
-            steps = int(value)
-            if steps < 1:
-                raise ValueError("must be at least 1")
-            return steps
-        if name == "smoke_timeout":
-            return float(value)
-        if name == "device":
-            device = str(value).lower()
-            if device not in DEVICES:
-                raise ValueError(f"must be one of {', '.join(DEVICES)}")
-            return device
-        return str(value)
+        return BY_NAME[name].coerce(value, base)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: bad value for `{name}` ({value!r}): {exc}") from None
+        raise ConfigError(f"{origin}: bad value for `{BY_NAME[name].config_key}` ({value!r}): {exc}") from None
 
 
-def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
-                environ: Mapping[str, str] | None = None, config: Path | None = None,
-                settings: Mapping[str, Any] | None = None) -> Target:
-    """Build the Target from discovery, config file, environment and flags (rising priority).
+class _Values:
+    """The field values found so far and where each came from; a later `put` wins."""
 
-    `settings` (pytest ini keys) rank with the config file: above it, below the environment."""
-    cwd = (cwd or Path.cwd()).resolve()
-    environ = os.environ if environ is None else environ
-    values: dict[str, Any] = {}
-    sources: dict[str, str] = {}
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
 
-    def put(name: str, value: Any, origin: str, base: Path) -> None:
-        values[name] = _coerce(name, value, origin, base)
-        sources[name] = origin
+    def put(self, name: str, value: Any, origin: str, base: Path) -> None:
+        self.values[name] = _coerce(name, value, origin, base)
+        self.sources[name] = origin
 
+    def put_given(self, given: Mapping[str, Any], origin: str, base: Path) -> None:
+        """Every value that is set (None, "" and [] are not)."""
+        for name, value in given.items():
+            if value not in (None, [], ""):
+                self.put(name, value, origin, base)
+
+
+def _config_file(config: Path | None, cwd: Path, environ: Mapping[str, str], search: bool
+                 ) -> tuple[Path, dict[str, Any]] | None:
+    """The config file named by --config or LORASETUP_CONFIG, else (with `search`) the one found from cwd upward."""
     config = config or (Path(environ["LORASETUP_CONFIG"]) if environ.get("LORASETUP_CONFIG") else None)
-    if config is not None:
-        config = (cwd / config).resolve()
-        if not config.is_file():
-            raise ConfigError(f"{config}: config file not found. Pass an existing lorasetup.toml to --config.")
-        raw = _load_toml(config)
-        found: tuple[Path, dict[str, Any]] | None = (config, raw.get("tool", {}).get("lorasetup", raw)
-                                                     if config.name == "pyproject.toml" else raw)
-    else:
-        found = find_config_file(cwd)
-    if found:
-        path, raw = found
-        for name, value in _flatten_config(path, raw).items():
-            put(name, value, str(path), path.parent)
-    for name, value in (settings or {}).items():
-        if value not in (None, [], ""):
-            put(name, value, "pytest ini", cwd)
-    for name in FIELD_NAMES:
-        env_value = environ.get(f"LORASETUP_{name.upper()}")
-        if env_value not in (None, ""):
-            put(name, env_value, f"LORASETUP_{name.upper()}", cwd)
-    for name, value in (flags or {}).items():
-        if name not in FIELD_NAMES:
-            raise ConfigError(f"unknown target field `{name}`")
-        if value not in (None, [], ""):
-            put(name, value, "flag", cwd)
+    if config is None:
+        return find_config_file(cwd) if search else None
+    config = (cwd / config).resolve()
+    if not config.is_file():
+        raise ConfigError(f"{config}: config file not found. Pass an existing lorasetup.toml to --config.")
+    raw = _load_toml(config)
+    return config, raw.get("tool", {}).get("lorasetup", raw) if config.name == "pyproject.toml" else raw
 
+
+def _discover(found: _Values, cwd: Path) -> None:
+    """The checkout and its interpreter where no source named them."""
+    values, sources = found.values, found.sources
     if "kohya_root" not in values:
         root = discover_root(cwd)
         if root is not None:
@@ -254,4 +348,31 @@ def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
             found_python = venv_python(root / "sd-scripts")
         values["python"] = found_python or Path(sys.executable)
         sources["python"] = "discovered" if found_python else "current interpreter"
-    return Target(**values, sources=sources)
+
+
+def load_target(flags: Mapping[str, Any] | None = None, cwd: Path | None = None,
+                environ: Mapping[str, str] | None = None, config: Path | None = None,
+                settings: Mapping[str, Any] | None = None, search: bool = True) -> Target:
+    """Build the Target from discovery, config file, environment and flags (rising priority).
+
+    `settings` (pytest ini keys) rank with the config file: above it, below the environment. Without `search`
+    only an explicit `config` is read, not a lorasetup.toml found from `cwd` upward."""
+    cwd = (cwd or Path.cwd()).resolve()
+    environ = os.environ if environ is None else environ
+    found = _Values()
+    config_file = _config_file(config, cwd, environ, search)
+    if config_file:
+        path, raw = config_file
+        for name, value in _flatten_config(path, raw).items():
+            found.put(name, value, str(path), path.parent)
+    found.put_given(settings or {}, "pytest ini", cwd)
+    for setting in SETTINGS:
+        env_value = environ.get(setting.env)
+        if env_value not in (None, ""):
+            found.put(setting.name, env_value, setting.env, cwd)
+    unknown = [name for name in flags or {} if name not in BY_NAME]
+    if unknown:
+        raise ConfigError(f"unknown target field `{unknown[0]}`")
+    found.put_given(flags or {}, "flag", cwd)
+    _discover(found, cwd)
+    return Target(**found.values, sources=found.sources)

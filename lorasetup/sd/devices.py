@@ -6,11 +6,15 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from lorasetup.sd.stackfacts import CudaDevice, SmiGpu, StackFacts, TorchFacts
+
 GIB = 1024 ** 3
+NO_TORCH = TorchFacts()  # what is known of a torch that answered nothing: no device is available
 
 
-def torch_facts(found: dict[str, Any]) -> dict[str, Any]:
-    return found.get("torch") or {}
+def torch_facts(found: StackFacts) -> TorchFacts:
+    """torch's facts, or NO_TORCH when it was not imported (torch_error says why)."""
+    return found.torch or NO_TORCH
 
 
 def version(text: str | None) -> Version | None:
@@ -20,81 +24,71 @@ def version(text: str | None) -> Version | None:
         return None
 
 
-def rosetta(found: dict[str, Any]) -> bool:
+def rosetta(found: StackFacts) -> bool:
     """An x86_64 Python translated by Rosetta on an Apple Silicon Mac: torch there has no MPS."""
-    py = found.get("python") or {}
-    return py.get("sys_platform") == "darwin" and py.get("machine") == "x86_64" and (
-        py.get("proc_translated") == "1" or py.get("arm64_hardware") == "1")
+    py = found.python
+    return py.sys_platform == "darwin" and py.machine == "x86_64" and (
+        py.proc_translated == "1" or py.arm64_hardware == "1")
 
 
-def smi_gpus(found: dict[str, Any]) -> list[dict[str, Any]]:
-    return ((found.get("nvidia_smi") or {}).get("gpus")) or []
+def smi_gpus(found: StackFacts) -> tuple[SmiGpu, ...]:
+    return found.nvidia_smi.gpus if found.nvidia_smi else ()
 
 
-def available(found: dict[str, Any], device: str) -> bool:
-    t = torch_facts(found)
-    return device == "cpu" or bool(t.get(f"{device}_available"))
+def available(found: StackFacts, device: str) -> bool:
+    return device == "cpu" or torch_facts(found).available(device)
 
 
-def best_available(found: dict[str, Any]) -> str:
+def best_available(found: StackFacts) -> str:
     """The device accelerate picks when nothing forces the CPU: MPS, then CUDA, then XPU (state.py)."""
     return next((d for d in ("mps", "cuda", "xpu") if available(found, d)), "cpu")
 
 
-def machine_offers(found: dict[str, Any]) -> str:
+def machine_offers(found: StackFacts) -> str:
     """The best device this machine has, even when torch cannot use it (what `device = "auto"` asks for)."""
     best = best_available(found)
     if best != "cpu":
         return best
-    py = found.get("python") or {}
-    if smi_gpus(found) or torch_facts(found).get("cuda_device_count_machine"):
+    py = found.python
+    if smi_gpus(found) or torch_facts(found).cuda_device_count_machine:
         return "cuda"
-    if py.get("sys_platform") == "darwin" and (py.get("machine") == "arm64" or rosetta(found)):
+    if py.sys_platform == "darwin" and (py.machine == "arm64" or rosetta(found)):
         return "mps"
     return "cpu"
 
 
-def build_label(t: dict[str, Any]) -> str:
-    if t.get("hip"):
-        return f"ROCm {t['hip']} build"
-    if t.get("cuda"):
-        return f"CUDA {t['cuda']} build"
-    if t.get("mps_built"):
-        return "build with MPS"
-    if t.get("xpu_available"):
-        return "XPU build"
-    return "CPU-only build"
+def gpu_line(d: CudaDevice) -> str:
+    """`NVIDIA GeForce RTX 3060, sm_86, 11.8 GiB`."""
+    return f"{d.name}, sm_{d.capability[0]}{d.capability[1]}, {d.total_memory / GIB:.1f} GiB"
 
 
-def device_lines(found: dict[str, Any]) -> list[str]:
+def smi_line(gpu: SmiGpu) -> str:
+    return f"{gpu.name} ({gpu.memory_mib} MiB, sm {gpu.capability}, driver {gpu.driver})"
+
+
+def device_lines(found: StackFacts) -> list[str]:
     """What the probe saw, one fact a line, for details and `lorasetup env`."""
-    t, py = torch_facts(found), found.get("python") or {}
-    lines = [f"python {py.get('version')} {py.get('machine')} at {py.get('executable')}"]
-    if py.get("sys_platform") == "darwin":
-        lines.append(f"macOS {py.get('mac_ver')}; Rosetta: {'yes' if rosetta(found) else 'no'}")
-    if not t:
-        return lines + [f"torch: cannot be imported: {found.get('torch_error')}"]
-    lines.append(f"torch {t.get('version')} ({build_label(t)})"
-                 + (f", torchvision {t['torchvision']}" if t.get("torchvision") else ""))
-    count = t.get("cuda_device_count") or 0
-    lines.append(f"cuda available: {yes(t.get('cuda_available'))}, {count} device(s)")
-    for i, d in enumerate(t.get("cuda_devices") or []):
-        cap = d.get("capability") or [0, 0]
-        lines.append(f"  cuda:{i} {d.get('name')}, sm_{cap[0]}{cap[1]}, "
-                     f"{(d.get('total_memory') or 0) / GIB:.1f} GiB")
-    if t.get("cuda_arch_list"):
-        lines.append(f"  torch built for: {' '.join(t['cuda_arch_list'])}")
-    mem = t.get("mps_recommended_max_memory")
-    lines.append(f"mps built: {yes(t.get('mps_built'))}, available: {yes(t.get('mps_available'))}"
+    py = found.python
+    lines = [f"python {py.version} {py.machine} at {py.executable}"]
+    if py.sys_platform == "darwin":
+        lines.append(f"macOS {py.mac_ver}; Rosetta: {'yes' if rosetta(found) else 'no'}")
+    t = found.torch
+    if t is None:
+        return lines + [f"torch: cannot be imported: {found.torch_error}"]
+    lines.append(f"torch {t.version} ({t.build_label()})" + (f", torchvision {t.torchvision}" if t.torchvision else ""))
+    lines.append(f"cuda available: {yes(t.cuda_available)}, {t.cuda_device_count or 0} device(s)")
+    lines += [f"  cuda:{i} {gpu_line(d)}" for i, d in enumerate(t.cuda_devices)]
+    if t.cuda_arch_list:
+        lines.append(f"  torch built for: {' '.join(t.cuda_arch_list)}")
+    mem = t.mps_recommended_max_memory
+    lines.append(f"mps built: {yes(t.mps_built)}, available: {yes(t.mps_available)}"
                  + (f", recommended max memory {mem / GIB:.1f} GiB" if mem else ""))
-    if t.get("xpu_available"):
-        lines.append(f"xpu available: {', '.join(t.get('xpu_devices') or []) or 'yes'}")
-    smi = found.get("nvidia_smi")
+    if t.xpu_available:
+        lines.append(f"xpu available: {', '.join(t.xpu_devices) or 'yes'}")
+    smi = found.nvidia_smi
     if smi:
-        gpus = [f"{g['name']} ({g['memory_mib']} MiB, sm {g['capability']}, driver {g['driver']})"
-                for g in smi.get("gpus") or []]
-        lines.append(f"nvidia-smi: {'; '.join(gpus) or smi.get('error') or 'no GPU listed'}")
-    lines += [f"torch warned: {w.splitlines()[0]}" for w in t.get("warnings") or []]
+        lines.append(f"nvidia-smi: {'; '.join(smi_line(g) for g in smi.gpus) or smi.error or 'no GPU listed'}")
+    lines += [f"torch warned: {w.splitlines()[0]}" for w in t.warnings]
     return lines
 
 

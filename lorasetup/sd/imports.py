@@ -32,11 +32,15 @@ from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import CheckFailed
 from lorasetup.sd.argspec import cache_dir
 from lorasetup.sd.facts import MODULE_TO_DIST, optimizer_module
+from lorasetup.sd.programs import program
 from lorasetup.sd.trainargs import train_args
 
 CACHE_VERSION = 1
 CATCHES_IMPORT_ERROR = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 DEFAULT_NETWORK_MODULE = "networks.lora"  # the module repo.present requires; the kohya_ss GUI's LoRA default
+# Imported for an option but not by name in sd-scripts' code: accelerate's TensorBoardTracker for `--log_with
+# tensorboard` (library/train_util.py prepare_accelerator; arg_imports decides when a run does)
+OPTION_ONLY_IMPORTS = {"tensorboard": "--log_with tensorboard, through accelerate's TensorBoardTracker"}
 
 
 @dataclass(frozen=True)
@@ -151,48 +155,76 @@ def file_imports(path: Path, rel: str, module: str, is_entry: bool) -> tuple[lis
     except (SyntaxError, ValueError, OSError) as exc:
         return [], f"{rel}: {exc}"
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: list[ImportUse] = []
+    walker = _Walker(rel, package, is_entry)
+    walker.walk(tree.body, False, False)
+    return walker.found, None
 
-    def walk(body: list[ast.stmt], guarded: bool, deferred: bool) -> None:
+
+class _Walker:
+    """Walks one module's statements the way Python runs them at import: a function body or an `if` branch
+    is deferred, a try with a falling-back ImportError handler is guarded, the entry's `__main__` block runs."""
+
+    def __init__(self, rel: str, package: str, is_entry: bool) -> None:
+        self.rel, self.package, self.is_entry = rel, package, is_entry
+        self.found: list[ImportUse] = []
+
+    def walk(self, body: list[ast.stmt], guarded: bool, deferred: bool) -> None:
         for node in body:
-            if isinstance(node, ast.Import):
-                found.extend(ImportUse(a.name, (), rel, node.lineno, guarded, deferred) for a in node.names)
-            elif isinstance(node, ast.ImportFrom):
-                base = absolute(node, package)
-                if base is not None:
-                    names = tuple(a.name for a in node.names if a.name != "*")
-                    found.append(ImportUse(base, names, rel, node.lineno, guarded, deferred))
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                walk(node.body, guarded, True)
-            elif isinstance(node, ast.ClassDef):
-                walk(node.body, guarded, deferred)
-            elif isinstance(node, ast.If):
-                if _is_main_guard(node.test):
-                    if is_entry:  # the entry script runs as __main__
-                        walk(node.body, guarded, deferred)
-                    walk(node.orelse, guarded, True)
-                elif _is_type_checking(node.test):
-                    walk(node.orelse, guarded, deferred)
-                else:
-                    walk(node.body, guarded, True)
-                    walk(node.orelse, guarded, True)
-            elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
-                walk(node.body, guarded or _falls_back(node), deferred)  # type: ignore[arg-type]
-                for handler in node.handlers:  # type: ignore[attr-defined]
-                    walk(handler.body, guarded, True)
-                walk(node.orelse, guarded, deferred)  # type: ignore[attr-defined]
-                walk(node.finalbody, guarded, deferred)  # type: ignore[attr-defined]
-            elif isinstance(node, (ast.With, ast.AsyncWith)):
-                walk(node.body, guarded, deferred)
-            elif isinstance(node, (ast.For, ast.AsyncFor, ast.While)):
-                walk(node.body, guarded, True)
-                walk(node.orelse, guarded, True)
-            elif type(node).__name__ == "Match":
-                for case in node.cases:  # type: ignore[attr-defined]
-                    walk(case.body, guarded, True)
+            visit = getattr(self, f"visit_{type(node).__name__}", None)
+            if visit is not None:
+                visit(node, guarded, deferred)
 
-    walk(tree.body, False, False)
-    return found, None
+    def visit_Import(self, node: ast.Import, guarded: bool, deferred: bool) -> None:
+        self.found.extend(ImportUse(a.name, (), self.rel, node.lineno, guarded, deferred) for a in node.names)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom, guarded: bool, deferred: bool) -> None:
+        base = absolute(node, self.package)
+        if base is not None:
+            names = tuple(a.name for a in node.names if a.name != "*")
+            self.found.append(ImportUse(base, names, self.rel, node.lineno, guarded, deferred))
+
+    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded, True)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node: ast.ClassDef, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded, deferred)
+
+    def visit_If(self, node: ast.If, guarded: bool, deferred: bool) -> None:
+        if _is_main_guard(node.test):
+            if self.is_entry:  # the entry script runs as __main__
+                self.walk(node.body, guarded, deferred)
+            self.walk(node.orelse, guarded, True)
+        elif _is_type_checking(node.test):
+            self.walk(node.orelse, guarded, deferred)
+        else:
+            self.walk(node.body, guarded, True)
+            self.walk(node.orelse, guarded, True)
+
+    def visit_Try(self, node: ast.Try, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded or _falls_back(node), deferred)
+        for handler in node.handlers:
+            self.walk(handler.body, guarded, True)
+        self.walk(node.orelse, guarded, deferred)
+        self.walk(node.finalbody, guarded, deferred)
+
+    visit_TryStar = visit_Try  # Python 3.11's `except*` has the same fields
+
+    def visit_With(self, node: ast.With | ast.AsyncWith, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded, deferred)
+
+    visit_AsyncWith = visit_With
+
+    def visit_For(self, node: ast.For | ast.AsyncFor | ast.While, guarded: bool, deferred: bool) -> None:
+        self.walk(node.body, guarded, True)
+        self.walk(node.orelse, guarded, True)
+
+    visit_AsyncFor = visit_While = visit_For
+
+    def visit_Match(self, node: Any, guarded: bool, deferred: bool) -> None:
+        for case in node.cases:
+            self.walk(case.body, guarded, True)
 
 
 def absolute(node: ast.ImportFrom, package: str) -> str | None:
@@ -252,10 +284,14 @@ class ScanCache:
 
 
 class _Scanner:
-    def __init__(self, root: Path, cache: ScanCache) -> None:
+    """Follows first-party imports from the entry modules; with `every_path`, also those that run only on
+    some paths (inside functions, behind flags, guarded), for "what does sd-scripts import anywhere"."""
+
+    def __init__(self, root: Path, cache: ScanCache, every_path: bool = False) -> None:
         self.closure = Closure(root)
         self.root = root
         self.cache = cache
+        self.every_path = every_path
         self.todo: list[str] = []
         self._first: dict[str, bool] = {}
         self._files: dict[str, Path | None] = {}
@@ -270,9 +306,9 @@ class _Scanner:
             self._files[module] = module_file(self.root, module)
         return self._files[module]
 
-    def run(self, entry: str, extra: list[str]) -> Closure:
+    def run(self, entries: list[str], extra: list[str]) -> Closure:
         parts = [m.split(".") for m in extra]  # importing a.b runs a's __init__ first
-        self.todo = [entry, *(".".join(p[:i]) for p in parts for i in range(1, len(p) + 1))]
+        self.todo = [*entries, *(".".join(p[:i]) for p in parts for i in range(1, len(p) + 1))]
         while self.todo:
             module = self.todo.pop(0)
             if module in self.closure.modules:
@@ -284,7 +320,7 @@ class _Scanner:
             self.closure.modules[module] = rel
             if not path.is_file():
                 continue
-            uses, error = self.cache.imports(path, rel, module, is_entry=(module == entry))
+            uses, error = self.cache.imports(path, rel, module, is_entry=module in entries)
             if error:
                 self.closure.unreadable.append(error)
             for use in uses:
@@ -297,7 +333,7 @@ class _Scanner:
         if not self.first_party(top):
             self.closure.uses.append(use)
             return
-        if not use.required:
+        if not (use.required or self.every_path):
             return
         parts = module.split(".")
         for i in range(1, len(parts) + 1):  # `import a.b.c` runs a, a.b and a.b.c
@@ -367,7 +403,7 @@ def closure(ctx: Context) -> Closure | None:
         entry = Path(ctx.target.script).with_suffix("").as_posix().replace("/", ".")
         extra, uses, notes = arg_imports(ctx, root)
         cache = ScanCache(root)
-        found = _Scanner(root, cache).run(entry, extra)
+        found = _Scanner(root, cache).run([entry], extra)
         cache.save()
         found.uses += uses
         found.unreadable += notes
@@ -375,26 +411,26 @@ def closure(ctx: Context) -> Closure | None:
     return ctx.memo("deps:closure", compute)
 
 
-SPECS_PROBE = """
-import importlib.util, os, sys
-if sys.path and sys.path[0] in ("", os.getcwd()):
-    del sys.path[0]  # `python -c` puts the working directory first; a training run does not
-names = {names!r}
-stdlib = set(getattr(sys, "stdlib_module_names", ())) | set(sys.builtin_module_names)
-RESULT["stdlib"] = sorted(n for n in names if n in stdlib)
-specs = {{}}
-for name in names:
-    if name in stdlib:
-        continue
-    try:
-        spec = importlib.util.find_spec(name)
-    except Exception as exc:
-        specs[name] = {{"error": type(exc).__name__ + ": " + str(exc)}}
-        continue
-    specs[name] = None if spec is None else {{
-        "origin": spec.origin, "locations": list(spec.submodule_search_locations or [])}}
-RESULT["specs"] = specs
-"""
+def tree_imports(ctx: Context) -> dict[str, str]:
+    """Every top-level module outside the checkout that sd-scripts' scripts import on any path (other
+    scripts, other options), with the first place that imports it. Empty without a tree (memoized).
+
+    The scripts are the .py files at the tree's root (trainers, inference); tools/ and finetune/ (conversion,
+    captioning) are followed only where a script imports them.
+    """
+    def compute() -> dict[str, str]:
+        root = ctx.target.sd_scripts
+        if root is None or not root.is_dir():
+            return {}
+        scripts = sorted(p.stem for p in root.glob("*.py") if p.name != "setup.py")  # setup.py packages it
+        cache = ScanCache(root)
+        found = _Scanner(root, cache, every_path=True).run(scripts, [])
+        cache.save()
+        places: dict[str, str] = {}
+        for use in found.uses:
+            places.setdefault(use.top, use.place)
+        return {**OPTION_ONLY_IMPORTS, **places}
+    return ctx.memo("deps:tree_imports", compute)
 
 
 def resolve(ctx: Context) -> Resolution | None:
@@ -403,7 +439,7 @@ def resolve(ctx: Context) -> Resolution | None:
     if found is None:
         return None
     names = sorted({use.top for use in found.uses})
-    answer = ctx.probe("deps:specs", SPECS_PROBE.format(names=names), timeout=60)
+    answer = ctx.probe("deps:specs", program("find_specs"), {"names": names}, timeout=60)
     assert answer is not None
     return Resolution(set(answer.get("stdlib", [])), answer.get("specs", {}))
 

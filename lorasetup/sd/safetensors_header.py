@@ -17,6 +17,7 @@ import sys
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, BinaryIO
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit (HeaderTooLarge above it)
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
@@ -86,23 +87,7 @@ def read_header(path: Path) -> Header:
     """Parse and validate the header of `path`; raise HeaderError naming the problem."""
     size = path.stat().st_size
     with path.open("rb") as fh:
-        head = fh.read(8)
-        kind = sniff(head + fh.read(56))
-        if kind == "lfs-pointer":
-            fh.seek(0)
-            real = lfs_pointer_size(fh.read(1024))
-            promised = f" of a {real / 1e9:.2f} GB file" if real else ""
-            raise HeaderError(kind, f"a git-lfs pointer{promised}, not the model: the real file was never "
-                                    "downloaded (git lfs not installed when the repo was cloned)")
-        if kind == "pickle":
-            raise HeaderError(kind, "a PyTorch pickle (.ckpt/.pt) renamed to .safetensors, not a safetensors file")
-        if len(head) < 8:
-            raise HeaderError("truncated", f"only {size} bytes long: not a safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length > MAX_HEADER_BYTES or 8 + length > size:
-            raise HeaderError("truncated" if length <= MAX_HEADER_BYTES else "corrupt",
-                              f"the first 8 bytes promise a {length}-byte header but the file holds {size} bytes: "
-                              "a truncated download or not a safetensors file")
+        length = _header_length(fh, size)
         fh.seek(8)
         raw = fh.read(length)
     try:
@@ -112,26 +97,52 @@ def read_header(path: Path) -> Header:
     if not isinstance(parsed, dict):
         raise HeaderError("corrupt", "the header is not a JSON object: the file is damaged")
     header = Header(path, size)
-    base = 8 + length
     for name, entry in parsed.items():
         if name == "__metadata__":
             if isinstance(entry, dict):
                 header.metadata = {str(k): str(v) for k, v in entry.items()}
             continue
-        try:
-            dtype, shape, (begin, end) = (str(entry["dtype"]), tuple(int(d) for d in entry["shape"]),
-                                          entry["data_offsets"])
-            begin, end = int(begin), int(end)
-        except (KeyError, TypeError, ValueError):
-            raise HeaderError("corrupt", f"tensor {name!r} has no valid dtype/shape/data_offsets") from None
-        if base + end > size:
-            raise HeaderError("truncated", f"tensor {name!r} ends at byte {base + end} but the file holds {size} bytes "
-                                           f"({100 * size / (base + end):.0f}% of it): a truncated download")
-        nbytes = DTYPE_BYTES.get(dtype)
-        if begin < 0 or end < begin or (nbytes is not None and end - begin != nbytes * math.prod(shape)):
-            raise HeaderError("corrupt", f"tensor {name!r}: offsets {begin}..{end} do not fit {dtype} {list(shape)}")
-        header.tensors[name] = TensorInfo(name, dtype, shape, base + begin, base + end)
+        header.tensors[name] = _tensor(name, entry, 8 + length, size)
     return header
+
+
+def _header_length(fh: BinaryIO, size: int) -> int:
+    """The header length the first 8 bytes promise, after telling an lfs pointer or a pickle by its start."""
+    head = fh.read(8)
+    kind = sniff(head + fh.read(56))
+    if kind == "lfs-pointer":
+        fh.seek(0)
+        real = lfs_pointer_size(fh.read(1024))
+        promised = f" of a {real / 1e9:.2f} GB file" if real else ""
+        raise HeaderError(kind, f"a git-lfs pointer{promised}, not the model: the real file was never "
+                                "downloaded (git lfs not installed when the repo was cloned)")
+    if kind == "pickle":
+        raise HeaderError(kind, "a PyTorch pickle (.ckpt/.pt) renamed to .safetensors, not a safetensors file")
+    if len(head) < 8:
+        raise HeaderError("truncated", f"only {size} bytes long: not a safetensors file")
+    (length,) = struct.unpack("<Q", head)
+    if length > MAX_HEADER_BYTES or 8 + length > size:
+        raise HeaderError("truncated" if length <= MAX_HEADER_BYTES else "corrupt",
+                          f"the first 8 bytes promise a {length}-byte header but the file holds {size} bytes: "
+                          "a truncated download or not a safetensors file")
+    return int(length)
+
+
+def _tensor(name: str, entry: Any, base: int, size: int) -> TensorInfo:
+    """One header entry, checked against its dtype's size and the file's length."""
+    try:
+        dtype, shape, (begin, end) = (str(entry["dtype"]), tuple(int(d) for d in entry["shape"]),
+                                      entry["data_offsets"])
+        begin, end = int(begin), int(end)
+    except (KeyError, TypeError, ValueError):
+        raise HeaderError("corrupt", f"tensor {name!r} has no valid dtype/shape/data_offsets") from None
+    if base + end > size:
+        raise HeaderError("truncated", f"tensor {name!r} ends at byte {base + end} but the file holds {size} bytes "
+                                       f"({100 * size / (base + end):.0f}% of it): a truncated download")
+    nbytes = DTYPE_BYTES.get(dtype)
+    if begin < 0 or end < begin or (nbytes is not None and end - begin != nbytes * math.prod(shape)):
+        raise HeaderError("corrupt", f"tensor {name!r}: offsets {begin}..{end} do not fit {dtype} {list(shape)}")
+    return TensorInfo(name, dtype, shape, base + begin, base + end)
 
 
 def _raw(path: Path, info: TensorInfo) -> bytes:

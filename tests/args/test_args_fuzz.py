@@ -14,12 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lorasetup.checks import by_id
-from lorasetup.engine.context import Context
 from lorasetup.engine.result import Status
-from lorasetup.engine.runner import run_one
 from lorasetup.engine.target import Target, tomllib
 from lorasetup.sd.argspec import extract
-from tests.args.test_args import TREE, write_tree
+from tests.support.args_tree import TREE
+from tests.support.checks import run_checks
+from tests.support.git import write_tree
 from tests.support.tomlgen import toml_value
 
 SCRIPTS = ("train_network.py", "sdxl_train_network.py", "flux_train_network.py", "fine_tune.py")
@@ -102,14 +102,10 @@ def test_args_checks_return_results_for_any_input(doc: dict[str, Any], extra: li
         dataset_path.write_text(json.dumps(dataset))
     target = Target(kohya_root=root, python=Path(sys.executable), script=script, train_config=config,
                     train_args=extra, dataset_config=dataset_path)
-    ctx = Context(target)
-    try:
-        for check_id in ("args.known", "args.rules", "args.output"):
-            result = run_one(ctx, by_id()[check_id])
-            assert result.status is not Status.ERROR, (check_id, result.summary, result.traceback)
-            assert result.summary
-    finally:
-        ctx.close()
+    results = run_checks(target, registry=[by_id()[i] for i in ("args.known", "args.rules", "args.output")])
+    for check_id, result in results.items():
+        assert result.status is not Status.ERROR, (check_id, result.summary, result.traceback)
+        assert result.summary
 
 
 def test_the_generator_writes_valid_toml() -> None:

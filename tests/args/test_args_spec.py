@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from lorasetup.sd.argspec import ArgSpecError, extract, git_head, load_argspec
-from tests.args.test_args import TREE, write_tree
+from tests.support.args_tree import TREE
+from tests.support.git import write_tree
 
 GIT = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t.invalid", "GIT_COMMITTER_NAME": "t",
        "GIT_COMMITTER_EMAIL": "t@t.invalid"}

@@ -19,42 +19,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import FixError, Result, Status
-from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
 from lorasetup.sd.dataset.plan import compute_steps, dataset_step_plan
 from lorasetup.sd.dataset.scan import Buckets, make_bucket_resolutions, probe_image
+from tests.support.checks import gate_checks, run_checks
+from tests.support.dataset_checkout import make_checkout
 
 DATASET_IDS = ("dataset.schema", "dataset.paths", "dataset.images", "dataset.captions", "dataset.steps")
-
-
-def make_checkout(root: Path, divisor: int = 64, sanitizer: str = "True, True, args.masked_loss, True") -> Path:
-    """A stand-in sd-scripts checkout with the few lines the dataset gate reads."""
-    files = {
-        "train_network.py": (
-            "from library.config_util import BlueprintGenerator, ConfigSanitizer\n"
-            "class NetworkTrainer:\n"
-            "    def assert_extra_args(self, args, train_dataset_group, val_dataset_group):\n"
-            f"        train_dataset_group.verify_bucket_reso_steps({divisor})\n"
-            "    def train(self, args):\n"
-            f"        blueprint_generator = BlueprintGenerator(ConfigSanitizer({sanitizer}))\n"),
-        "sdxl_train_network.py": ("import train_network\n"
-                                  "class SdxlNetworkTrainer(train_network.NetworkTrainer):\n"
-                                  "    def assert_extra_args(self, args, train_dataset_group, val_dataset_group):\n"
-                                  "        train_dataset_group.verify_bucket_reso_steps(32)\n"),
-        "library/__init__.py": "",
-        "library/train_util.py": ('def add_training_arguments(parser):\n'
-                                  '    parser.add_argument("--learning_rate", type=float, default=2e-6)\n'),
-        "networks/__init__.py": "",
-        "networks/lora.py": "",
-    }
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +43,8 @@ def image(path: Path, size: tuple[int, int] = (512, 512), fmt: str | None = None
 
 def run(checkout: Path, dataset: Path | None = None, train: Path | None = None, args: list[str] | None = None,
         script: str = "train_network.py", accelerate: Path | None = None) -> dict[str, Result]:
-    ctx = Context(Target(kohya_root=checkout, script=script, dataset_config=dataset, train_config=train,
-                         train_args=args or [], accelerate_config=accelerate))
-    try:
-        checks = [c for c in all_checks() if c.gate == "dataset"]
-        return {r.check_id: r for r in Runner(ctx, checks).run(checks)}
-    finally:
-        ctx.close()
+    return run_checks(Target(kohya_root=checkout, script=script, dataset_config=dataset, train_config=train,
+                             train_args=args or [], accelerate_config=accelerate), registry=gate_checks("dataset"))
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from lorasetup.checks import all_checks
-from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result, Status
-from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
 from lorasetup.sd.dataset.schema import BUILTIN_SCHEMA
-from tests.dataset.test_dataset_checks import make_checkout
+from tests.support.checks import gate_checks, run_checks
+from tests.support.dataset_checkout import make_checkout
 from tests.support.tomlgen import toml_value
 
 KEYS = sorted({k for table in BUILTIN_SCHEMA.values() for k in table}) + [
@@ -116,12 +114,8 @@ def scratch() -> Iterator[Path]:
 
 
 def run_all(world: dict[str, Path], config: Path | None, args: list[str]) -> list[Result]:
-    ctx = Context(Target(kohya_root=world["checkout"], dataset_config=config, train_args=args))
-    try:
-        checks = [c for c in all_checks() if c.gate == "dataset"]
-        results = Runner(ctx, checks).run(checks)
-    finally:
-        ctx.close()
+    results = list(run_checks(Target(kohya_root=world["checkout"], dataset_config=config, train_args=args),
+                              registry=gate_checks("dataset")).values())
     assert len(results) == 5
     for r in results:
         assert isinstance(r, Result) and r.status is not Status.ERROR, (r.check_id, r.summary, r.traceback)
@@ -187,11 +181,7 @@ def test_arbitrary_training_config_values(world: dict[str, Path], config: dict, 
         path = tmp / "train.toml"
         body = substitute(config, world)
         path.write_text(toml_document({"training": body} if sectioned else body), encoding="utf-8")
-        ctx = Context(Target(kohya_root=world["checkout"], train_config=path))
-        try:
-            checks = [c for c in all_checks() if c.gate == "dataset"]
-            results = Runner(ctx, checks).run(checks)
-        finally:
-            ctx.close()
+        results = run_checks(Target(kohya_root=world["checkout"], train_config=path),
+                             registry=gate_checks("dataset")).values()
         for r in results:
             assert r.status is not Status.ERROR, (r.check_id, r.summary, r.traceback)

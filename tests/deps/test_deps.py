@@ -3,8 +3,6 @@ and fixer."""
 
 from __future__ import annotations
 
-import os
-import platform
 import sys
 from pathlib import Path
 
@@ -15,51 +13,26 @@ from lorasetup.checks.deps.requirements import checkout_files
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap
 from lorasetup.engine.result import FixError, Status
-from lorasetup.engine.runner import Runner, select
+from lorasetup.engine.runner import select
+from lorasetup.engine.target import Target
+from tests.support.checks import run_checks
 from tests.support.deps_fixtures import (
     NINE,
     NINE_PINS,
-    build_wheelhouse,
     copy_venv,
     installed,
+    library_points_at,
     make_tree,
     make_venv,
     pip_install,
     run_deps,
     site_packages,
     target,
+    this_machine,
 )
 
 STATIC = ["deps.interpreter", "deps.imports", "deps.versions", "deps.library", "deps.isolation"]
 THIS_PLATFORM_EXCLUDED = f'winonly==1.0; sys_platform != "{sys.platform}"'
-
-
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("deps")
-
-
-@pytest.fixture(scope="module")
-def wheels(work: Path) -> Path:
-    return build_wheelhouse(work)
-
-
-@pytest.fixture(scope="module")
-def pip_template(work: Path) -> Path:
-    """A venv with pip (and the setuptools Python bundles), nothing else; copied, never changed."""
-    make_venv(work / "template", with_pip=True)
-    return work / "template"
-
-
-@pytest.fixture(scope="module")
-def bare(work: Path) -> Path:
-    """A venv with nothing in it at all."""
-    return make_venv(work / "bare", with_pip=False)
 
 
 @pytest.fixture(scope="module")
@@ -76,19 +49,6 @@ def fresh(pip_template: Path, wheels: Path, dest: Path, *specs: str) -> Path:
     if specs:
         pip_install(python, wheels, *specs)
     return python
-
-
-def library_points_at(python: Path, tree: Path) -> None:
-    """What a legacy editable install (`setup.py develop`) leaves: a .pth naming the checkout."""
-    (site_packages(python) / "library-dev.pth").write_text(f"{tree}\n")
-
-
-@pytest.fixture
-def activated(monkeypatch: pytest.MonkeyPatch) -> callable:
-    """Put a venv's bin first on PATH, as `source venv/bin/activate` does."""
-    def activate(python: Path) -> None:
-        monkeypatch.setenv("PATH", f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    return activate
 
 
 def test_all_present_every_static_check_passes(tmp_path, pip_template, wheels, activated):
@@ -139,14 +99,19 @@ def test_nine_missing_in_one_result_and_one_pip_command(tmp_path, bare):
 
 
 def test_version_below_its_pin(tmp_path, stocked):
-    tree = make_tree(tmp_path / "sd-scripts", ["import imagesize"], ["toml==0.10.2", "imagesize==1.4.1"])
+    tree = make_tree(tmp_path / "sd-scripts", ["import imagesize"],
+                     ["toml==0.10.2", "imagesize==1.4.1", "altair==4.2.2  # nothing imports it"])
     results = run_deps(tree, stocked)
     assert results["deps.imports"].status is Status.OK
     versions = results["deps.versions"]
     assert versions.status is Status.FAIL
-    assert versions.summary == "1 of 2 requirements of requirements.txt not met: imagesize 1.3.0 (wants ==1.4.1)"
-    assert versions.details[0] == "imagesize: 1.3.0 installed; requirements.txt:2 wants imagesize==1.4.1"
-    assert "imagesize==1.4.1" in versions.fix.commands[0]
+    assert versions.summary == ("1 of 2 pinned packages this run imports (requirements.txt) not met: "
+                                "imagesize 1.3.0 (wants ==1.4.1)")
+    assert versions.details[:2] == [
+        "imagesize: 1.3.0 installed; requirements.txt:2 wants imagesize==1.4.1",
+        "sd-scripts' requirements also pin 1 package(s) this run does not import, missing or off their pins: "
+        "altair; `lorasetup bootstrap --fix --all-pins` installs them"]
+    assert versions.fix.commands[0].endswith(" install imagesize==1.4.1")  # not altair: the run does not need it
 
 
 def test_prodigy_optimizer_requires_prodigyopt(tmp_path, stocked):
@@ -297,16 +262,20 @@ def test_interpreter_gone_home_or_unsupported_version(tmp_path, bare):
 def test_kohya_layout_reads_requirements_and_the_platform_file(make_kohya, bare):
     root = make_kohya("populated")  # a real kohya_ss clone with its sd-scripts submodule
     (root / "requirements.txt").write_text("imagesize==1.4.1\n-e ./sd-scripts\n")
-    for name in ("requirements_linux.txt", "requirements_macos_arm64.txt", "requirements_macos_amd64.txt",
-                 "requirements_pytorch_windows.txt"):
+    for name in ("requirements_linux.txt", "requirements_linux_rocm.txt", "requirements_macos_arm64.txt",
+                 "requirements_macos_amd64.txt", "requirements_pytorch_windows.txt"):
         (root / name).write_text("--extra-index-url https://download.pytorch.org/whl/cu128\n"
                                  "toml==0.10.2\n-r requirements.txt\n")
-    platform_file = checkout_files(root, "kohya_ss", sys.platform, platform.machine())[-1]
+    platform_file = checkout_files(root, "kohya_ss", this_machine())[0][-1]
     result = run_deps(root, bare)["deps.versions"]
-    assert result.status is Status.FAIL, result.summary
-    assert result.summary.startswith(f"2 of 2 requirements of requirements.txt, {platform_file.name} not met")
-    assert result.details[:2] == ["imagesize: not installed; requirements.txt:1 wants imagesize==1.4.1",
-                                  f"toml: not installed; {platform_file.name}:2 wants toml==0.10.2"]
+    # the fixture's sd-scripts imports neither: one grouped warning, no failure
+    assert result.status is Status.WARN, result.summary
+    assert result.summary == ("kohya_ss's requirements also pin 2 package(s) this run does not import, missing or "
+                              "off their pins: imagesize, toml; `lorasetup bootstrap --fix --all-pins` installs them")
+    assert result.details[0].startswith("imported by no sd-scripts script by name (the GUI's")
+    assert result.details[0].endswith(": imagesize missing, toml missing")
+    assert result.details[1] == "pins of the modules this run imports: none"
+    assert result.details[2].startswith(f"platform file {platform_file.name}: kohya_ss's ")
     # sd-scripts' own requirements.txt (`packaging`) is not kohya_ss's: not read
     assert "packaging" not in result.summary
 
@@ -323,13 +292,8 @@ def test_fix_in_a_venv_without_pip_says_how_to_get_pip(tmp_path, bare):
 def test_no_pip_fix_into_lorasetups_own_interpreter(tmp_path, bare):
     """Without a training venv the checks fall back to lorasetup's interpreter: never pip into that one."""
     tree = make_tree(tmp_path / "sd-scripts", ["import sentencepiece"], ["toml==0.10.2", "sentencepiece==0.2.1"])
-    from lorasetup.engine.target import Target
-    ctx = Context(Target(kohya_root=tree, python=bare, sources={"python": "current interpreter"}))
-    try:
-        checks = all_checks()
-        results = {r.check_id: r for r in Runner(ctx, checks).run(select(checks, only=("deps.imports",)))}
-    finally:
-        ctx.close()
+    results = run_checks(Target(kohya_root=tree, python=bare, sources={"python": "current interpreter"}),
+                         ["deps.imports"])
     imports = results["deps.imports"]
     assert imports.status is Status.FAIL and imports.fix is None
     assert "will not pip install into it" in imports.hint and "--python" in imports.hint

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from lorasetup.checks.deps.requirements import Pin, checkout_files, logical_lines, parse_files
+from lorasetup.checks.deps.pins import device_of, runs_here
+from lorasetup.checks.deps.requirements import Machine, Pin, checkout_files, logical_lines, parse_files
 from lorasetup.engine.context import Context
-from lorasetup.engine.target import Target
+from lorasetup.engine.target import ConfigError, Target, load_target
 from lorasetup.sd.imports import closure, deep_targets, dist_for
+from tests.support.git import write_tree
 
 ENTRY = """\
 import os
@@ -53,22 +54,8 @@ if __name__ == "__main__":
 """
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "lorasetup"
-
-
-def write(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text))
-    return root
-
-
 def tree(tmp_path: Path, **extra: str) -> Path:
-    return write(tmp_path / "sd-scripts", {
+    return write_tree(tmp_path / "sd-scripts", {
         "train_network.py": ENTRY, "library/__init__.py": "", "library/train_util.py": TRAIN_UTIL,
         "library/utils.py": "import pandas.io.json\ndef helper():\n    pass\n",
         "networks/__init__.py": "", "networks/lora.py": "import math\n", **extra})
@@ -151,7 +138,7 @@ def test_training_arguments_add_the_modules_they_name(tmp_path):
 
 def test_optimizer_and_logging_from_a_config_file(tmp_path):
     root = tree(tmp_path)
-    config = write(tmp_path, {"config.toml": '[optimizer]\noptimizer_type = "AdamW8bit"\n'
+    config = write_tree(tmp_path, {"config.toml": '[optimizer]\noptimizer_type = "AdamW8bit"\n'
                                              '[logging]\nlogging_dir = "logs"\n'}) / "config.toml"
     found = closure(context(root, train_config=config))
     assert {(u.module, u.place) for u in found.uses if not u.line} == {
@@ -175,7 +162,7 @@ def env(**overrides: str) -> dict[str, str]:
 
 
 def test_requirement_files_as_kohya_ss_writes_them(tmp_path):
-    write(tmp_path, {
+    write_tree(tmp_path, {
         "requirements.txt": "numpy>=1.26.0,<2\ndiffusers[torch]==0.32.2\nlycoris_lora==3.2.0.post2\n"
                             "opencv-python==4.10.0.84 --hash=sha256:00\n-e ./sd-scripts\n",
         "requirements_linux.txt": "--extra-index-url https://download.pytorch.org/whl/cu128\n\n"
@@ -206,7 +193,7 @@ def test_requirement_files_as_kohya_ss_writes_them(tmp_path):
 
 
 def test_include_cycles_are_read_once(tmp_path):
-    write(tmp_path, {"a.txt": "-r b.txt\nfoo==1\n", "b.txt": "-r a.txt\nbar==2\n"})
+    write_tree(tmp_path, {"a.txt": "-r b.txt\nfoo==1\n", "b.txt": "-r a.txt\nbar==2\n"})
     reqs = parse_files([tmp_path / "a.txt"], env())
     assert [f.name for f in reqs.files] == ["a.txt", "b.txt"]
     assert [p.spec for p in reqs.pins] == ["bar==2", "foo==1"]
@@ -217,15 +204,106 @@ def test_prerelease_pins_and_wildcards():
     assert pin.allows("2.8.0.dev20250601") and not pin.allows("2.9.0")
 
 
-def test_checkout_files_pick_the_platform_file(tmp_path):
-    names = ["requirements.txt", "requirements_linux.txt", "requirements_macos_arm64.txt",
-             "requirements_macos_amd64.txt", "requirements_windows.txt", "requirements_pytorch_windows.txt"]
-    write(tmp_path, {n: "" for n in names})
+KOHYA_FILES = ["requirements.txt", "requirements_linux.txt", "requirements_linux_rocm.txt", "requirements_ipex_xpu.txt",
+               "requirements_runpod.txt", "requirements_macos_arm64.txt", "requirements_macos_amd64.txt",
+               "requirements_windows.txt", "requirements_pytorch_windows.txt"]
 
-    def pick(platform: str, machine: str, layout: str = "kohya_ss") -> list[str]:
-        return [p.name for p in checkout_files(tmp_path, layout, platform, machine)]
-    assert pick("linux", "x86_64") == ["requirements.txt", "requirements_linux.txt"]
-    assert pick("darwin", "arm64") == ["requirements.txt", "requirements_macos_arm64.txt"]
-    assert pick("darwin", "x86_64") == ["requirements.txt", "requirements_macos_amd64.txt"]
-    assert pick("win32", "AMD64") == ["requirements.txt", "requirements_pytorch_windows.txt"]
-    assert pick("linux", "x86_64", layout="sd-scripts") == ["requirements.txt"]
+
+@pytest.mark.parametrize(("machine", "expected", "why"), [
+    (Machine("linux", "x86_64"), "requirements_linux.txt", "without nvidia-smi or rocminfo (its default)"),
+    (Machine("linux", "x86_64", nvidia_smi=True, rocm=True), "requirements_linux.txt", "nvidia-smi is on PATH"),
+    (Machine("linux", "x86_64", rocm=True), "requirements_linux_rocm.txt", "rocminfo is found"),
+    (Machine("linux", "x86_64", nvidia_smi=True, xpu=True), "requirements_ipex_xpu.txt", "--use-ipex"),
+    (Machine("linux", "x86_64", nvidia_smi=True, runpod=True), "requirements_runpod.txt", "RUNPOD_POD_ID"),
+    (Machine("darwin", "arm64"), "requirements_macos_arm64.txt", "`uname -m` = arm64"),
+    (Machine("darwin", "x86_64"), "requirements_macos_amd64.txt", "`uname -m` = x86_64"),
+    (Machine("win32", "AMD64", nvidia_smi=True), "requirements_pytorch_windows.txt", "setup_windows.py"),
+])
+def test_checkout_files_pick_the_platform_file_as_kohya_setup_does(tmp_path, machine, expected, why):
+    """kohya_ss 45088f04 setup.sh / gui.sh / setup/setup_windows.py, in their order of tests."""
+    write_tree(tmp_path, {n: "" for n in KOHYA_FILES})
+    files, note = checkout_files(tmp_path, "kohya_ss", machine)
+    assert [p.name for p in files] == ["requirements.txt", expected]
+    assert note.startswith(f"platform file {expected}: kohya_ss's ") and why in note
+    assert checkout_files(tmp_path, "sd-scripts", machine) == ([tmp_path / "requirements.txt"], "")
+
+
+def test_a_platform_file_the_checkout_lacks_is_named(tmp_path):
+    write_tree(tmp_path, {"requirements.txt": ""})
+    files, note = checkout_files(tmp_path, "kohya_ss", Machine("linux", "x86_64", rocm=True))
+    assert files == [tmp_path / "requirements.txt"]
+    assert note.startswith("platform file requirements_linux_rocm.txt (kohya_ss's setup.sh on Linux when rocminfo")
+    assert note.endswith("is not in this checkout: only requirements.txt was read")
+
+
+def test_build_specific_pins_name_their_device_and_compare_by_release(tmp_path):
+    write_tree(tmp_path, {
+        "requirements_linux.txt": "--extra-index-url https://download.pytorch.org/whl/cu128\ntorch==2.7.0+cu128\n"
+                                  "xformers>=0.0.30\nbitsandbytes>=0.45.0\n",
+        "requirements_macos_arm64.txt": "--pre --extra-index-url https://download.pytorch.org/whl/nightly/cpu\n"
+                                        "torch==2.8.0.*\n",
+        "requirements_linux_rocm.txt": "--extra-index-url https://download.pytorch.org/whl/rocm6.3\n"
+                                       "torch==2.7.1+rocm6.3\n",
+        "plain.txt": "torch==2.7.0\n"})
+
+    def builds(name: str) -> list[str | None]:
+        reqs = parse_files([tmp_path / name], env())
+        return [reqs.build_of(p) for p in reqs.pins]
+    # xformers has no local label: its file's PyTorch index says which build; bitsandbytes is not built on torch
+    assert builds("requirements_linux.txt") == ["cuda", "cuda", None]
+    assert builds("requirements_macos_arm64.txt") == ["cpu"]
+    assert builds("requirements_linux_rocm.txt") == ["rocm"]
+    assert builds("plain.txt") == [None]
+    torch = parse_files([tmp_path / "requirements_linux.txt"], env()).find("torch")
+    assert str(torch.release) == "==2.7.0" and torch.local_labels == ["cu128"]
+    assert torch.release.contains("2.7.0+cu126") and torch.release.contains("2.7.0")
+    assert not torch.release.contains("2.14.1+cu130") and not torch.allows("2.7.0+cu126")
+
+
+@pytest.mark.parametrize(("machine", "device", "kind"), [
+    (Machine("linux", "x86_64"), "auto", "cpu"),
+    (Machine("linux", "x86_64", nvidia_smi=True), "auto", "cuda"),
+    (Machine("linux", "x86_64", nvidia_smi=True), "cpu", "cpu"),
+    (Machine("linux", "x86_64", rocm=True), "auto", "rocm"),
+    (Machine("linux", "x86_64", rocm=True), "cuda", "rocm"),  # ROCm torch calls its device cuda
+    (Machine("linux", "x86_64"), "cuda", "cuda"),
+    (Machine("linux", "x86_64"), "xpu", "xpu"),
+    (Machine("darwin", "arm64"), "auto", "mps"),
+])
+def test_the_device_a_build_must_be_for(machine, device, kind):
+    assert device_of(machine, device) == kind
+
+
+def test_a_build_for_another_device_is_not_this_machines():
+    assert runs_here("cuda", "cuda") and runs_here("rocm", "rocm") and runs_here("cpu", "cpu")
+    assert runs_here("cpu", "mps")  # PyTorch's macOS wheels come from the CPU index and carry MPS
+    assert not any(runs_here("cuda", here) for here in ("cpu", "mps", "rocm", "xpu"))
+    assert not runs_here("rocm", "cuda") and not runs_here("xpu", "cpu")
+
+
+def test_deps_accept_in_the_config_file(tmp_path):
+    (tmp_path / "lorasetup.toml").write_text('[deps]\naccept = ["accelerate>=1.11", "numpy"]\n')
+    target = load_target(cwd=tmp_path, environ={})
+    assert target.deps_accept == ["accelerate>=1.11", "numpy"]
+    assert target.sources["deps_accept"] == str(tmp_path / "lorasetup.toml")
+    (tmp_path / "pyproject.toml").write_text('[tool.lorasetup.deps]\naccept = ["accelerate>=1.11"]\n')
+    (tmp_path / "lorasetup.toml").unlink()
+    assert load_target(cwd=tmp_path, environ={}).deps_accept == ["accelerate>=1.11"]
+    assert load_target(cwd=tmp_path, environ={"LORASETUP_DEPS_ACCEPT": "numpy>=2 'rich<15'"}).deps_accept == \
+        ["numpy>=2", "rich<15"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[deps]\naccept = ["accelerate >= = 1.11"]\n',
+     "bad value for `deps.accept` (['accelerate >= = 1.11']): 'accelerate >= = 1.11' is not a requirement like "
+     "`accelerate>=1.11`"),
+    ('[deps]\naccept = "accelerate>=1.11"\naceept = 1\n', "unknown key `deps.aceept`. Did you mean `deps.accept`?"),
+    ('deps = ["accelerate>=1.11"]\n', '`deps` must be a table like [deps] accept = ["accelerate>=1.11"]'),
+    ('[deps]\naccept = 3\n', "bad value for `deps.accept` (3): must be a list of requirements"),
+])
+def test_bad_deps_accept_names_the_file_and_the_fix(tmp_path, text, message):
+    (tmp_path / "lorasetup.toml").write_text(text)
+    with pytest.raises(ConfigError) as failed:
+        load_target(cwd=tmp_path, environ={})
+    assert str(failed.value).startswith(str(tmp_path / "lorasetup.toml"))
+    assert message in str(failed.value)

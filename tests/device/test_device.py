@@ -16,11 +16,13 @@ from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap
 from lorasetup.engine.result import FixError, Result, Status
-from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
 from lorasetup.sd import accelconfig, stackprobe
+from tests.support.checks import gate_checks, run_checks
 
-DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
+DEVICE_CHECKS = gate_checks("device")
+SINGLE_PROCESS = {"device.distributed": Status.SKIP}  # one process on one machine: nothing to rendezvous
+ALL_PASS = {**{c.id: Status.OK for c in DEVICE_CHECKS}, **SINGLE_PROCESS}
 MULTI_GPU = ("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: 2\n"
              "use_cpu: false\nmixed_precision: fp16\n")
 
@@ -38,12 +40,7 @@ def cpu_target(**fields: object) -> Target:
 
 
 def run(target: Target, *ids: str) -> dict[str, Result]:
-    ctx = Context(target)
-    try:
-        wanted = [c for c in DEVICE_CHECKS if c.id in ids] if ids else DEVICE_CHECKS
-        return {r.check_id: r for r in Runner(ctx, DEVICE_CHECKS).run(wanted)}
-    finally:
-        ctx.close()
+    return run_checks(target, ids, registry=DEVICE_CHECKS)
 
 
 def fix_all(target: Target, yes: bool) -> tuple[dict[str, Result], dict[str, str]]:
@@ -61,7 +58,7 @@ def write_config(hf_home: Path, text: str) -> Path:
 
 def test_cpu_setup_without_accelerate_config_passes_every_device_check(hf_home: Path):
     results = run(cpu_target())
-    assert {k: r.status for k, r in results.items()} == {c.id: Status.OK for c in DEVICE_CHECKS}, results
+    assert {k: r.status for k, r in results.items()} == ALL_PASS, results
     acc = results["device.accelerate"]
     assert "runs on cpu" in acc.summary
     assert any(f"{hf_home / 'accelerate' / 'default_config.yaml'} ($HF_HOME) does not exist" in d
@@ -200,17 +197,18 @@ def test_stack_probe_reports_import_errors_and_survives_a_crashing_import(tmp_pa
     monkeypatch.setenv("PYTHONPATH", str(mods))
     ctx = Context(cpu_target(kohya_root=root))
     try:
-        answer = stackprobe.result(ctx)
+        found = stackprobe.facts(ctx)
     finally:
         ctx.close()
-    assert answer["imports"] == {"lst_broken": "ImportError: libfoo.so.1: cannot open shared object file",
-                                 "lst_good": None}
-    assert answer["from_imports"]["lst_good:missing_name"].startswith(
+    assert found.imports == {"lst_broken": "ImportError: libfoo.so.1: cannot open shared object file",
+                             "lst_good": None}
+    assert (found.from_imports["lst_good:missing_name"] or "").startswith(
         "ImportError: cannot import name 'missing_name' from 'lst_good'")
-    assert answer["from_imports"]["lst_good:zcrash"].startswith(
+    assert (found.from_imports["lst_good:zcrash"] or "").startswith(
         "the interpreter crashed while running `from lst_good import zcrash`")
-    assert answer["torch"]["version"].startswith("2.")
-    assert answer["accelerate"]["accelerator"]["device"] == "cpu"
+    assert found.crash and found.crashed_in == "lst_good:zcrash" and not found.done
+    assert found.torch is not None and found.torch.version.startswith("2.")
+    assert found.accelerate and found.accelerate.accelerator and found.accelerate.accelerator.device == "cpu"
 
 
 def test_a_torch_that_kills_the_interpreter_on_import_fails_device_torch(tmp_path: Path, monkeypatch):
@@ -263,10 +261,5 @@ def test_precision_flag_pairs_are_reported_once(tmp_path, hf_home):
     target = cpu_target(train_args=["--full_fp16"])
     alone = run(target, "device.precision")["device.precision"]
     assert alone.status is Status.FAIL and "full_fp16 (--full_fp16) requires mixed precision fp16" in alone.summary
-    ctx = Context(target)
-    try:
-        checks = [*DEVICE_CHECKS, *(c for c in all_checks() if c.id == "args.rules")]
-        both = {r.check_id: r for r in Runner(ctx, checks).run(checks)}
-    finally:
-        ctx.close()
+    both = run_checks(target, registry=[*DEVICE_CHECKS, *(c for c in all_checks() if c.id == "args.rules")])
     assert both["device.precision"].status is Status.OK

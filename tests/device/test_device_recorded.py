@@ -13,15 +13,19 @@ from typing import Any
 
 import pytest
 
-from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
+from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Result, Status
-from lorasetup.engine.runner import Runner
 from lorasetup.engine.target import Target
 from lorasetup.sd import stackprobe
+from lorasetup.sd.programs.stack import SCHEMA_VERSION
+from lorasetup.sd.stackfacts import StackFacts
+from tests.support.checks import gate_checks, run_checks
 
 PROBES = Path(__file__).parents[1] / "data" / "probes"
-DEVICE_CHECKS = [c for c in all_checks() if c.gate == "device"]
+DEVICE_CHECKS = gate_checks("device")
+SINGLE_PROCESS = {"device.distributed": Status.SKIP}  # one process on one machine: nothing to rendezvous
+ALL_PASS = {**{c.id: Status.OK for c in DEVICE_CHECKS}, **SINGLE_PROCESS}
 
 
 def recorded(name: str) -> dict[str, Any]:
@@ -30,15 +34,11 @@ def recorded(name: str) -> dict[str, Any]:
 
 def run_recorded(answer: dict[str, Any], device: str, *ids: str, **fields: Any) -> dict[str, Result]:
     """Run device checks with the stack probe's (and optimizer probe's) answer taken from a recording."""
-    ctx = Context(Target(python=Path(sys.executable), device=device, **fields))
-    ctx.memo(stackprobe.KEY, lambda: answer)
+    answers = {stackprobe.KEY: answer}
     if "_optimizer_step" in answer:
-        ctx.memo("probe:device:optimizer", lambda: answer["_optimizer_step"])
-    try:
-        wanted = [c for c in DEVICE_CHECKS if c.id in ids] if ids else DEVICE_CHECKS
-        return {r.check_id: r for r in Runner(ctx, DEVICE_CHECKS).run(wanted)}
-    finally:
-        ctx.close()
+        answers["probe:device:optimizer"] = answer["_optimizer_step"]
+    return run_checks(Target(python=Path(sys.executable), device=device, **fields), ids, registry=DEVICE_CHECKS,
+                      answers=answers)
 
 
 def mac_trap(answer: dict[str, Any]) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def test_recorded_probe_files_have_every_key_the_real_probe_returns(tmp_path, mo
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     ctx = Context(Target(python=Path(sys.executable), device="cpu"))
     try:
-        real = stackprobe.result(ctx)
+        real = stackprobe.answer(ctx)
     finally:
         ctx.close()
     mac_only = {"mac_ver", "proc_translated", "arm64_hardware"}
@@ -72,7 +72,7 @@ def test_recorded_probe_files_have_every_key_the_real_probe_returns(tmp_path, mo
 
 def test_recorded_mps_accelerate_1_8_passes_with_mps_and_no_precision():
     results = run_recorded(recorded("mps-accelerate-1.8"), "mps")
-    assert {k: r.status for k, r in results.items()} == {c.id: Status.OK for c in DEVICE_CHECKS}, results
+    assert {k: r.status for k, r in results.items()} == ALL_PASS, results
     assert results["device.torch"].summary == "torch 2.6.0 (build with MPS) can use mps"
     assert any("recommended max memory 21.3 GiB" in d for d in results["device.torch"].details)
     assert results["device.accelerate"].summary == ("accelerate 1.8.1 with defaults (no config file) runs "
@@ -170,7 +170,7 @@ def test_recorded_cuda_box_passes_for_cuda_and_auto_with_fp16_and_8bit_adam():
     for device in ("cuda", "auto"):
         args = ["--mixed_precision=fp16", "--optimizer_type=AdamW8bit", "--xformers"]
         results = run_recorded(recorded("cuda"), device, train_args=args)
-        assert {k: r.status for k, r in results.items()} == {c.id: Status.OK for c in DEVICE_CHECKS}, results
+        assert {k: r.status for k, r in results.items()} == ALL_PASS, results
         assert results["device.torch"].summary == "torch 2.5.1+cu124 (CUDA 12.4 build) can use cuda"
         assert any("NVIDIA GeForce RTX 3060, sm_86, 11.8 GiB" in d for d in results["device.torch"].details)
         assert any("one step on cuda took 0.0123 s (bitsandbytes 0.44.0)" in d
@@ -228,3 +228,22 @@ def test_recorded_cpu_only_torch_next_to_nvidia_smi_fails_with_the_reinstall_com
                               "NVIDIA GeForce RTX 3060")
     assert ("-m pip install --force-reinstall torch==2.6.0 torchvision --index-url "
             "https://download.pytorch.org/whl/cu") in (result.hint or "")
+
+
+@pytest.mark.parametrize("path", sorted(PROBES.glob("*.json")), ids=lambda p: p.stem)
+def test_recorded_answers_parse_into_typed_facts(path: Path):
+    found = StackFacts.parse(json.loads(path.read_text()))
+    assert found.schema_version == SCHEMA_VERSION and found.done
+    assert found.torch is not None and found.torch.version and found.accelerate is not None
+    assert found.accelerate.launch is not None and found.accelerate.accelerator is not None
+    assert found.python.sys_platform in ("darwin", "linux")
+
+
+def test_an_answer_of_another_schema_is_refused_not_misread():
+    answer = recorded("cuda")
+    answer["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(ProbeError, match=f"schema_version {SCHEMA_VERSION + 1}; this lorasetup reads"):
+        StackFacts.parse(answer)
+    del answer["schema_version"]
+    with pytest.raises(ProbeError, match="schema_version None"):
+        StackFacts.parse(answer)

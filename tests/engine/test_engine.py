@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lorasetup.engine.context import Context
-from lorasetup.engine.probe import ProbeError, run_probe
+from lorasetup.engine.probe import ProbeError, run_program
 from lorasetup.engine.result import Check, CheckFailed, Result, Status
 from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import Target
@@ -55,27 +55,49 @@ def test_select_by_tags_only_and_skip():
         select(checks, only={"smoke.rnu"})
 
 
-def test_probe_returns_result_and_keeps_noise_out():
-    got = run_probe(PY, "print('noise from an import')\nRESULT['answer'] = 42")
-    assert got == {"answer": 42}
+def program(folder: Path, body: str, name: str = "prog") -> Path:
+    """A probe program whose main() runs `body` (indented) with `params` and `checkpoint` in scope."""
+    path = folder / f"{name}.py"
+    path.write_text("def main(params, checkpoint):\n" + "".join(f"    {line}\n" for line in body.splitlines()))
+    return path
 
 
-def test_probe_crash_names_interpreter_and_output():
+def test_probe_returns_result_gets_params_and_keeps_noise_out(tmp_path):
+    prog = program(tmp_path, "print('noise from an import')\nreturn {'answer': params['x'] * 2}")
+    assert run_program(PY, prog, {"x": 21}) == {"answer": 42}
+
+
+def test_probe_runs_without_its_own_folder_on_sys_path(tmp_path):
+    """Neither the entry's folder (lorasetup/engine) nor the working directory shadows the venv's modules."""
+    prog = program(tmp_path, "import sys\nreturn {'path': sys.path}")
+    path = run_program(PY, prog, cwd=tmp_path)["path"]
+    assert str(Path(__file__).parents[2] / "lorasetup" / "engine") not in path
+    assert "" not in path and str(tmp_path) not in path
+
+
+def test_probe_crash_names_interpreter_and_output(tmp_path):
     with pytest.raises(ProbeError) as info:
-        run_probe(PY, "import no_such_module_here")
+        run_program(PY, program(tmp_path, "import no_such_module_here"))
     assert str(PY) in str(info.value) and "crashed (exit 1)" in str(info.value)
     assert "ModuleNotFoundError: No module named 'no_such_module_here'" in str(info.value)
+    assert f"{tmp_path / 'prog.py'}\", line 2, in main" in info.value.output  # a real traceback, file and line
+
+
+def test_probe_checkpoint_survives_an_abort(tmp_path):
+    """What a program checkpointed before compiled code killed the interpreter is its answer."""
+    prog = program(tmp_path, "checkpoint({'stage': 'import torch'})\nimport os\nos.abort()")
+    assert run_program(PY, prog) == {"stage": "import torch"}
 
 
 def test_probe_hang_is_killed_with_its_children(tmp_path):
     marker = tmp_path / "child.pid"
-    code = ("import subprocess, sys, time\n"
-            f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+    body = ("import subprocess, sys, time\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
             f"open({str(marker)!r}, 'w').write(str(p.pid))\n"
             "time.sleep(60)")
     start = time.monotonic()
     with pytest.raises(ProbeError, match="did not answer within 2 s"):
-        run_probe(PY, code, timeout=2)
+        run_program(PY, program(tmp_path, body), timeout=2)
     assert time.monotonic() - start < 10
     child = int(marker.read_text())
     time.sleep(0.2)
@@ -85,13 +107,14 @@ def test_probe_hang_is_killed_with_its_children(tmp_path):
 
 def test_probe_garbage_and_missing_interpreter(tmp_path):
     with pytest.raises(ProbeError, match="no readable result"):
-        run_probe(PY, "import os, sys; sys.stderr.write('garbage'); os._exit(0)")
+        run_program(PY, program(tmp_path, "import os, sys\nsys.stderr.write('garbage')\nos._exit(0)"))
     with pytest.raises(ProbeError, match="cannot be started"):
-        run_probe(tmp_path / "missing" / "python", "pass")
+        run_program(tmp_path / "missing" / "python", program(tmp_path, "return {}"))
 
 
-def test_probe_error_becomes_error_result():
-    check = mk("deps.p", lambda ctx: Result.ok(str(ctx.probe("p", "raise SystemExit(3)"))))
+def test_probe_error_becomes_error_result(tmp_path):
+    prog = program(tmp_path, "raise SystemExit(3)")
+    check = mk("deps.p", lambda ctx: Result.ok(str(ctx.probe("p", prog))))
     result = Runner(Context(Target(python=PY)), [check]).run([check])[0]
     assert result.status is Status.ERROR and "crashed (exit 3)" in result.summary
 

@@ -13,7 +13,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lorasetup"
 LAYERS = ("engine", "sd", "gates", "front")  # low to high
-FRONT_ENDS = {"lorasetup.cli", "lorasetup.commands", "lorasetup.pytest_plugin", "lorasetup.envinfo"}
+FRONT_ENDS = {"lorasetup.cli", "lorasetup.commands", "lorasetup.pytest_plugin", "lorasetup.envinfo",
+              "lorasetup.initcmd", "lorasetup.initsetup"}
 
 
 def module_name(path: Path) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.engine.target import ConfigError, load_target
+from lorasetup.engine.target import SETTINGS, ConfigError, load_target
 
 
 def kohya_tree(root: Path, venv: bool = False) -> Path:
@@ -71,3 +71,37 @@ def test_config_errors_name_the_file_and_the_fix(tmp_path, text, message):
 def test_explicit_config_missing(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_target(cwd=tmp_path, environ={}, config=Path("nope.toml"))
+
+
+SAMPLES = {"kohya_root": "ks", "python": "py/bin/python", "script": "sdxl_train_network.py",
+           "dataset_config": "ds.toml", "train_config": "train.toml", "train_args": "--a 1",
+           "base_model": "m.safetensors", "output_dir": "out", "device": "cpu", "accelerate_config": "acc.yaml",
+           "launch_args": "--num_processes 1", "rendezvous_timeout": "30", "deps_accept": "accelerate>=1.11",
+           "smoke_steps": "3", "smoke_timeout": "60"}
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: s.name)
+def test_every_setting_reaches_its_field_from_each_source(tmp_path, setting):
+    """The one table drives the config keys, the environment and the flags: each spelling sets the field."""
+    raw = SAMPLES[setting.name]
+    key = f"[{setting.table}]\n{setting.table_key}" if setting.table else setting.name
+    (tmp_path / "lorasetup.toml").write_text(f'{key} = "{raw}"\n')
+    from_file = load_target(cwd=tmp_path, environ={})
+    (tmp_path / "lorasetup.toml").unlink()
+    from_env = load_target(cwd=tmp_path, environ={setting.env: raw})
+    from_flag = load_target({setting.name: raw}, cwd=tmp_path, environ={})
+    value = getattr(from_flag, setting.name)
+    assert value not in (None, "", [])
+    assert getattr(from_file, setting.name) == getattr(from_env, setting.name) == value
+    assert (from_file.sources[setting.name], from_env.sources[setting.name]) == (
+        str(tmp_path / "lorasetup.toml"), setting.env)
+
+
+def test_cli_and_pytest_options_come_from_the_table():
+    from lorasetup.cli import build_parser
+    from lorasetup.pytest_plugin import OPTIONS
+    doctor = build_parser()._subparsers._group_actions[0].choices["doctor"]  # type: ignore[union-attr]
+    flags = {opt for action in doctor._actions for opt in action.option_strings}
+    assert {s.flag for s in SETTINGS if s.cli} <= flags
+    assert "--train-args" not in flags  # sd-scripts arguments go after `--`
+    assert [s.name for s in OPTIONS] == [s.name for s in SETTINGS if s.name not in ("smoke_timeout", "deps_accept")]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from lorasetup.checks.model.checks import model_family, model_file, model_tokenizer, tokenizer_specs
@@ -100,7 +101,7 @@ def test_sdxl_with_train_network_names_the_right_script(sd_tree, tmp_path):
 
 def test_real_random_sd15_checkpoint_when_present():
     """The randomly initialised SD1.5 built for the end-to-end run (docs in the issue note), when on disk."""
-    model = Path.home() / "bed" / "model" / "sd15-random.safetensors"
+    model = Path.home() / "bed" / "models" / "sd15-random.safetensors"
     if not model.is_file() or not REAL_SD_SCRIPTS.is_dir():
         pytest.skip("no local SD1.5 checkpoint / sd-scripts checkout on this machine")
     ctx = ctx_for(REAL_SD_SCRIPTS, model)
@@ -216,6 +217,36 @@ def test_header_reader_counts_nonfinite_values_of_each_float_type(tmp_path):
     counts = {n: nonfinite_count(header.path, info) for n, info in header.tensors.items()}
     assert counts == {"f32": 3, "f16": 3, "f64": 3, "ok": 0, "i": 0, "alpha": 0}
     assert tensor_values(header.path, header.tensors["alpha"]) == [8.0]
+
+
+def test_header_reader_agrees_with_the_safetensors_library_and_names_what_it_cannot(tmp_path):
+    """The safetensors library (a test dependency only: it cannot list a file's tensors without importing torch
+    or numpy into the process) reads the same names, dtypes, shapes, metadata and values as the hand-written
+    reader; on a truncated file, an lfs pointer and a pickle it only says "incomplete metadata" or "header too
+    large", where the reader names the cause."""
+    arrays = {"f32": np.arange(6, dtype=np.float32).reshape(2, 3), "f16": np.ones((4,), dtype=np.float16),
+              "f64": np.array([1.5]), "i64": np.arange(3, dtype=np.int64), "u8": np.zeros((2, 2), dtype=np.uint8),
+              "flag": np.array([True, False])}
+    path = tmp_path / "m.safetensors"
+    save_file(arrays, str(path), metadata={"ss_network_dim": "4"})
+    header = read_header(path)
+    with safe_open(str(path), framework="numpy") as theirs:
+        assert sorted(header.tensors) == sorted(theirs.keys()) and header.metadata == theirs.metadata()
+        for name, info in header.tensors.items():
+            array = theirs.get_tensor(name)
+            assert info.shape == array.shape and info.end - info.start == array.nbytes, name
+    assert tensor_values(path, header.tensors["f32"]) == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    path.write_bytes(path.read_bytes()[:-8])
+    lfs = tmp_path / "lfs.safetensors"
+    lfs.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 2132625894\n")
+    pickled = tmp_path / "renamed.safetensors"
+    pickled.write_bytes(b"\x80\x02}q\x00." + bytes(64))
+    for broken, kind in ((path, "truncated"), (lfs, "lfs-pointer"), (pickled, "pickle")):
+        with pytest.raises(SafetensorError):
+            safe_open(str(broken), framework="numpy")
+        with pytest.raises(HeaderError) as ours:
+            read_header(broken)
+        assert ours.value.kind == kind
 
 
 def test_bf16_values_are_read_exactly(tmp_path):

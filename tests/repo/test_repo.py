@@ -6,24 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.checks import all_checks
 from lorasetup.checks.repo.checks import submodule_fix
 from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import bootstrap
-from lorasetup.engine.result import FixError, Status
-from lorasetup.engine.runner import Runner
+from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.target import Target, load_target
+from tests.support.checks import gate_checks, run_checks
 from tests.support.git import git
 
-REPO = [c for c in all_checks() if c.gate == "repo"]
+REPO = gate_checks("repo")
 
 
-def run_repo(root: Path | None, script: str = "train_network.py") -> dict[str, object]:
-    target = Target(kohya_root=root, script=script)
-    ctx = Context(target)
-    results = Runner(ctx, REPO).run(REPO)
-    ctx.close()
-    return {r.check_id: r for r in results}
+def run_repo(root: Path | None, script: str = "train_network.py") -> dict[str, Result]:
+    return run_checks(Target(kohya_root=root, script=script), registry=REPO)
 
 
 def statuses(results: dict) -> dict[str, str]:

@@ -17,63 +17,18 @@ from lorasetup.commands import smoke_command
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Status
 from lorasetup.engine.target import Target
-from tests.smoke.test_smoke_run import FIXTURE, alive, dataset  # noqa: F401 - the session dataset fixture
+from tests.support.smoke import alive
 
 ROOT = Path(__file__).resolve().parents[2]
-GUI_CONFIG = """
-[training]
-network_module = "networks.lora"
-network_dim = 4
-network_alpha = 2.0
-learning_rate = 1e-3
-max_train_epochs = 3
-save_every_n_steps = 2
-sample_every_n_steps = 1
-output_dir = "{out}"
-output_name = "mychar"
-"""
-
-
-def sd_tree(root: Path) -> Path:
-    """A bare sd-scripts-shaped checkout whose train_network.py is the fixture trainer."""
-    for rel in ("library/__init__.py", "library/train_util.py", "networks/__init__.py", "networks/lora.py"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).touch()
-    shutil.copy(FIXTURE, root / "train_network.py")
-    return root
-
-
-@pytest.fixture
-def setup(tmp_path, dataset, monkeypatch):  # noqa: F811 - pytest fixture injection
-    """(target, the file the trainer writes its arguments to, the person's own output_dir)."""
-    record = tmp_path / "args.json"
-    monkeypatch.setenv("FIXTURE_TRAINER_ARGS", str(record))
-    monkeypatch.setenv("FIXTURE_TRAINER_STEP_S", "0.1")
-    monkeypatch.delenv("FIXTURE_TRAINER_MODE", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # accelerate finds no config: its defaults, one process
-    person_out = tmp_path / "my-loras"
-    config = tmp_path / "config_lora.toml"
-    config.write_text(GUI_CONFIG.format(out=person_out))
-    target = Target(kohya_root=sd_tree(tmp_path / "sd-scripts"), python=Path(sys.executable), dataset_config=dataset,
-                    train_config=config, smoke_steps=5, smoke_timeout=120)
-    return target, record, person_out
-
-
 def smoke(target: Target, **kw):
-    ctx = Context(target)
-    try:
+    with Context(target) as ctx:
         return run_smoke(ctx, echo=None, **kw)
-    finally:
-        ctx.close()
 
 
 def test_good_run_passes_with_only_the_smoke_overrides(setup, capsys):
     target, record, person_out = setup
-    ctx = Context(target)
-    try:
+    with Context(target) as ctx:
         code = smoke_command(ctx, keep=False, as_json=True)
-    finally:
-        ctx.close()
     out = capsys.readouterr()
     assert code == 0, out.err
     data = next(r["data"] for r in json.loads(out.out)["results"] if r["id"] == "smoke.run")

@@ -4,42 +4,13 @@ stopped promptly, for the right reason, and leaves no process behind."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
-
-import pytest
-from PIL import Image
 
 from lorasetup.sd.run.command import run_env
 from lorasetup.sd.run.stream import RunOutcome, run_streaming
 from lorasetup.sd.run.watch import TRACEBACK_SETTLE_S
-
-FIXTURE = Path(__file__).parents[1] / "support" / "fixture_trainer.py"
-
-
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three small images with .txt captions and a dataset TOML (3 images x 2 repeats)."""
-    root = tmp_path_factory.mktemp("data")
-    (root / "img").mkdir()
-    for i in range(3):
-        Image.new("RGB", (32, 32), (40 * i, 120, 200 - 30 * i)).save(root / "img" / f"p{i}.png")
-        (root / "img" / f"p{i}.txt").write_text(f"a photo, style {i}")
-    config = root / "dataset.toml"
-    config.write_text(f'[general]\ncaption_extension = ".txt"\n\n[[datasets]]\nresolution = 32\nbatch_size = 1\n\n'
-                      f'  [[datasets.subsets]]\n  image_dir = "{root / "img"}"\n  num_repeats = 2\n')
-    return config
-
-
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return not (status.is_file() and "\nState:\tZ" in status.read_text())
+from tests.support.smoke import FIXTURE, alive
 
 
 def run(mode: str, dataset: Path, tmp_path: Path, timeout: float = 60, step_s: float = 0.2) -> tuple[RunOutcome, dict]:

@@ -1,5 +1,5 @@
 """`lorasetup train`: refuses a target with a failing gate, launches a good one with the smoke run's command
-minus the overrides, and watches it to its end (tests/run/ tests each way the watched run stops).
+minus the overrides, and watches it to its end (test_longrun.py tests each way the watched run stops).
 
 The registry is cut down to the repo, model and smoke gates here: the fixture tree is not an installed
 sd-scripts, so the deps gate (which wants sd-scripts' `library` installed from the checkout) cannot pass on it.
@@ -19,8 +19,6 @@ from lorasetup import commands
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
 from lorasetup.sd.run import command as launch
-from tests.smoke.test_smoke_check import setup  # noqa: F401 - the fixture-trainer target
-from tests.smoke.test_smoke_run import dataset  # noqa: F401 - the session dataset fixture
 
 SD1 = {"cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (77, 8),
        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}
@@ -33,14 +31,11 @@ def gates(monkeypatch):
 
 
 def train(target, **kw) -> int:
-    ctx = Context(target)
-    try:
+    with Context(target) as ctx:
         return commands.train_command(ctx, **{"no_smoke": False, "force": False, **kw})
-    finally:
-        ctx.close()
 
 
-def test_refuses_when_a_gate_fails(setup, capsys):  # noqa: F811
+def test_refuses_when_a_gate_fails(setup, capsys):
     target, record, person_out = setup
     target.base_model = target.kohya_root / "missing.safetensors"
     assert train(target) == 1
@@ -49,7 +44,7 @@ def test_refuses_when_a_gate_fails(setup, capsys):  # noqa: F811
     assert not record.exists() and not person_out.exists()  # neither the smoke run nor the real run started
 
 
-def test_force_starts_despite_the_failed_gate(setup, capsys):  # noqa: F811
+def test_force_starts_despite_the_failed_gate(setup, capsys):
     target, _, person_out = setup
     target.base_model = target.kohya_root / "missing.safetensors"
     assert train(target, force=True, no_smoke=True) == 0
@@ -57,7 +52,7 @@ def test_force_starts_despite_the_failed_gate(setup, capsys):  # noqa: F811
     assert (person_out / "mychar.safetensors").is_file()
 
 
-def test_launches_a_good_target_after_the_smoke_run(setup, capsys, tmp_path):  # noqa: F811
+def test_launches_a_good_target_after_the_smoke_run(setup, capsys, tmp_path):
     target, record, person_out = setup
     target.base_model = tmp_path / "sd15.safetensors"
     save_file({name: np.zeros(shape, dtype=np.float16) for name, shape in SD1.items()}, str(target.base_model))

@@ -3,17 +3,23 @@ venvs (`python -m venv`), and an sd-scripts-like tree with the import shapes sd-
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
+import platform
 import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
+from typing import Any
 
-from lorasetup.checks import all_checks
-from lorasetup.engine.context import Context
+from lorasetup.checks.deps.requirements import Machine
 from lorasetup.engine.result import Result
-from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import Target
+from tests.support.checks import run_checks
+from tests.support.git import git, write_tree
 
 # (distribution, import name, version, module body): stand-ins with sd-scripts' real names and pins
 PACKAGES = [
@@ -31,7 +37,17 @@ PACKAGES = [
     ("huggingface-hub", "huggingface_hub", "0.34.3", "class HfApi:\n    pass\n"),  # no cached_download
     ("diffusers", "diffusers", "0.20.0", "from huggingface_hub import cached_download\n"),  # the B4 skew
     ("accelerate", "accelerate", "1.6.0", "def main():\n    print('accelerate')\n"),  # has a console script
+    ("accelerate", "accelerate", "1.11.0", "def main():\n    print('accelerate')\n"),
+    # kohya_ss's GUI, logging and captioning pins
+    ("gradio", "gradio", "6.17.3", ""),
+    ("easygui", "easygui", "0.98.3", ""),
+    ("wandb", "wandb", "0.18.0", ""),
+    ("tensorboard", "tensorboard", "2.15.2", ""),
+    ("tensorflow", "tensorflow", "2.15.0.post1", ""),
 ]
+# A distribution whose import name is not its own and that ships no top_level.txt (as flit, hatchling and
+# uv build them): only its RECORD tells that `import cpuinfo` comes from py-cpuinfo
+RECORD_ONLY = ("py-cpuinfo", "cpuinfo", "9.0.0")
 SCRIPTS = {"accelerate": '[project.scripts]\naccelerate = "accelerate:main"\n'}
 NINE = ["imagesize", "rich", "sentencepiece", "altair", "lion_pytorch", "schedulefree", "pytorch_optimizer",
         "prodigyplus", "prodigyopt"]
@@ -70,7 +86,30 @@ def build_wheelhouse(work: Path) -> Path:
     for sources in batches:
         run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
              "--disable-pip-version-check", "-w", wheels, *sources])
+    record_only_wheel(wheels, *RECORD_ONLY)
     return wheels
+
+
+def record_only_wheel(wheels: Path, dist: str, module: str, version: str) -> Path:
+    """A wheel written by hand with METADATA, WHEEL and RECORD only (no top_level.txt)."""
+    info = f"{dist.replace('-', '_')}-{version}.dist-info"
+    files = {f"{module}/__init__.py": f"__version__ = {version!r}\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    path = wheels / f"{dist.replace('-', '_')}-{version}-py3-none-any.whl"
+    _zip_wheel(path, info, files)
+    return path
+
+
+def _zip_wheel(path: Path, info: str, files: dict[str, str]) -> None:
+    record = []
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, text in files.items():
+            data = text.encode()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+            zf.writestr(name, data)
+            record.append(f"{name},sha256={digest},{len(data)}")
+        zf.writestr(f"{info}/RECORD", "\n".join([*record, f"{info}/RECORD,,"]) + "\n")
 
 
 def make_venv(path: Path, with_pip: bool) -> Path:
@@ -209,19 +248,123 @@ def make_tree(root: Path, imports: list[str], requirements: list[str], extra: di
     return root
 
 
-def target(tree: Path, python: Path, args: list[str] | tuple[str, ...] = ()) -> Target:
-    return Target(kohya_root=tree, python=python, train_args=list(args))
+def target(tree: Path, python: Path, args: list[str] | tuple[str, ...] = (), **fields: Any) -> Target:
+    return Target(kohya_root=tree, python=python, train_args=list(args), **fields)
 
 
 STATIC = ("deps.interpreter", "deps.imports", "deps.versions", "deps.library", "deps.isolation")
 
 
-def run_deps(tree: Path, python: Path, args: list[str] | tuple[str, ...] = (), pip_args: list[str] | None = None,
-             only: tuple[str, ...] = STATIC) -> dict[str, Result]:
-    """Run the deps gate (and what it requires) through the real runner; results by check id."""
-    ctx = Context(target(tree, python, args), pip_args=pip_args)
-    try:
-        checks = all_checks()
-        return {r.check_id: r for r in Runner(ctx, checks).run(select(checks, only=only))}
-    finally:
-        ctx.close()
+def run_deps(tree: Path | Target, python: Path | None = None, args: list[str] | tuple[str, ...] = (),
+             pip_args: list[str] | None = None, only: tuple[str, ...] = STATIC, all_pins: bool = False,
+             **fields: Any) -> dict[str, Result]:
+    """Run the deps gate (and what it requires) through the real runner; results by check id. `tree` may be a
+    ready Target (then `python`, `args` and `fields` are not used)."""
+    chosen = tree if isinstance(tree, Target) else target(tree, python or Path(sys.executable), args, **fields)
+    return run_checks(chosen, only, pip_args=pip_args, all_pins=all_pins)
+
+
+def library_points_at(python: Path, tree: Path) -> None:
+    """What a legacy editable install (`setup.py develop`) leaves: a .pth naming the checkout."""
+    (site_packages(python) / "library-dev.pth").write_text(f"{tree}\n")
+
+
+def this_machine() -> Machine:
+    """What the env probe reports for this machine (kohya_ss's setup reads the same)."""
+    rocm = bool(shutil.which("rocminfo")) or os.path.isfile("/opt/rocm/bin/rocminfo")
+    return Machine(sys.platform, platform.machine(), nvidia_smi=bool(shutil.which("nvidia-smi")), rocm=rocm,
+                   runpod=bool(os.environ.get("RUNPOD_POD_ID") or os.environ.get("RUNPOD_API_KEY")))
+
+
+# kohya_ss's requirement files as 45088f04 writes them (trimmed to packages the wheelhouse stands in for):
+# comments, an unpinned line, `-e ./sd-scripts`, platform files with a PyTorch `--extra-index-url` and
+# CUDA/ROCm local-label pins of torch that `-r` the base file, and a macOS file on the nightly CPU index.
+KOHYA_REQUIREMENTS = {
+    "requirements.txt": """\
+py-cpuinfo
+# TF/ONNX stack and scipy 1.11 need NumPy 1.x (#3422 / #3577 Phase 3)
+accelerate==1.6.0
+altair==4.2.2
+easygui==0.98.3
+gradio==6.17.3
+imagesize==1.4.1
+rich>=13.7.1
+toml==0.10.2
+wandb==0.18.0
+# for kohya_ss sd-scripts library
+-e ./sd-scripts
+""",
+    "requirements_linux.txt": """\
+# Custom index URL for specific packages
+--extra-index-url https://download.pytorch.org/whl/cu128
+
+torch==2.7.0+cu128
+torchvision==0.22.0+cu128
+xformers>=0.0.30
+
+tensorboard==2.15.2
+tensorflow==2.15.0.post1
+
+-r requirements.txt
+""",
+    "requirements_linux_rocm.txt": """\
+# Custom index URL for specific packages
+--extra-index-url https://download.pytorch.org/whl/rocm6.3
+--find-links https://repo.radeon.com/rocm/manylinux/rocm-rel-6.4.1
+
+torch==2.7.1+rocm6.3
+torchvision==0.22.1+rocm6.3
+
+tensorboard==2.15.2
+
+-r requirements.txt
+""",
+    "requirements_macos_arm64.txt": """\
+--pre --extra-index-url https://download.pytorch.org/whl/nightly/cpu
+torch==2.8.0.*
+torchvision==0.22.*
+git+https://github.com/bitsandbytes-foundation/bitsandbytes.git/#0.45.5
+tensorflow-macos
+tensorboard==2.15.2
+-r requirements.txt
+""",
+    "requirements_pytorch_windows.txt": """\
+# Custom index URL for specific packages
+--extra-index-url https://download.pytorch.org/whl/cu128
+
+torch==2.7.0+cu128
+torchvision==0.22.0+cu128
+xformers>=0.0.30
+
+-r requirements_windows.txt""",
+    "requirements_windows.txt": "tensorboard\ntensorflow>=2.16.1\n\n-r requirements.txt\n",
+}
+# what the run imports in the kohya_ss-shaped checkout: imagesize, rich, toml (entry script), accelerate, and
+# cpuinfo (py-cpuinfo, told only by its RECORD); wandb only in another script, behind an option
+KOHYA_RUN_IMPORTS = ["import imagesize", "from rich.console import Console", "import accelerate", "import cpuinfo"]
+KOHYA_RUN_PINS = ["py-cpuinfo", "accelerate==1.6.0", "imagesize==1.4.1", "rich==14.1.0", "toml==0.10.2"]
+OTHER_SCRIPT = """\
+from library import train_util
+
+
+def init_trackers(args):
+    if args.log_with == "wandb":
+        import wandb
+"""
+
+
+def make_kohya_checkout(work: Path) -> Path:
+    """A kohya_ss-shaped git checkout: the GUI's files and requirement files, and the sd-scripts-like tree
+    (make_tree) as a real submodule at the pinned commit."""
+    origin = make_tree(work / "sd-scripts-origin", KOHYA_RUN_IMPORTS, [], {"sdxl_train.py": OTHER_SCRIPT})
+    git(origin, "init", "-q")
+    git(origin, "add", "-A")
+    git(origin, "commit", "-qm", "sd-scripts")
+    root = work / "kohya_ss"
+    write_tree(root, {"kohya_gui.py": "import gradio\n", "kohya_gui/__init__.py": "import easygui\n",
+                      **KOHYA_REQUIREMENTS})
+    git(root, "init", "-q")
+    git(root, "submodule", "add", "-q", origin.as_uri(), "sd-scripts")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "kohya_ss")
+    return root

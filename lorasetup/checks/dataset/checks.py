@@ -24,6 +24,7 @@ from lorasetup.engine.fileedit import backup
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.engine.target import tomllib
 from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.dataset.layout import REG_NAME
 from lorasetup.sd.dataset.plan import (
     compute_steps,
     config_path,
@@ -747,17 +748,17 @@ def _trigger_findings(where: str, subset: SubsetPlan, reads: dict[str, CaptionRe
              "trigger word should come first in every caption")]
 
 
-_REG_NAME = re.compile(r"(^|[^a-z])(reg|regs|regularization|regularisation|class)([^a-z]|$)", re.IGNORECASE)
-
-
 def _reg_findings(where: str, subset: SubsetPlan, plan: Plan) -> list[str]:
     if plan.mode != "config" or subset.kind != "dreambooth":
         return []
-    name = os.path.basename(os.path.normpath(str(subset.get.get("image_dir") or "")))
-    if _REG_NAME.search(name) and not subset.is_reg:
+    path = os.path.normpath(str(subset.get.get("image_dir") or ""))
+    name, parent = os.path.basename(path), os.path.basename(os.path.dirname(path))
+    if REG_NAME.search(name) and not subset.is_reg:
         return [(f"{where}: folder {name!r} looks like regularization images but is_reg is not set: they train as "
                  "your subject (set is_reg = true in this subset)")]
-    if subset.is_reg and re.search(r"train|subject|char", name, re.IGNORECASE) and not _REG_NAME.search(name):
+    # reg/1_anime_character: kohya's layout names the class under a reg folder, and a class may well be a character
+    if subset.is_reg and re.search(r"train|subject|char", name, re.IGNORECASE) and not REG_NAME.search(name) \
+            and not REG_NAME.search(parent):
         return [(f"{where}: folder {name!r} is marked is_reg = true: its images only balance the training set and "
                  "do not teach the subject; remove is_reg if they are your training images")]
     return []

@@ -1,341 +1,42 @@
 """The deps gate: the training interpreter, every import of the run, the checkout's pins, sd-scripts' own
 `library` package, isolation from user and system packages, and a deep import of the stack.
 
-Fix (`bootstrap --fix`): ONE pip plan for everything missing or off its pin, built only from the checkout's
-requirement files and lorasetup's module-to-distribution table; a module neither knows is never guessed
-into a pip name, and torch (with the packages built against it) is never installed automatically.
+Support code beside it: venv.py (the interpreter's own answer), requirements.py (the requirement files),
+pins.py (each pin judged for this run), plan.py (the ONE pip plan that `bootstrap --fix` applies).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
 import shutil
-import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
-from packaging.utils import canonicalize_name
-from packaging.version import InvalidVersion
 
 from lorasetup.checks import check
-from lorasetup.checks.deps.requirements import Pin, RequirementSet, checkout_files, parse_files
+from lorasetup.checks.deps.pins import (
+    ACCEPTED,
+    ELSEWHERE,
+    MET,
+    OTHER_BUILD,
+    RUN,
+    UNMET,
+    UNUSED,
+    Verdict,
+    judge,
+    requirement_set,
+    unused_accepts,
+)
+from lorasetup.checks.deps.plan import failing_pins, library_problem, missing_modules, with_plan
+from lorasetup.checks.deps.requirements import RequirementSet
+from lorasetup.checks.deps.venv import env, python_cmd, read_cfg, venv_config
 from lorasetup.engine.context import Context
-from lorasetup.engine.probe import ProbeError, tail
-from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
+from lorasetup.engine.probe import ProbeError
+from lorasetup.engine.result import CheckFailed, Result
 from lorasetup.engine.target import tomllib
-from lorasetup.sd.imports import Closure, ImportUse, closure, deep_targets, dist_for, resolve
+from lorasetup.sd.imports import ImportUse, closure, deep_targets, dist_for, resolve
 
 DEFAULT_PYTHONS = ">=3.10,<3.13"  # sd-scripts README: Python 3.10; 3.11 and 3.12 "will work but not tested"
-# Wheels built for one torch build (CUDA, ROCm, CPU, MPS): pip would fetch a mismatched build or replace
-# torch itself, gigabytes, so lorasetup prints their command instead of running it.
-BUILD_SPECIFIC = ("torch", "torchvision", "torchaudio", "xformers")
-PIP_TIMEOUT_S = 1800
-TORCH_HELP = "pick the build for your machine at https://pytorch.org/get-started/locally/"
-
-ENV_PROBE = """
-import os, platform, site, sys
-import importlib.util
-if sys.path and sys.path[0] in ("", os.getcwd()):
-    del sys.path[0]  # `python -c` puts the working directory first; a training run does not
-def fmt(v):
-    s = "%d.%d.%d" % (v.major, v.minor, v.micro)
-    return s if v.releaselevel == "final" else s + v.releaselevel[0] + str(v.serial)
-RESULT["python"] = {"version": fmt(sys.version_info), "executable": sys.executable, "prefix": sys.prefix,
-                    "base_prefix": getattr(sys, "base_prefix", sys.prefix)}
-RESULT["markers"] = {
-    "implementation_name": sys.implementation.name, "implementation_version": fmt(sys.implementation.version),
-    "os_name": os.name, "platform_machine": platform.machine(), "platform_release": platform.release(),
-    "platform_system": platform.system(), "platform_version": platform.version(),
-    "python_full_version": platform.python_version(),
-    "platform_python_implementation": platform.python_implementation(),
-    "python_version": ".".join(platform.python_version_tuple()[:2]), "sys_platform": sys.platform}
-RESULT["site"] = {"user_site": site.getusersitepackages() if site.ENABLE_USER_SITE else None,
-                  "path": sys.path, "pythonpath": os.environ.get("PYTHONPATH", "")}
-dists = {}
-try:
-    import importlib.metadata as md  # Python 3.8+; older ones fail deps.interpreter's version check anyway
-except ImportError:
-    md = None
-for d in (md.distributions() if md else ()):
-    try:
-        name, version = d.metadata["Name"], d.version
-    except Exception:
-        continue
-    key = "-".join(filter(None, __import__("re").split(r"[-_.]+", (name or "").lower())))
-    if key and key not in dists:  # the first on sys.path wins, as for imports
-        dists[key] = {"name": name, "version": version, "path": str(getattr(d, "_path", ""))}
-        if key == "library":
-            dists[key]["direct_url"] = d.read_text("direct_url.json")
-RESULT["dists"] = dists
-try:
-    spec = importlib.util.find_spec("library")
-    RESULT["library"] = spec and {"origin": spec.origin, "locations": list(spec.submodule_search_locations or [])}
-except Exception as exc:
-    RESULT["library"] = {"error": type(exc).__name__ + ": " + str(exc)}
-"""
-
-
-def env(ctx: Context) -> dict[str, Any]:
-    """The training interpreter's version, marker environment, paths and installed distributions."""
-    answer = ctx.probe("deps:env", ENV_PROBE, timeout=60)
-    assert answer is not None
-    return answer
-
-
-def python_cmd(ctx: Context) -> str:
-    return shlex.quote(str(ctx.target.python_exe))
-
-
-def requirement_set(ctx: Context) -> RequirementSet | None:
-    """The checkout's requirement files for this machine (None when it has none)."""
-    def compute() -> RequirementSet | None:
-        markers = env(ctx)["markers"]
-        layout = ctx.target.layout
-        base = ctx.target.kohya_root if layout == "kohya_ss" else ctx.target.sd_scripts
-        if base is None:
-            return None
-        files = checkout_files(base, layout, markers["sys_platform"], markers["platform_machine"])
-        try:
-            return parse_files(files, markers) if files else None
-        except OSError as exc:
-            raise CheckFailed(f"cannot read {exc.filename}: {exc.strerror}",
-                              hint=f"check the file's permissions: `ls -l {exc.filename}`") from None
-    return ctx.memo("deps:requirements", compute)
-
-
-# ---------------------------------------------------------------- analyses shared by checks and the fix
-
-@dataclass
-class Missing:
-    """A required module the training interpreter cannot find."""
-
-    module: str
-    uses: list[ImportUse]
-    error: str | None = None
-
-
-@dataclass
-class Skew:
-    """A requirement line the installed distributions do not satisfy."""
-
-    pin: Pin
-    installed: str | None
-
-    def describe(self) -> str:
-        have = "not installed" if self.installed is None else f"{self.installed} installed"
-        return f"{self.pin.req.name}: {have}; {self.pin.place} wants {self.pin.spec}"
-
-
-def missing_modules(ctx: Context) -> tuple[list[Missing], list[Missing], Closure | None]:
-    """(required modules missing, optional ones missing, the closure), from the one find_spec probe."""
-    found, resolution = closure(ctx), resolve(ctx)
-    if found is None or resolution is None:
-        return [], [], found
-    required: list[Missing] = []
-    optional: list[Missing] = []
-    for top, uses in sorted(resolution.third_party(found).items(), key=lambda kv: kv[0].lower()):
-        spec = resolution.specs.get(top)
-        if spec is not None and "error" not in spec:
-            continue
-        error = spec.get("error") if spec else None
-        needed = [u for u in uses if u.required]
-        if needed:
-            required.append(Missing(top, needed, error))
-        elif any(u.guarded for u in uses):
-            optional.append(Missing(top, [u for u in uses if u.guarded], error))
-    return required, optional, found
-
-
-def version_skews(ctx: Context) -> list[Skew]:
-    reqs = requirement_set(ctx)
-    if reqs is None:
-        return []
-    dists = env(ctx)["dists"]
-    skews = []
-    for pin in reqs.pins:
-        have = dists.get(pin.name)
-        try:
-            fine = have is not None and pin.allows(have["version"])
-        except InvalidVersion:
-            fine = False
-        if not fine:
-            skews.append(Skew(pin, have["version"] if have else None))
-    return skews
-
-
-def library_problem(ctx: Context) -> str | None:
-    """Why sd-scripts' `library` package does not resolve to this checkout, or None."""
-    tree = ctx.target.sd_scripts
-    assert tree is not None
-    spec = env(ctx)["library"]
-    if spec is None:
-        return "No module named 'library': sd-scripts' own package is not installed in this interpreter"
-    if "error" in spec:
-        return f"finding `library` fails: {spec['error']}"
-    where = Path(spec["locations"][0]) if spec["locations"] else Path(spec["origin"] or "").parent
-    if not (where / "__init__.py").is_file():
-        return f"`library` is installed from {where}, which no longer exists (the folder moved after install?)"
-    if where.resolve() != (tree / "library").resolve():
-        return f"`library` resolves to {where}, not this checkout's {tree / 'library'} (another checkout?)"
-    return None
-
-
-@dataclass
-class Plan:
-    """The one repair: a pip install of pinned specs, and sd-scripts' own package as editable."""
-
-    specs: dict[str, str] = field(default_factory=dict)      # canonical name -> pip spec
-    from_table: list[str] = field(default_factory=list)      # names that no requirement file pins
-    unknown: list[Missing] = field(default_factory=list)     # never guessed into a pip name
-    build_specific: list[str] = field(default_factory=list)  # torch & co: printed, not run
-    library: bool = False
-    held_torch: str | None = None
-    blocked: str | None = None
-    fix: Fix | None = None
-
-    def hint(self, ctx: Context) -> str:
-        parts = []
-        if self.blocked:
-            parts.append(self.blocked)
-        if self.fix:
-            parts.append("`lorasetup bootstrap --fix` applies the fix below")
-        if self.build_specific:
-            parts.append(f"install {', '.join(self.build_specific)} yourself ({TORCH_HELP}): "
-                         f"`{torch_command(ctx, self.build_specific)}`")
-        if self.unknown:
-            names = ", ".join(m.module for m in self.unknown)
-            parts.append(f"no requirement file pins {names} and lorasetup does not guess package names "
-                         "(typosquatting): find the package that provides it in the project's docs, check its "
-                         f"name on pypi.org, then `{python_cmd(ctx)} -m pip install <that package>`")
-        return "; ".join(parts)
-
-
-def torch_command(ctx: Context, specs: list[str]) -> str:
-    reqs = requirement_set(ctx)
-    options = reqs.index_options if reqs else []
-    return " ".join([python_cmd(ctx), "-m", "pip", "install", *map(shlex.quote, options),
-                     *map(shlex.quote, specs)])
-
-
-def install_plan(ctx: Context) -> Plan:
-    """The same Plan object for every deps check of one run, so the fixer applies it once."""
-    return ctx.memo("deps:plan", lambda: _build_plan(ctx))
-
-
-def _build_plan(ctx: Context) -> Plan:
-    plan = Plan()
-    reqs = requirement_set(ctx)
-    dists = env(ctx)["dists"]
-
-    def add(name: str, spec: str) -> None:
-        if name in BUILD_SPECIFIC:
-            if spec not in plan.build_specific:
-                plan.build_specific.append(spec)
-        else:
-            plan.specs.setdefault(name, spec)
-
-    required, _, _ = missing_modules(ctx)
-    for miss in required:
-        dist = dist_for(miss.module) or miss.module
-        pin = reqs.find(dist) if reqs else None
-        if pin is not None:
-            add(pin.name, pin.spec)
-        elif dist_for(miss.module):
-            add(canonicalize_name(dist), dist)
-            plan.from_table.append(dist)
-        else:
-            plan.unknown.append(miss)
-    for skew in version_skews(ctx):
-        add(skew.pin.name, skew.pin.spec)
-    plan.specs = dict(sorted(plan.specs.items()))
-    plan.library = library_problem(ctx) is not None
-    torch = dists.get("torch")
-    if torch is None and any(m.module == "torch" for m in required):
-        plan.blocked = ("torch is not installed, and pip would pull a build of its own as a dependency of the "
-                        "other packages: install torch first, then run `lorasetup bootstrap --fix` again")
-        return plan
-    if ctx.target.sources.get("python") == "current interpreter":
-        plan.blocked = (f"no training venv was found (<root>/venv, <root>/.venv), so these checks ran against "
-                        f"lorasetup's own interpreter {ctx.target.python_exe}; lorasetup will not pip install "
-                        "into it: pass `--python /path/to/your/training/venv/bin/python`")
-        return plan
-    commands: list[list[str]] = []
-    if plan.specs:
-        if torch is not None:  # named so pip fails rather than replacing the installed build
-            plan.held_torch = f"torch=={torch['version']}"
-        commands.append(["install", *ctx.pip_args, *plan.specs.values(),
-                         *([plan.held_torch] if plan.held_torch else [])])
-    if plan.library:
-        tree = ctx.target.sd_scripts
-        commands.append(["install", *ctx.pip_args, "--no-deps", "-e", str(tree)])
-    if commands:
-        plan.fix = pip_fix(ctx, plan, commands)
-    return plan
-
-
-def pip_fix(ctx: Context, plan: Plan, commands: list[list[str]]) -> Fix:
-    python = ctx.target.python_exe
-    state: dict[str, Any] = {}
-
-    def apply() -> None:
-        if "done" in state:  # several deps checks carry this one plan; pip runs once
-            if state["done"]:
-                raise FixError(state["done"])
-            return
-        state["done"] = ""
-        for args in commands:
-            error = run_pip(python, args)
-            if error:
-                state["done"] = error
-                raise FixError(error)
-
-    parts = []
-    pinned = [name for name, spec in plan.specs.items() if spec not in plan.from_table]
-    if pinned:
-        parts.append(f"install {len(pinned)} package(s) at the checkout's pins: {', '.join(pinned)}")
-    if plan.from_table:
-        parts.append(f"install {', '.join(plan.from_table)} (not pinned by the checkout; the package name comes "
-                     "from lorasetup's module table)")
-    if plan.held_torch:
-        parts.append(f"{plan.held_torch} is named only to keep the installed torch build in place")
-    if plan.library:
-        parts.append("reinstall sd-scripts' own `library` package from this checkout (editable, no deps)")
-    shown = [" ".join([python_cmd(ctx), "-m", "pip", *map(shlex.quote, args)]) for args in commands]
-    return Fix("; ".join(parts), shown, apply, safe=True)
-
-
-def run_pip(python: Path, args: list[str]) -> str:
-    """Run `python -m pip <args>`; '' on success, else pip's own error lines and what state it left."""
-    cmd = [str(python), "-m", "pip", *args[:1], "--disable-pip-version-check", *args[1:]]
-    try:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=PIP_TIMEOUT_S, env={**os.environ, "PIP_NO_INPUT": "1"})
-    except subprocess.TimeoutExpired:
-        return f"pip did not finish within {PIP_TIMEOUT_S} s; the environment is as pip left it"
-    except OSError as exc:
-        return f"cannot run {python}: {exc.strerror or exc}"
-    if proc.returncode == 0:
-        return ""
-    output = proc.stderr + proc.stdout
-    errors = [line for line in output.splitlines() if line.startswith("ERROR:") or "No module named pip" in line]
-    shown = "\n".join(errors[-3:]) or tail(output, 4)
-    if "No module named pip" in output:
-        shown += f"\nthis venv has no pip: `{shlex.quote(str(python))} -m ensurepip --upgrade`, then run the fix again"
-    return (f"pip failed (exit {proc.returncode}):\n{shown}\nNothing was rolled back: the environment is as "
-            "pip left it. Run `lorasetup doctor` to see what is still missing.")
-
-
-def with_plan(ctx: Context, result: Result) -> Result:
-    """A failing result gets the run's one plan as its fix (and its hint when it has none)."""
-    plan = install_plan(ctx)
-    result.fix = plan.fix
-    extra = plan.hint(ctx)
-    result.hint = f"{result.hint}; {extra}" if result.hint and extra else (result.hint or extra or None)
-    return result
 
 
 # ---------------------------------------------------------------- prefetch
@@ -353,22 +54,6 @@ def prefetch_deep(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------- checks
-
-def venv_config(python: Path) -> Path | None:
-    for folder in (python.parent.parent, python.parent):  # bin/python or Scripts/python.exe
-        if (folder / "pyvenv.cfg").is_file():
-            return folder / "pyvenv.cfg"
-    return None
-
-
-def read_cfg(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text(errors="replace").splitlines():
-        key, eq, value = line.partition("=")
-        if eq:
-            out[key.strip().lower()] = value.strip()
-    return out
-
 
 def supported_pythons(ctx: Context) -> tuple[SpecifierSet, str]:
     """The Python versions the checkout declares (pyproject.toml requires-python), else the default."""
@@ -481,22 +166,65 @@ def versions(ctx: Context) -> Result:
         return Result.warn(f"no requirements.txt in {ctx.target.kohya_root}: installed versions not compared",
                            hint="without the checkout's pins, version skew (e.g. `cannot import name "
                                 "'cached_download'`) shows up only when the run starts")
-    skews = version_skews(ctx)
+    verdicts = judge(ctx)
     files = ", ".join(f.name for f in reqs.files)
-    notes = [f"not checked: {u.place} `{u.text}`: {u.reason}" for u in reqs.unchecked]
-    notes += [f"not checked here: {u.place} `{u.text}` ({u.reason}; see deps.library)" for u in reqs.editables]
-    notes += [f"not for this machine: {p.place} `{p.req}`" for p in reqs.excluded]
-    if skews:
-        missing = [s.pin.req.name for s in skews if s.installed is None]
-        off = [f"{s.pin.req.name} {s.installed} (wants {s.pin.req.specifier})" for s in skews if s.installed]
-        summary = ", ".join([f"{n} missing" for n in missing] + off)
-        result = Result.fail(f"{len(skews)} of {len(reqs.pins)} requirements of {files} not met: {summary}",
-                             [s.describe() for s in skews] + notes,
+    failing = failing_pins(ctx)
+    others = [v for v in verdicts if v.state == UNMET and v not in failing]
+    run_pins = ", ".join(v.pin.req.name for v in verdicts if v.use == RUN) or "none"
+    notes = [*_other_pins(others), *_deviations(ctx, verdicts), f"pins of the modules this run imports: {run_pins}",
+             *_file_notes(reqs)]
+    if failing:
+        summary = ", ".join(v.brief() for v in sorted(failing, key=lambda v: v.installed is not None))
+        counted = len(reqs.pins) if ctx.all_pins else sum(v.use == RUN for v in verdicts)
+        scope = f"requirements of {files}" if ctx.all_pins else f"pinned packages this run imports ({files})"
+        grouped = [_grouped(ctx, others)] if others else []
+        result = Result.fail(f"{len(failing)} of {counted} {scope} not met: {summary}",
+                             [v.describe() for v in failing] + grouped + notes,
                              hint="a package missing or off its pin breaks the run at start or minutes in "
                                   "(`No module named ...`, `cannot import name 'cached_download'`, NumPy 1/2 "
                                   "errors, accelerate keyword errors)")
         return with_plan(ctx, result)
-    return Result.ok(f"all {len(reqs.pins)} requirements of {files} met", notes)
+    if others:
+        return Result.warn(_grouped(ctx, others), notes,
+                           hint="nothing this run imports is affected; the GUI and sd-scripts' other scripts and "
+                                "options need them: `lorasetup bootstrap --fix --all-pins`")
+    deviated = sum(v.state != MET for v in verdicts)
+    kept = f" ({deviated} by an accepted deviation or another device's build, see details)" if deviated else ""
+    return Result.ok(f"all {len(reqs.pins)} requirements of {files} met{kept}", notes)
+
+
+def _grouped(ctx: Context, others: list[Verdict]) -> str:
+    """The one line for unmet pins of packages this run does not import."""
+    owner = "kohya_ss's" if ctx.target.layout == "kohya_ss" else "sd-scripts'"
+    names = ", ".join(v.pin.req.name for v in others)
+    return (f"{owner} requirements also pin {len(others)} package(s) this run does not import, missing or off "
+            f"their pins: {names}; `lorasetup bootstrap --fix --all-pins` installs them")
+
+
+def _other_pins(others: list[Verdict]) -> list[str]:
+    """Unmet pins this run does not import, by who does import them."""
+    elsewhere = [f"{v.brief()} ({v.where})" for v in others if v.use == ELSEWHERE]
+    unused = [v.brief() for v in others if v.use == UNUSED]
+    return ([f"not imported by this run; sd-scripts imports them elsewhere (other scripts, other options): "
+             f"{', '.join(elsewhere)}"] if elsewhere else []) + \
+        ([f"imported by no sd-scripts script by name (the GUI's, captioning's and tooling's packages, or an "
+          f"optimizer module you name in --optimizer_type): {', '.join(unused)}"] if unused else [])
+
+
+def _deviations(ctx: Context, verdicts: list[Verdict]) -> list[str]:
+    """Pins not met on purpose: accepted in the configuration, or a build for another device."""
+    notes = [f"accepted: {v.describe()}; {v.note}" for v in verdicts if v.state == ACCEPTED]
+    notes += [f"not compared: {v.describe()}: {v.note}" for v in verdicts if v.state == OTHER_BUILD]
+    notes += [f"[deps] accept names {text}, which no requirement file here pins" for text in unused_accepts(ctx)]
+    return notes
+
+
+def _file_notes(reqs: RequirementSet) -> list[str]:
+    notes = [reqs.platform_note] if reqs.platform_note else []
+    notes += [f"not checked: {u.place} `{u.text}`: {u.reason}" for u in reqs.unchecked]
+    notes += [f"not checked here: {u.place} `{u.text}` ({u.reason}; see deps.library)" for u in reqs.editables]
+    notes += [f"not for this machine: {p.place} `{p.req}`" for p in reqs.excluded]
+    return notes
 
 
 @check("deps.library", "sd-scripts' own `library` package is installed from this checkout",
@@ -504,6 +232,7 @@ def versions(ctx: Context) -> Result:
 def library(ctx: Context) -> Result:
     problem = library_problem(ctx)
     tree = ctx.target.sd_scripts
+    assert tree is not None  # repo.present passed
     if problem is None:
         return Result.ok(f"`library` resolves to {tree / 'library'}")
     dist = env(ctx)["dists"].get("library")
@@ -547,45 +276,13 @@ def isolation(ctx: Context) -> Result:
     info = env(ctx)
     prefix = Path(info["python"]["prefix"]).resolve()
     base = Path(info["python"]["base_prefix"]).resolve()
-    user_site = info["site"]["user_site"]
-    found, resolution = closure(ctx), resolve(ctx)
-    bad, odd = [], []
-    if found is not None and resolution is not None:
-        third = resolution.third_party(found)
-        for top in sorted(t for t, uses in third.items() if any(u.required for u in uses)):
-            spec = resolution.specs.get(top)
-            if not spec or "error" in spec:
-                continue  # deps.imports reports it
-            path = spec["origin"] if spec["origin"] not in (None, "namespace") else \
-                (spec["locations"] or [None])[0]
-            kind = classify(path, prefix, base, user_site) if path else None
-            if kind in ("user site-packages",) or (kind and kind.startswith("the system")):
-                bad.append(f"{top} from {path} ({kind})")
-            elif kind:
-                odd.append(f"{top} from {path} ({kind})")
+    bad, odd = _modules_outside(ctx, prefix, base, info["site"]["user_site"])
     details = [f"venv: {prefix}" + ("" if prefix != base else " (not a venv: the interpreter's own prefix)")]
     if info["site"]["pythonpath"]:
         details.append(f"PYTHONPATH={info['site']['pythonpath']}")
-    python = ctx.target.python_exe
-    scripts = python.parent
-    own = next((scripts / n for n in ("accelerate", "accelerate.exe") if (scripts / n).is_file()), None)
-    launcher_problems: list[str] = []
-    if own is None:
-        launcher_problems.append(f"no `accelerate` command in {scripts}: `accelerate launch` would run another "
-                                 "Python's accelerate, or none")
-    elif own.suffix != ".exe":
-        runs = script_interpreter(own)
-        if runs and not Path(runs).exists():
-            launcher_problems.append(f"{own} starts {runs}, which does not exist (the venv moved after "
-                                     "install?): `bad interpreter`")
-        elif runs and Path(runs).parent.resolve() != scripts.resolve():
-            launcher_problems.append(f"{own} starts {runs}, not this venv's Python")
-    on_path = shutil.which("accelerate")
-    if on_path and own and Path(on_path).resolve() != own.resolve():
-        odd.append(f"`accelerate` on this shell's PATH is {on_path}, not {own}: activate the venv "
-                   f"(`source {scripts / 'activate'}`) or launch with `{own} launch`")
-    details.append(f"accelerate command: {own or 'none'}" + (f"; on PATH: {on_path}" if on_path else
-                                                             "; not on this shell's PATH"))
+    launcher_problems, launcher_odd, launcher_line = _launcher(ctx.target.python_exe.parent)
+    odd += launcher_odd
+    details.append(launcher_line)
     if bad or launcher_problems:
         return Result.fail(f"{len(bad) + len(launcher_problems)} part(s) of the run come from outside the venv",
                            bad + launcher_problems + odd + details,
@@ -601,22 +298,67 @@ def isolation(ctx: Context) -> Result:
     return Result.ok(f"the run's modules and `accelerate` come from {prefix}", details)
 
 
+def _modules_outside(ctx: Context, prefix: Path, base: Path, user_site: str | None) -> tuple[list[str], list[str]]:
+    """The run's required modules found outside the venv: (user site or system Python, anywhere else)."""
+    found, resolution = closure(ctx), resolve(ctx)
+    bad: list[str] = []
+    odd: list[str] = []
+    if found is None or resolution is None:
+        return bad, odd
+    third = resolution.third_party(found)
+    for top in sorted(t for t, uses in third.items() if any(u.required for u in uses)):
+        spec = resolution.specs.get(top)
+        if not spec or "error" in spec:
+            continue  # deps.imports reports it
+        path = spec["origin"] if spec["origin"] not in (None, "namespace") else (spec["locations"] or [None])[0]
+        kind = classify(path, prefix, base, user_site) if path else None
+        if kind == "user site-packages" or (kind and kind.startswith("the system")):
+            bad.append(f"{top} from {path} ({kind})")
+        elif kind:
+            odd.append(f"{top} from {path} ({kind})")
+    return bad, odd
+
+
+def _launcher(scripts: Path) -> tuple[list[str], list[str], str]:
+    """The venv's `accelerate` command: (problems, oddities, a details line)."""
+    own = next((scripts / n for n in ("accelerate", "accelerate.exe") if (scripts / n).is_file()), None)
+    problems: list[str] = []
+    odd: list[str] = []
+    if own is None:
+        problems.append(f"no `accelerate` command in {scripts}: `accelerate launch` would run another Python's "
+                        "accelerate, or none")
+    elif own.suffix != ".exe":
+        runs = script_interpreter(own)
+        if runs and not Path(runs).exists():
+            problems.append(f"{own} starts {runs}, which does not exist (the venv moved after install?): "
+                            "`bad interpreter`")
+        elif runs and Path(runs).parent.resolve() != scripts.resolve():
+            problems.append(f"{own} starts {runs}, not this venv's Python")
+    on_path = shutil.which("accelerate")
+    if on_path and own and Path(on_path).resolve() != own.resolve():
+        odd.append(f"`accelerate` on this shell's PATH is {on_path}, not {own}: activate the venv "
+                   f"(`source {scripts / 'activate'}`) or launch with `{own} launch`")
+    line = f"accelerate command: {own or 'none'}" + (f"; on PATH: {on_path}" if on_path else
+                                                     "; not on this shell's PATH")
+    return problems, odd, line
+
+
 @check("deps.deep", "every module and `from X import Y` name of the run really imports",
        tags=("preflight", "probe"), requires=("repo.present", "deps.imports"), timeout_s=300,
        prefetch=prefetch_deep)
 def deep(ctx: Context) -> Result:
     from lorasetup.sd import stackprobe  # one process imports the stack for deps.deep and the device gate
     modules, pairs = deep_targets(ctx)
-    answer = stackprobe.result(ctx)
+    answer = stackprobe.facts(ctx)
     found = closure(ctx)
     uses = found.uses if found else []
-    failures = [f"the deep-import targets could not be computed: {answer['targets_error']}"] \
-        if answer.get("targets_error") else []
-    for module, error in sorted((answer.get("imports") or {}).items()):
+    failures = [f"the deep-import targets could not be computed: {answer.targets_error}"] \
+        if answer.targets_error else []
+    for module, error in sorted(answer.imports.items()):
         if error:
             at = [u for u in uses if u.top == module and u.required]
             failures.append(f"import {module}" + (f" ({where(at)})" if at else "") + f": {error}")
-    for key, error in sorted((answer.get("from_imports") or {}).items()):
+    for key, error in sorted(answer.from_imports.items()):
         if error:
             module, _, name = key.partition(":")
             at = [u for u in uses if u.module == module and name in u.names]

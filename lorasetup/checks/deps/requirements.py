@@ -17,6 +17,7 @@ from pathlib import Path
 
 from packaging.markers import UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 INCLUDE = ("-r", "--requirement")
@@ -29,15 +30,49 @@ VALUE_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links",
 INDEX_OPTIONS = ("-i", "--index-url", "--extra-index-url", "-f", "--find-links", "--pre", "--no-index",
                  "--trusted-host")
 COMMENT = re.compile(r"(^|\s+)#.*$")
+# The build a local version label or a PyTorch wheel index names (`+cu128`, `+rocm6.3`, `+xpu`, `+cpu`; `.../whl/cu128`)
+BUILD_LABELS = (("cu", "cuda"), ("rocm", "rocm"), ("xpu", "xpu"), ("cpu", "cpu"))
+TORCH_INDEX = re.compile(r"download\.pytorch\.org/whl/(?:nightly/|test/)?([a-z]+[\d.]*)")
+# Wheels built for one torch build (CUDA, ROCm, CPU, MPS): a pin of one in a platform file is for that file's
+# device, and pip would fetch a mismatched build or replace torch itself, gigabytes, so fixes only print them
+BUILD_SPECIFIC = ("torch", "torchvision", "torchaudio", "xformers")
 
-# The platform requirement file kohya_ss installs on each machine (kohya_ss setup.sh / gui.sh for Linux
-# and macOS, setup/setup_windows.py for Windows); it `-r`s the base requirements.txt.
-KOHYA_PLATFORM_FILES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("darwin", "arm64"): ("requirements_macos_arm64.txt",),
-    ("darwin", "x86_64"): ("requirements_macos_amd64.txt",),
-    ("linux", ""): ("requirements_linux.txt",),
-    ("win32", ""): ("requirements_pytorch_windows.txt", "requirements_windows.txt"),
-}
+
+@dataclass(frozen=True)
+class Machine:
+    """What kohya_ss's setup looks at to pick its platform requirement file."""
+
+    sys_platform: str
+    machine: str
+    nvidia_smi: bool = False  # `nvidia-smi` on PATH
+    rocm: bool = False        # `rocminfo` on PATH or /opt/rocm/bin/rocminfo
+    runpod: bool = False      # RUNPOD_POD_ID or RUNPOD_API_KEY set
+    xpu: bool = False         # setup.sh --use-ipex; lorasetup's `device = "xpu"` says the same
+
+
+def kohya_platform_file(m: Machine) -> tuple[str | None, str]:
+    """The platform requirement file kohya_ss's own setup installs on this machine, and why.
+
+    kohya_ss 45088f04: setup.sh `install_python_dependencies` (the same order as gui.sh) on Linux and macOS,
+    setup/setup_windows.py `install_kohya_ss_torch2` on Windows. Each platform file `-r`s requirements.txt.
+    """
+    if m.sys_platform.startswith("win"):
+        return "requirements_pytorch_windows.txt", "kohya_ss's setup/setup_windows.py installs it on Windows"
+    if m.sys_platform.startswith("darwin"):
+        arch = "arm64" if m.machine.lower() == "arm64" else "amd64"
+        return f"requirements_macos_{arch}.txt", f"kohya_ss's setup.sh on macOS with `uname -m` = {m.machine}"
+    if not m.sys_platform.startswith("linux"):
+        return None, f"kohya_ss's setup has no platform file for {m.sys_platform}"
+    why = "kohya_ss's setup.sh on Linux"
+    if m.runpod:
+        return "requirements_runpod.txt", f"{why} when RUNPOD_POD_ID or RUNPOD_API_KEY is set"
+    if m.xpu:
+        return "requirements_ipex_xpu.txt", f"{why} with --use-ipex (device xpu)"
+    if m.nvidia_smi:
+        return "requirements_linux.txt", f"{why} when nvidia-smi is on PATH"
+    if m.rocm:
+        return "requirements_linux_rocm.txt", f"{why} when rocminfo is found (ROCm)"
+    return "requirements_linux.txt", f"{why} without nvidia-smi or rocminfo (its default)"
 
 
 @dataclass(frozen=True)
@@ -66,6 +101,26 @@ class Pin:
         """True when `version` satisfies the pin (pre-releases allowed: pip installed them on purpose)."""
         return self.req.specifier.contains(version, prereleases=True)
 
+    @property
+    def local_labels(self) -> list[str]:
+        """The local version labels the pin names (`torch==2.7.0+cu128`: ["cu128"])."""
+        return [s.version.partition("+")[2] for s in self.req.specifier if "+" in s.version]
+
+    @property
+    def build(self) -> str | None:
+        """The device a local label's build is for (cuda, rocm, xpu, cpu), or None."""
+        return next(filter(None, map(build_label, self.local_labels)), None)
+
+    @property
+    def release(self) -> SpecifierSet:
+        """The pin without its local labels: `==2.7.0+cu128` allows every build of 2.7.0 (+cu126, +cpu)."""
+        return SpecifierSet(",".join(f"{s.operator}{s.version.partition('+')[0]}" for s in self.req.specifier))
+
+
+def build_label(label: str) -> str | None:
+    """cuda, rocm, xpu or cpu for a build label (`cu128`, `rocm6.3`), else None."""
+    return next((dev for prefix, dev in BUILD_LABELS if label.lower().startswith(prefix)), None)
+
 
 @dataclass(frozen=True)
 class Unchecked:
@@ -91,6 +146,16 @@ class RequirementSet:
     unchecked: list[Unchecked] = field(default_factory=list)
     editables: list[Unchecked] = field(default_factory=list)
     index_options: list[str] = field(default_factory=list)
+    indexes: dict[Path, list[str]] = field(default_factory=dict)  # the index URLs each file names
+    platform_note: str = ""  # which platform file was read and why (kohya_ss)
+
+    def build_of(self, pin: Pin) -> str | None:
+        """The device a pin's build is for: its local label (`+cu128`), or for torch and the wheels built
+        against it, the PyTorch index its file names (`--extra-index-url .../whl/cu128`)."""
+        if pin.build or pin.name not in BUILD_SPECIFIC:
+            return pin.build
+        found = (TORCH_INDEX.search(url) for url in self.indexes.get(pin.file, []))
+        return next((build_label(m.group(1)) for m in found if m and build_label(m.group(1))), None)
 
     def find(self, dist: str) -> Pin | None:
         """The first applicable pin for a distribution name (any spelling)."""
@@ -193,19 +258,22 @@ def _option_line(path: Path, number: int, line: str, tokens: list[str], env: Map
             result.editables.append(Unchecked(path, number, line, f"editable install of {value}"))
         elif opt in INDEX_OPTIONS:
             result.index_options += [opt] + ([value] if value is not None else [])
+            result.indexes.setdefault(path, []).extend([value] if value else [])
         i += used
 
 
-def checkout_files(root: Path, layout: str | None, sys_platform: str, machine: str) -> list[Path]:
-    """The requirement files of a checkout: sd-scripts' requirements.txt; for kohya_ss its requirements.txt
-    plus the platform file for this machine."""
+def checkout_files(root: Path, layout: str | None, machine: Machine) -> tuple[list[Path], str]:
+    """The requirement files of a checkout, and which platform file was used and why: sd-scripts'
+    requirements.txt; for kohya_ss its requirements.txt plus the platform file its setup picks here."""
     files = [root / "requirements.txt"]
-    if layout == "kohya_ss":
-        machine = machine.lower()
-        for (plat, arch), names in KOHYA_PLATFORM_FILES.items():
-            if sys_platform.startswith(plat) and arch in ("", machine):
-                found = next((root / n for n in names if (root / n).is_file()), None)
-                if found is not None:
-                    files.append(found)
-                break
-    return [f for f in files if f.is_file()]
+    if layout != "kohya_ss":
+        return [f for f in files if f.is_file()], ""
+    name, why = kohya_platform_file(machine)
+    if name is None:
+        note = why
+    elif (root / name).is_file():
+        files.append(root / name)
+        note = f"platform file {name}: {why}"
+    else:
+        note = f"platform file {name} ({why}) is not in this checkout: only requirements.txt was read"
+    return [f for f in files if f.is_file()], note

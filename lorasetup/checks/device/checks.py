@@ -24,17 +24,10 @@ from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Fix, FixError, Result, Status
 from lorasetup.engine.target import tomllib
 from lorasetup.sd import accelconfig, stackprobe
-from lorasetup.sd.devices import (
-    available,
-    build_label,
-    device_lines,
-    machine_offers,
-    rosetta,
-    smi_gpus,
-    torch_facts,
-    version,
-)
+from lorasetup.sd.devices import available, device_lines, machine_offers, rosetta, smi_gpus, torch_facts, version
 from lorasetup.sd.facts import needs_bitsandbytes
+from lorasetup.sd.programs import program
+from lorasetup.sd.stackfacts import AccelerateFacts, LaunchFacts, StackFacts, TorchFacts
 from lorasetup.sd.trainargs import train_args
 
 PROBED = ("preflight", "probe")
@@ -49,12 +42,12 @@ MPS_BF16_TORCH = Version("2.6")
 
 # --- facts ------------------------------------------------------------------------------------------------
 
-def facts(ctx: Context) -> dict[str, Any]:
+def facts(ctx: Context) -> StackFacts:
     """The stack probe's answer (raises ProbeError when the training interpreter could not answer)."""
-    return stackprobe.result(ctx)
+    return stackprobe.facts(ctx)
 
 
-def wanted(ctx: Context, found: dict[str, Any] | None) -> str | None:
+def wanted(ctx: Context, found: StackFacts | None) -> str | None:
     """The device training must use: the target's, or for `auto` the best the machine offers (None:
     unknown without the probe)."""
     if ctx.target.device != "auto":
@@ -64,78 +57,90 @@ def wanted(ctx: Context, found: dict[str, Any] | None) -> str | None:
 
 # --- device.torch -----------------------------------------------------------------------------------------
 
-def why_unavailable(found: dict[str, Any], device: str) -> tuple[str, str]:
+def why_unavailable(found: StackFacts, device: str) -> tuple[str, str]:
     """Why torch cannot use `device` here, and what to do: (reason, hint)."""
-    t, py = torch_facts(found), found.get("python") or {}
-    tv = t.get("version", "?")
-    python = py.get("executable", "python")
     if device == "mps":
-        if rosetta(found):
-            reason = (f"{python} is an x86_64 Python running under Rosetta on an Apple Silicon Mac: torch "
-                      "there has no MPS, and training runs on the CPU")
-            hint = ("recreate the venv from an arm64 Python (`python3 -c 'import platform; "
-                    "print(platform.machine())'` must print arm64; e.g. /opt/homebrew/bin/python3.10 -m venv "
-                    "venv), then reinstall the requirements")
-        elif py.get("sys_platform") != "darwin":
-            reason = f"MPS exists only on Apple Silicon Macs; this is {py.get('platform')}"
-            hint = ("set the expected device to what this machine has: `--device cuda` or `--device cpu` "
-                    "(device = ... in lorasetup.toml)")
-        elif not t.get("mps_built"):
-            reason = f"torch {tv} was built without MPS"
-            hint = (f"reinstall torch from the macOS arm64 wheels: {python} -m pip install --force-reinstall "
-                    f"torch=={tv.split('+')[0]} (see {TORCH_INSTALL})")
-        else:
-            reason = (f"torch {tv} has MPS built in but cannot use it on macOS {py.get('mac_ver')} (MPS "
-                      "needs Apple Silicon and macOS 12.3 or newer)")
-            hint = "update macOS, or train with `--device cpu` (many times slower)"
-        return reason, hint
+        return why_no_mps(found)
     if device == "cuda":
-        gpus = smi_gpus(found)
-        seen = f"; nvidia-smi lists {', '.join(g['name'] for g in gpus)}" if gpus else ""
-        if not t.get("cuda"):
-            kind = f"a ROCm {t['hip']} build" if t.get("hip") else "a CPU-only build"
-            hint = (f"install a CUDA build of torch into the training venv: {python} -m pip install "
-                    f"--force-reinstall torch=={tv.split('+')[0]} torchvision --index-url "
-                    f"https://download.pytorch.org/whl/cu<XYZ> with the cu<XYZ> your driver supports "
-                    f"(see {TORCH_INSTALL})")
-            return f"torch {tv} is {kind}{seen}", hint
-        if t.get("cuda_device_count_machine") and not t.get("cuda_device_count"):
-            launch = (found.get("accelerate") or {}).get("launch") or {}
-            shown = launch.get("env", {}).get("CUDA_VISIBLE_DEVICES")
-            return (f"accelerate's gpu_ids hide every GPU (CUDA_VISIBLE_DEVICES={shown})",
-                    "set gpu_ids to an existing GPU (e.g. 0) or `all` in the accelerate config")
-        said = "; torch says: " + t["warnings"][0].splitlines()[0] if t.get("warnings") else ""
-        if found.get("nvidia_smi") is None:
-            reason = (f"torch {tv} ({build_label(t)}) finds no GPU and there is no NVIDIA driver "
-                      f"(nvidia-smi is not on PATH){said}")
-            return reason, "train on a machine with an NVIDIA GPU, or use `--device cpu`"
-        smi_error = (found.get("nvidia_smi") or {}).get("error")
-        if smi_error:
-            return (f"nvidia-smi fails: {smi_error.splitlines()[0]}{said}",
-                    "repair the NVIDIA driver until `nvidia-smi` lists the GPU")
-        return (f"torch {tv} ({build_label(t)}) cannot use the GPU{seen}{said}",
-                f"install a torch build whose CUDA version your driver supports (see {TORCH_INSTALL})")
+        return why_no_cuda(found)
+    tv = torch_facts(found).version
     return (f"torch {tv} cannot use {device} (torch.{device}.is_available() is False)",
             f"install the torch build for {device} (see {TORCH_INSTALL}) or pick another device")
 
 
-def unsupported_gpus(t: dict[str, Any]) -> list[str]:
+def why_no_mps(found: StackFacts) -> tuple[str, str]:
+    t, py = torch_facts(found), found.python
+    python = py.executable or "python"
+    if rosetta(found):
+        return (f"{python} is an x86_64 Python running under Rosetta on an Apple Silicon Mac: torch there has no "
+                "MPS, and training runs on the CPU",
+                "recreate the venv from an arm64 Python (`python3 -c 'import platform; print(platform.machine())'` "
+                "must print arm64; e.g. /opt/homebrew/bin/python3.10 -m venv venv), then reinstall the requirements")
+    if py.sys_platform != "darwin":
+        return (f"MPS exists only on Apple Silicon Macs; this is {py.platform}",
+                "set the expected device to what this machine has: `--device cuda` or `--device cpu` "
+                "(device = ... in lorasetup.toml)")
+    if not t.mps_built:
+        return (f"torch {t.version} was built without MPS",
+                f"reinstall torch from the macOS arm64 wheels: {python} -m pip install --force-reinstall "
+                f"torch=={t.version.split('+')[0]} (see {TORCH_INSTALL})")
+    return (f"torch {t.version} has MPS built in but cannot use it on macOS {py.mac_ver} (MPS needs Apple Silicon "
+            "and macOS 12.3 or newer)", "update macOS, or train with `--device cpu` (many times slower)")
+
+
+def why_no_cuda(found: StackFacts) -> tuple[str, str]:
+    t, python = torch_facts(found), found.python.executable or "python"
+    tv = t.version
+    gpus = smi_gpus(found)
+    seen = f"; nvidia-smi lists {', '.join(g.name for g in gpus)}" if gpus else ""
+    if not t.cuda:
+        kind = f"a ROCm {t.hip} build" if t.hip else "a CPU-only build"
+        return (f"torch {tv} is {kind}{seen}",
+                f"install a CUDA build of torch into the training venv: {python} -m pip install --force-reinstall "
+                f"torch=={tv.split('+')[0]} torchvision --index-url https://download.pytorch.org/whl/cu<XYZ> with "
+                f"the cu<XYZ> your driver supports (see {TORCH_INSTALL})")
+    if t.cuda_device_count_machine and not t.cuda_device_count:
+        launch = found.accelerate.launch if found.accelerate else None
+        shown = launch.env.get("CUDA_VISIBLE_DEVICES") if launch else None
+        return (f"accelerate's gpu_ids hide every GPU (CUDA_VISIBLE_DEVICES={shown})",
+                "set gpu_ids to an existing GPU (e.g. 0) or `all` in the accelerate config")
+    said = "; torch says: " + t.warnings[0].splitlines()[0] if t.warnings else ""
+    if found.nvidia_smi is None:
+        return (f"torch {tv} ({t.build_label()}) finds no GPU and there is no NVIDIA driver (nvidia-smi is not on "
+                f"PATH){said}", "train on a machine with an NVIDIA GPU, or use `--device cpu`")
+    if found.nvidia_smi.error:
+        return (f"nvidia-smi fails: {found.nvidia_smi.error.splitlines()[0]}{said}",
+                "repair the NVIDIA driver until `nvidia-smi` lists the GPU")
+    return (f"torch {tv} ({t.build_label()}) cannot use the GPU{seen}{said}",
+            f"install a torch build whose CUDA version your driver supports (see {TORCH_INSTALL})")
+
+
+def unsupported_gpus(t: TorchFacts) -> list[str]:
     """GPUs whose major compute capability torch has no kernels for (torch/cuda/__init__.py _check_cubins)."""
     majors = set()
-    for arch in t.get("cuda_arch_list") or []:
+    for arch in t.cuda_arch_list:
         if arch.startswith("sm_"):
             digits = re.sub(r"\D", "", arch.split("_", 1)[1])
             if digits:
                 majors.add(int(digits) // 10)
     if not majors:
         return []
-    out = []
-    for d in t.get("cuda_devices") or []:
-        cap = d.get("capability") or [0, 0]
-        if cap[0] not in majors:
-            out.append(f"{d.get('name')} is sm_{cap[0]}{cap[1]}; torch {t.get('version')} has kernels for "
-                       f"{' '.join(t.get('cuda_arch_list') or [])}")
-    return out
+    return [f"{d.name} is sm_{d.capability[0]}{d.capability[1]}; torch {t.version} has kernels for "
+            f"{' '.join(t.cuda_arch_list)}" for d in t.cuda_devices if d.capability[0] not in majors]
+
+
+def torch_unusable(found: StackFacts, python: str, details: list[str]) -> Result | None:
+    """torch could not be imported, or died listing its devices."""
+    if found.torch_error:
+        return Result.fail(f"torch cannot be imported in {python}: {found.torch_error}", details,
+                           hint="the run dies on its first line; see deps.* for the fix, or reinstall the "
+                                "checkout's pinned torch")
+    if found.crash and found.stage == "torch devices":
+        return Result.fail(f"{found.crash}: torch could not even list its devices", details,
+                           hint=f"see what kills it: {python} -c 'import torch; print(torch.cuda.is_available(), "
+                                "torch.backends.mps.is_available())'; usually a driver or a torch build that "
+                                f"does not fit this machine (see {TORCH_INSTALL})")
+    return None
 
 
 @check("device.torch", "torch in the training venv can use the expected device", tags=PROBED,
@@ -143,16 +148,9 @@ def unsupported_gpus(t: dict[str, Any]) -> list[str]:
 def torch_device(ctx: Context) -> Result:
     found = facts(ctx)
     details = device_lines(found)
-    python = (found.get("python") or {}).get("executable", str(ctx.target.python_exe))
-    if found.get("torch_error"):
-        return Result.fail(f"torch cannot be imported in {python}: {found['torch_error']}", details,
-                           hint="the run dies on its first line; see deps.* for the fix, or reinstall the "
-                                "checkout's pinned torch")
-    if found.get("crash") and found.get("stage") == "torch devices":
-        return Result.fail(f"{found['crash']}: torch could not even list its devices", details,
-                           hint=f"see what kills it: {python} -c 'import torch; print(torch.cuda.is_available(), "
-                                "torch.backends.mps.is_available())'; usually a driver or a torch build that "
-                                f"does not fit this machine (see {TORCH_INSTALL})")
+    unusable = torch_unusable(found, found.python.executable or str(ctx.target.python_exe), details)
+    if unusable is not None:
+        return unusable
     t = torch_facts(found)
     device = wanted(ctx, found)
     assert device is not None
@@ -163,18 +161,17 @@ def torch_device(ctx: Context) -> Result:
     if not available(found, device):
         reason, hint = why_unavailable(found, device)
         return Result.fail(f"{asked}, but {reason}", details, hint=hint)
-    broken = (t.get("device_ops") or {}).get(device)
+    broken = t.device_ops.get(device)
     if broken:
         return Result.fail(f"a tiny matmul on {device} fails: {broken}", details,
-                           hint=f"torch {t.get('version')} does not work with this {device} device; install "
+                           hint=f"torch {t.version} does not work with this {device} device; install "
                                 f"a build that supports it (see {TORCH_INSTALL})")
-    if device == "cuda":
-        bad = unsupported_gpus(t)
-        if bad:
-            return Result.fail(f"torch {t.get('version')} has no kernels for this GPU: {bad[0]}", details,
-                               hint=f"install a torch build made for this GPU (see {TORCH_INSTALL}); the run "
-                                    "would die at the first CUDA operation")
-    label = f"torch {t.get('version')} ({build_label(t)}) can use {device}"
+    bad = unsupported_gpus(t) if device == "cuda" else []
+    if bad:
+        return Result.fail(f"torch {t.version} has no kernels for this GPU: {bad[0]}", details,
+                           hint=f"install a torch build made for this GPU (see {TORCH_INSTALL}); the run "
+                                "would die at the first CUDA operation")
+    label = f"torch {t.version} ({t.build_label()}) can use {device}"
     if device == "cpu" and ctx.target.device == "auto":
         return Result.warn(f"{label}: this machine offers no GPU, so training runs on the CPU (many times "
                            "slower than a GPU)", details,
@@ -199,81 +196,94 @@ def accelerate_fix(device: str, location: accelconfig.ConfigLocation) -> Fix:
                safe=seen is None)
 
 
-@check("device.accelerate", "accelerate launch puts training on the expected device", tags=PROBED,
-       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
-def accelerate_device(ctx: Context) -> Result:
-    found = facts(ctx)
-    location = accelconfig.find_config(ctx.target)
-    acc = found.get("accelerate")
-    if acc is None:
-        return Result.fail(f"accelerate cannot be imported: {found.get('accelerate_error')}",
-                           hint="sd-scripts imports it first thing; see deps.* for the fix")
-    if found.get("crash") and found.get("stage") in ("accelerate launch", "Accelerator()"):
-        return Result.fail(f"{found['crash']}", hint="the same happens when the run starts; reinstall the "
-                                                     "checkout's pinned accelerate and torch (see deps.versions)")
-    device = wanted(ctx, found)
-    assert device is not None
+def accelerate_details(acc: AccelerateFacts, location: accelconfig.ConfigLocation) -> list[str]:
+    """The config, what launch decided and what Accelerator() reported, one line each."""
     state = "exists" if location.exists else "does not exist"
-    details = [f"accelerate {acc.get('version')}; config {location.path} ({location.origin}) {state}"]
-    if acc.get("config"):
-        details.append("config: " + ", ".join(f"{k}={v}" for k, v in sorted(acc["config"].items())
+    details = [f"accelerate {acc.version}; config {location.path} ({location.origin}) {state}"]
+    if acc.config:
+        details.append("config: " + ", ".join(f"{k}={v}" for k, v in sorted(acc.config.items())
                                                  if not isinstance(v, (dict, list))))
-    launch = acc.get("launch") or {}
+    launch, report = acc.launch, acc.accelerator
     if launch:
-        details.append(f"accelerate launch: {launch.get('launcher')} launcher, {launch.get('num_processes')} "
-                       f"process(es), gpu_ids {launch.get('gpu_ids')}, use_cpu {launch.get('use_cpu')}")
-    report = acc.get("accelerator") or {}
+        details.append(f"accelerate launch: {launch.launcher} launcher, {launch.num_processes} "
+                       f"process(es), gpu_ids {launch.gpu_ids}, use_cpu {launch.use_cpu}")
     if report:
         how = "under that launch" if launch else "(launch's environment unknown)"
-        details.append(f"Accelerator() {how}: device {report.get('device')}, mixed_precision "
-                       f"{report.get('mixed_precision')}, distributed_type {report.get('distributed_type')}, "
-                       f"num_processes {report.get('num_processes')}")
-    fix = accelerate_fix(device, location)
-    if location.explicit and not location.exists:
-        return Result.fail(f"the accelerate config {location.path} does not exist", details,
-                           hint="accelerate launch --config_file stops at once on a missing file; fix the "
-                                "path or let lorasetup write one", fix=fix)
-    if acc.get("config_error") or acc.get("launch_error"):
-        error = acc.get("config_error") or acc.get("launch_error")
-        return Result.fail(f"accelerate launch stops before training: {error}", details,
-                           hint=f"repair or replace {location.path}", fix=fix)
-    precision, _ = accelconfig.effective_mixed_precision(train_args(ctx))
-    if launch.get("mixed_precision") not in (None, precision):
-        details.append(f"note: accelerate launch would use mixed_precision {launch['mixed_precision']}, but "
-                       f"sd-scripts passes its own ({precision}) to Accelerator(), which wins")
-    got = str(report.get("device", "")).split(":")[0]
-    if launch.get("use_cpu") and device != "cpu":
+        details.append(f"Accelerator() {how}: device {report.device}, mixed_precision {report.mixed_precision}, "
+                       f"distributed_type {report.distributed_type}, num_processes {report.num_processes}")
+    return details
+
+
+def launch_problem(found: StackFacts, launch: LaunchFacts, device: str, location: accelconfig.ConfigLocation,
+                   details: list[str], fix: Fix) -> Result | None:
+    """What accelerate launch's own decisions (use_cpu, processes, gpu_ids) do to a run on `device`."""
+    if launch.use_cpu and device != "cpu":
         return Result.fail(
             f"use_cpu is true in {location.path}: training runs on the CPU although {device} is available",
             details, hint="`accelerate config default` writes use_cpu: true on Macs (it knows no MPS), and "
                           "accelerate launch then trains on the CPU for hours; write a config for "
                           f"{device}", fix=fix)
-    visible = torch_facts(found).get("cuda_device_count") or 0
-    processes = launch.get("num_processes") or 1
-    if launch.get("launcher") == "multi_gpu" and processes > visible:
+    t = torch_facts(found)
+    visible = t.cuda_device_count or 0
+    processes = launch.num_processes or 1
+    if launch.launcher == "multi_gpu" and processes > visible:
         return Result.fail(
             f"{location.path} asks for a multi-GPU launch with {processes} processes, but torch sees "
             f"{visible} GPU(s)", details,
             hint=f"each process needs its own GPU; write a single-process config for {device}", fix=fix)
-    machine_gpus = torch_facts(found).get("cuda_device_count_machine") or len(smi_gpus(found))
-    ids = str(launch.get("gpu_ids") or "all")
-    if device == "cuda" and ids != "all":
-        missing = [i for i in ids.split(",") if i.strip().isdigit() and int(i) >= machine_gpus]
-        if missing:
-            return Result.fail(f"gpu_ids {ids} in {location.path} name GPU(s) {', '.join(missing)}, but this "
-                               f"machine has {machine_gpus}", details,
-                               hint="set gpu_ids to existing GPUs (0 is the first) or `all`", fix=fix)
-    if report and got != device:
-        return Result.fail(f"Accelerator() reports device {got}, expected {device}", details,
-                           hint=f"write an accelerate config for {device}", fix=fix)
-    if not report:
-        return Result.fail(f"Accelerator() cannot start: {acc.get('accelerator_error_no')}", details,
+    machine_gpus = t.cuda_device_count_machine or len(smi_gpus(found))
+    ids = str(launch.gpu_ids or "all")
+    missing = [i for i in ids.split(",") if i.strip().isdigit() and int(i) >= machine_gpus] \
+        if device == "cuda" and ids != "all" else []
+    if missing:
+        return Result.fail(f"gpu_ids {ids} in {location.path} name GPU(s) {', '.join(missing)}, but this "
+                           f"machine has {machine_gpus}", details,
+                           hint="set gpu_ids to existing GPUs (0 is the first) or `all`", fix=fix)
+    return None
+
+
+@check("device.accelerate", "accelerate launch puts training on the expected device", tags=PROBED,
+       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
+def accelerate_device(ctx: Context) -> Result:
+    found = facts(ctx)
+    acc, location = found.accelerate, accelconfig.find_config(ctx.target)
+    if acc is None:
+        return Result.fail(f"accelerate cannot be imported: {found.accelerate_error}",
+                           hint="sd-scripts imports it first thing; see deps.* for the fix")
+    if found.crash and found.stage in ("accelerate launch", "Accelerator()"):
+        return Result.fail(f"{found.crash}", hint="the same happens when the run starts; reinstall the "
+                                                  "checkout's pinned accelerate and torch (see deps.versions)")
+    device = wanted(ctx, found)
+    assert device is not None
+    details = accelerate_details(acc, location)
+    fix = accelerate_fix(device, location)
+    if location.explicit and not location.exists:
+        return Result.fail(f"the accelerate config {location.path} does not exist", details,
+                           hint="accelerate launch --config_file stops at once on a missing file; fix the "
+                                "path or let lorasetup write one", fix=fix)
+    if acc.config_error or acc.launch_error:
+        return Result.fail(f"accelerate launch stops before training: {acc.config_error or acc.launch_error}",
+                           details, hint=f"repair or replace {location.path}", fix=fix)
+    launch = acc.launch or LaunchFacts()
+    precision, _ = accelconfig.effective_mixed_precision(train_args(ctx))
+    if launch.mixed_precision not in (None, precision):
+        details.append(f"note: accelerate launch would use mixed_precision {launch.mixed_precision}, but "
+                       f"sd-scripts passes its own ({precision}) to Accelerator(), which wins")
+    problem = launch_problem(found, launch, device, location, details, fix)
+    if problem is not None:
+        return problem
+    report = acc.accelerator
+    if report is None:
+        return Result.fail(f"Accelerator() cannot start: {acc.accelerator_error_no}", details,
                            hint=f"repair or replace {location.path}", fix=fix)
-    if not location.exists and launch.get("launcher") == "multi_gpu":
-        return Result.warn(f"no accelerate config: accelerate launch will start {processes} processes, one "
-                           "per GPU", details, hint="if one GPU is intended, write a single-GPU config")
+    if report.device.split(":")[0] != device:
+        return Result.fail(f"Accelerator() reports device {report.device.split(':')[0]}, expected {device}",
+                           details, hint=f"write an accelerate config for {device}", fix=fix)
+    if not location.exists and launch.launcher == "multi_gpu":
+        return Result.warn(f"no accelerate config: accelerate launch will start {launch.num_processes or 1} "
+                           "processes, one per GPU", details, hint="if one GPU is intended, write a single-GPU config")
     source = "its config" if location.exists else "defaults (no config file)"
-    return Result.ok(f"accelerate {acc.get('version')} with {source} runs on {report.get('device')}", details)
+    return Result.ok(f"accelerate {acc.version} with {source} runs on {report.device}", details)
 
 
 # --- training-args edits ----------------------------------------------------------------------------------
@@ -376,7 +386,7 @@ class NeedsFacts(Exception):
     """The answer depends on what the training interpreter reports."""
 
 
-def precision_rules(mp: str, device: str, found: dict[str, Any] | None) -> tuple[Status, str] | None:
+def precision_rules(mp: str, device: str, found: StackFacts | None) -> tuple[Status, str] | None:
     """What `mp` does on `device`: None when fine, else (status, why). Raises NeedsFacts when the answer
     depends on the probe's facts and `found` is None."""
     if mp == "no" or device == "xpu":
@@ -389,32 +399,41 @@ def precision_rules(mp: str, device: str, found: dict[str, Any] | None) -> tuple
                              "instructions")
     if found is None:
         raise NeedsFacts(device)
-    t = torch_facts(found)
-    acc_v = version((found.get("accelerate") or {}).get("version"))
-    torch_v = version(t.get("version"))
     if device == "mps":
-        if acc_v is not None and acc_v < MPS_AMP_ACCELERATE:
-            said = ("fp16 mixed precision requires a GPU (not 'mps')." if mp == "fp16" else
-                    "bf16 mixed precision requires PyTorch >= 1.10 and a supported device.")
-            return Status.FAIL, (f'accelerate {acc_v} refuses {mp} on MPS ("{said}"); accelerate >= 1.11 '
-                                 "allows it")
-        if mp == "fp16" and torch_v is not None and torch_v < MPS_FP16_TORCH:
-            return Status.FAIL, f"fp16 on MPS needs torch >= 2.5; this is torch {torch_v}"
-        if mp == "bf16" and torch_v is not None and torch_v < MPS_BF16_TORCH:
-            return Status.FAIL, f"bf16 on MPS needs torch >= 2.6; this is torch {torch_v}"
-        if mp == "bf16" and t.get("mps_macos14") is False:
-            mac = (found.get("python") or {}).get("mac_ver")
-            return Status.FAIL, f"bf16 on MPS needs macOS 14 or newer; this is macOS {mac}"
-        return None
+        return mps_precision(mp, found)
     if device == "cuda":
-        names = [d.get("name", "") for d in t.get("cuda_devices") or []]
-        gpu = names[0] if names else "this GPU"
-        if mp == "bf16" and t.get("cuda_bf16") is False:
-            return Status.FAIL, (f"{gpu} has no bf16 (that needs compute capability 8.0, Ampere, or newer): "
-                                 '"bf16 mixed precision requires PyTorch >= 1.10 and a supported device."')
-        if mp == "fp16" and any(re.search(r"GTX 16\d\d", n) for n in names):
-            return Status.WARN, (f"fp16 on {gpu}: GTX 16xx cards produce NaN or near-empty LoRAs in fp16, "
-                                 "and have no bf16, so `no` is the safe choice")
+        return cuda_precision(mp, torch_facts(found))
+    return None
+
+
+def mps_precision(mp: str, found: StackFacts) -> tuple[Status, str] | None:
+    """fp16/bf16 on MPS: accelerate >= 1.11 allows them, with torch and macOS new enough."""
+    acc_v = version(found.accelerate.version if found.accelerate else None)
+    torch_v = version(torch_facts(found).version)
+    if acc_v is not None and acc_v < MPS_AMP_ACCELERATE:
+        said = ("fp16 mixed precision requires a GPU (not 'mps')." if mp == "fp16" else
+                "bf16 mixed precision requires PyTorch >= 1.10 and a supported device.")
+        return Status.FAIL, (f'accelerate {acc_v} refuses {mp} on MPS ("{said}"); accelerate >= 1.11 '
+                             "allows it")
+    if mp == "fp16" and torch_v is not None and torch_v < MPS_FP16_TORCH:
+        return Status.FAIL, f"fp16 on MPS needs torch >= 2.5; this is torch {torch_v}"
+    if mp == "bf16" and torch_v is not None and torch_v < MPS_BF16_TORCH:
+        return Status.FAIL, f"bf16 on MPS needs torch >= 2.6; this is torch {torch_v}"
+    if mp == "bf16" and torch_facts(found).mps_macos14 is False:
+        return Status.FAIL, f"bf16 on MPS needs macOS 14 or newer; this is macOS {found.python.mac_ver}"
+    return None
+
+
+def cuda_precision(mp: str, t: TorchFacts) -> tuple[Status, str] | None:
+    """bf16 needs Ampere or newer; fp16 on a GTX 16xx gives NaN."""
+    names = [d.name for d in t.cuda_devices]
+    gpu = names[0] if names else "this GPU"
+    if mp == "bf16" and t.cuda_bf16 is False:
+        return Status.FAIL, (f"{gpu} has no bf16 (that needs compute capability 8.0, Ampere, or newer): "
+                             '"bf16 mixed precision requires PyTorch >= 1.10 and a supported device."')
+    if mp == "fp16" and any(re.search(r"GTX 16\d\d", n) for n in names):
+        return Status.WARN, (f"fp16 on {gpu}: GTX 16xx cards produce NaN or near-empty LoRAs in fp16, "
+                             "and have no bf16, so `no` is the safe choice")
     return None
 
 
@@ -429,6 +448,25 @@ def precision_edits(ctx: Context) -> dict[str, Any]:
 def skipped(exc: ProbeError) -> Result:
     return Result.skip(f"needs the training interpreter's answer, which failed: {str(exc).splitlines()[0]}",
                        hint="see device.torch")
+
+
+def device_verdict(ctx: Context, mp: str) -> tuple[str, tuple[Status, str] | None]:
+    """The device, and what `mp` does there; the probe is asked only when the answer depends on it."""
+    device = ctx.target.device
+    try:
+        if device == "auto" and mp != "no":
+            raise NeedsFacts(device)
+        return device, precision_rules(mp, device, None)
+    except NeedsFacts:
+        pass
+    found = facts(ctx)
+    device = wanted(ctx, found) or device
+    verdict = precision_rules(mp, device, found)
+    acc = found.accelerate
+    ran_on = acc.accelerator.device.split(":")[0] if acc and acc.accelerator else ""
+    if acc and acc.accelerator_error and ran_on == device:
+        verdict = Status.FAIL, f"accelerate {acc.version} refuses it: {acc.accelerator_error}"
+    return device, verdict
 
 
 @check("device.precision", "the mixed precision fits the device and the installed versions", tags=PROBED,
@@ -450,22 +488,10 @@ def precision(ctx: Context) -> Result:
                                hint=f'sd-scripts stops with "{flag} requires mixed precision=..." after '
                                     f"loading the model; change: {change_hint(ctx, {flag: False})}",
                                fix=args_fix(ctx, {flag: False}, f"turn off {flag}"))
-    device, found = ctx.target.device, None
     try:
-        if device == "auto" and mp != "no":
-            raise NeedsFacts(device)
-        verdict = precision_rules(mp, device, None)
-    except NeedsFacts:
-        try:
-            found = facts(ctx)
-        except ProbeError as exc:
-            return skipped(exc)
-        device = wanted(ctx, found) or device
-        verdict = precision_rules(mp, device, found)
-        acc = found.get("accelerate") or {}
-        ran_on = str((acc.get("accelerator") or {}).get("device", "")).split(":")[0]
-        if acc.get("accelerator_error") and ran_on == device:
-            verdict = Status.FAIL, f"accelerate {acc.get('version')} refuses it: {acc['accelerator_error']}"
+        device, verdict = device_verdict(ctx, mp)
+    except ProbeError as exc:
+        return skipped(exc)
     if verdict is None:
         where = "runs on any device" if device == "auto" else f"fits {device}"
         return Result.ok(f"mixed precision {mp} ({place}) {where}")
@@ -483,58 +509,6 @@ def precision(ctx: Context) -> Result:
 
 # --- device.features --------------------------------------------------------------------------------------
 
-OPTIMIZER_PROBE = r'''
-import importlib, json, time, traceback
-P = json.loads(PARAMS)
-
-
-def errline(exc):
-    lines = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
-
-
-RESULT.update(device=None, bitsandbytes=None, optimizer_class=None, step_s=None, finite=None, error=None)
-try:
-    import torch
-    dev = P["device"]
-    if dev == "auto":
-        dev = ("mps" if torch.backends.mps.is_available() else "cuda" if torch.cuda.is_available() else
-               "xpu" if hasattr(torch, "xpu") and torch.xpu.is_available() else "cpu")
-    RESULT["device"] = dev
-    usable = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
-              "xpu": hasattr(torch, "xpu") and torch.xpu.is_available()}
-    if not usable.get(dev, False):
-        raise RuntimeError("torch cannot use " + dev + " here")
-    import bitsandbytes as bnb
-    RESULT["bitsandbytes"] = getattr(bnb, "__version__", "unknown")
-    name, kwargs = P["optimizer"], {}
-    if "." in name:
-        module, attr = name.rsplit(".", 1)
-        space = importlib.import_module(module)
-    else:
-        space, attr = bnb.optim, name
-    if attr.lower() == "sgdnesterov8bit":  # library/train_util.py get_optimizer: SGD8bit with nesterov
-        attr, kwargs = "SGD8bit", {"momentum": 0.9, "nesterov": True}
-    klass = next((getattr(space, n) for n in dir(space) if n.lower() == attr.lower()), None)
-    if klass is None:
-        raise AttributeError("bitsandbytes " + RESULT["bitsandbytes"] + " has no optimizer " + attr)
-    RESULT["optimizer_class"] = klass.__module__ + "." + klass.__name__
-    param = torch.nn.Parameter(torch.randn(4096, device=dev))  # 8-bit state needs >= 4096 elements
-    opt = klass([param], lr=1e-3, **kwargs)
-    start = time.perf_counter()
-    (param * param).sum().backward()
-    opt.step()
-    if dev == "cuda":
-        torch.cuda.synchronize()
-    elif dev == "mps":
-        torch.mps.synchronize()
-    RESULT["step_s"] = round(time.perf_counter() - start, 4)
-    RESULT["finite"] = bool(torch.isfinite(param.detach()).all().item())
-except (Exception, SystemExit) as exc:
-    RESULT["error"] = errline(exc)
-'''
-
-
 def optimizer_name(ctx: Context) -> tuple[str, str]:
     """The optimizer sd-scripts will build (library/train_util.py get_optimizer) and where it is set."""
     args = train_args(ctx)
@@ -547,9 +521,9 @@ def optimizer_name(ctx: Context) -> tuple[str, str]:
 def optimizer_probe(ctx: Context, background: bool = False) -> dict[str, Any] | None:
     """One step of the bitsandbytes optimizer on a tiny tensor on the expected device, in its own process
     (a hung CUDA kernel must not take the shared probe with it)."""
-    params = json.dumps({"device": ctx.target.device, "optimizer": optimizer_name(ctx)[0]})
-    return ctx.probe("device:optimizer", f"PARAMS = {json.dumps(params)}\n" + OPTIMIZER_PROBE,
-                     timeout=OPTIMIZER_TIMEOUT_S, background=background)
+    params = {"device": ctx.target.device, "optimizer": optimizer_name(ctx)[0]}
+    return ctx.probe("device:optimizer", program("optimizer"), params, timeout=OPTIMIZER_TIMEOUT_S,
+                     background=background)
 
 
 def features_prefetch(ctx: Context) -> None:
@@ -558,6 +532,36 @@ def features_prefetch(ctx: Context) -> None:
         stackprobe.start(ctx)
     if needs_bitsandbytes(optimizer_name(ctx)[0]):
         optimizer_probe(ctx, background=True)
+
+
+def optimizer_problem(ctx: Context, device: str) -> tuple[str | None, str | None, dict[str, Any]]:
+    """A bitsandbytes optimizer, tried for one step on the device: (problem, detail, edits)."""
+    optimizer, where = optimizer_name(ctx)
+    if not needs_bitsandbytes(optimizer):
+        return None, None, {}
+    try:
+        step = optimizer_probe(ctx) or {}
+    except ProbeError as exc:
+        step = {"error": str(exc).splitlines()[0]}
+    if not step.get("error") and step.get("finite") is not False:
+        return None, (f"optimizer {optimizer}: one step on {step.get('device')} took {step.get('step_s')} s "
+                      f"(bitsandbytes {step.get('bitsandbytes')})"), {}
+    why = step.get("error") or "the step produced NaN or inf"
+    version_note = f" (bitsandbytes {step['bitsandbytes']})" if step.get("bitsandbytes") else ""
+    edits: dict[str, Any] = {"use_8bit_adam": False} if train_args(ctx).flag("use_8bit_adam") else \
+        {"optimizer_type": "AdamW"}
+    return (f"optimizer {optimizer} ({where}) needs bitsandbytes, and one step of it on "
+            f"{step.get('device') or device} fails{version_note}: {why}"), None, edits
+
+
+def sdxl_vae_warning(ctx: Context) -> str | None:
+    """SDXL's VAE overflows in fp16 unless --no_half_vae."""
+    args = train_args(ctx)
+    mp, mp_place = accelconfig.effective_mixed_precision(args)
+    if Path(ctx.target.script).name.startswith("sdxl_") and mp == "fp16" and not args.flag("no_half_vae"):
+        return (f"SDXL with fp16 ({mp_place}) and no --no_half_vae: the SDXL VAE overflows in fp16 "
+                "(\"NaN detected in latents\", black images)")
+    return None
 
 
 @check("device.features", "the training args ask nothing the device cannot do", tags=PROBED,
@@ -569,38 +573,15 @@ def features(ctx: Context) -> Result:
     except ProbeError as exc:
         return skipped(exc)
     assert device is not None
-    problems: list[str] = []
-    details: list[str] = []
-    edits: dict[str, Any] = {}
-    optimizer, where = optimizer_name(ctx)
-    if needs_bitsandbytes(optimizer):
-        try:
-            step = optimizer_probe(ctx) or {}
-        except ProbeError as exc:
-            step = {"error": str(exc).splitlines()[0]}
-        if step.get("error") or step.get("finite") is False:
-            why = step.get("error") or "the step produced NaN or inf"
-            version_note = f" (bitsandbytes {step['bitsandbytes']})" if step.get("bitsandbytes") else ""
-            problems.append(f"optimizer {optimizer} ({where}) needs bitsandbytes, and one step of it on "
-                            f"{step.get('device') or device} fails{version_note}: {why}")
-            edits["optimizer_type"] = "AdamW"
-            if args.flag("use_8bit_adam"):
-                edits["use_8bit_adam"] = False
-                del edits["optimizer_type"]
-        else:
-            details.append(f"optimizer {optimizer}: one step on {step.get('device')} took "
-                           f"{step.get('step_s')} s (bitsandbytes {step.get('bitsandbytes')})")
+    problem, detail, edits = optimizer_problem(ctx, device)
+    problems, details = [problem] if problem else [], [detail] if detail else []
     if args.flag("xformers") and device != "cuda":
         problems.append(f"--xformers ({args.place('xformers')}) on {device}: xformers has kernels only for "
                         "CUDA; the run dies at the first attention call (\"No operator found for "
                         "memory_efficient_attention_forward\")")
         edits.update({"xformers": False, "sdpa": True})
-    mp, mp_place = accelconfig.effective_mixed_precision(args)
-    sdxl = Path(ctx.target.script).name.startswith("sdxl_")
-    warnings = []
-    if sdxl and mp == "fp16" and not args.flag("no_half_vae"):
-        warnings.append(f"SDXL with fp16 ({mp_place}) and no --no_half_vae: the SDXL VAE overflows in fp16 "
-                        "(\"NaN detected in latents\", black images)")
+    warning = sdxl_vae_warning(ctx)
+    warnings = [warning] if warning else []
     if problems:
         hint = ("change: " + change_hint(ctx, edits) +
                 ("; with bitsandbytes gone, AdamW uses about 3x the optimizer memory" if "optimizer_type" in
@@ -612,4 +593,7 @@ def features(ctx: Context) -> Result:
         return Result.fail(summary, shown, hint=hint, fix=fix)
     if warnings:
         return Result.warn(warnings[0], details, hint=f"change: {change_hint(ctx, {'no_half_vae': True})}")
-    return Result.ok(f"optimizer {optimizer}, attention and precision settings fit {device}", details)
+    return Result.ok(f"optimizer {optimizer_name(ctx)[0]}, attention and precision settings fit {device}", details)
+
+
+from lorasetup.checks.device import distributed as _distributed  # noqa: E402,F401 - registers device.distributed

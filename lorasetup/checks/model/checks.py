@@ -123,27 +123,30 @@ def _diffusers_folder(ctx: Context, path: Path) -> Result:
         if name.startswith("_") or not isinstance(spec, list) or None in spec or name in ("tokenizer", "tokenizer_2",
                                                                                         "feature_extractor"):
             continue  # sd-scripts loads the pipeline with tokenizer=None; empty entries are optional parts
-        part = path / name
-        if name.startswith("scheduler"):
-            if not (part / "scheduler_config.json").is_file():
-                problems.append(f"{name}/scheduler_config.json missing")
-            continue
-        if not (part / "config.json").is_file():
-            problems.append(f"{name}/config.json missing")
-        weights = [part / w for w in WEIGHT_NAMES if (part / w).is_file()]
-        if not weights:
-            problems.append(f"{name}/ has no weights ({WEIGHT_NAMES[0]} or {WEIGHT_NAMES[1]})")
-        for weight in weights:
-            if weight.suffix == ".safetensors":
-                try:
-                    _header(ctx, weight)
-                except HeaderError as exc:
-                    problems.append(f"{name}/{weight.name}: {exc}")
+        problems += _component_problems(ctx, path / name)
     if problems:
         return Result.fail(f"diffusers folder {path.name}: {len(problems)} part(s) missing or damaged",
                            details=problems, hint="download the model folder again (all of its parts)")
     return Result.ok(f"diffusers folder {path.name} ({index.get('_class_name', '?')}): every part present",
                      details=[str(path)], data={"path": str(path)})
+
+
+def _component_problems(ctx: Context, part: Path) -> list[str]:
+    """What is missing or damaged in one component folder (unet/, vae/, scheduler/, ...)."""
+    name = part.name
+    if name.startswith("scheduler"):
+        return [] if (part / "scheduler_config.json").is_file() else [f"{name}/scheduler_config.json missing"]
+    problems = [] if (part / "config.json").is_file() else [f"{name}/config.json missing"]
+    weights = [part / w for w in WEIGHT_NAMES if (part / w).is_file()]
+    if not weights:
+        problems.append(f"{name}/ has no weights ({WEIGHT_NAMES[0]} or {WEIGHT_NAMES[1]})")
+    for weight in weights:
+        if weight.suffix == ".safetensors":
+            try:
+                _header(ctx, weight)
+            except HeaderError as exc:
+                problems.append(f"{name}/{weight.name}: {exc}")
+    return problems
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -212,19 +215,57 @@ def script_families(script: str) -> set[str] | None:
     return {"sd1", "sd2"} if name in SD_SCRIPTS else None
 
 
+def _family_of(ctx: Context, path: Path) -> Family | Result:
+    """The family of the local base model, or a skip when it cannot be read without unpickling."""
+    if path.is_dir():
+        return classify_folder(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        return Result.skip(f"{path.name} is a pickle: its family is not read (lorasetup never unpickles)")
+    header = _header(ctx, path)
+    return classify({name: info.shape for name, info in header.tensors.items()})
+
+
+def _wrong_script(ctx: Context, family: Family, label: str, details: list[str]) -> Result:
+    """A family the entry script does not train: name the script that does, if the checkout has it."""
+    script = ctx.target.script
+    right = FAMILY_SCRIPT.get(family.name or "")
+    sd_scripts = ctx.target.sd_scripts
+    exists = right and (sd_scripts is None or (sd_scripts / right).is_file())
+    hint = (f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`" if exists
+            else f"this sd-scripts checkout has no script for {label}; use a base model that {script} trains")
+    return Result.fail(f"{label} model with {script}: the run dies after loading the model "
+                       "(Missing key(s) in state_dict)", details=details, hint=hint, data={"family": family.name})
+
+
+def _prediction_mismatch(ctx: Context, family: Family, label: str, details: list[str]) -> Result | None:
+    """--v2 and --v_parameterization against what the model is (SD2, v-prediction)."""
+    args, script, data = train_args(ctx), ctx.target.script, {"family": family.name}
+    if family.name == "sd2" and not args.flag("v2"):
+        return Result.fail(f"SD2.x model without --v2: {script} builds an SD1 model and dies loading the weights",
+                           details=details, hint="add `v2 = true` to the training config (and "
+                                                 "`v_parameterization = true` for 768-v models)", data=data)
+    if family.name == "sd1" and args.flag("v2"):
+        return Result.fail(f"SD1.x model with --v2 ({args.place('v2')}): the run dies loading the weights",
+                           details=details, hint=f"remove v2 from {args.place('v2')}", data=data)
+    if family.v_prediction is not None and family.v_prediction != args.flag("v_parameterization"):
+        want = "needs" if family.v_prediction else "must not have"
+        return Result.fail(f"{label} {'v-prediction' if family.v_prediction else 'epsilon'} model {want} "
+                           "--v_parameterization: the run trains but the LoRA learns the wrong target",
+                           details=details + ["scheduler/scheduler_config.json prediction_type"],
+                           hint=f"{'add' if family.v_prediction else 'remove'} `v_parameterization = true` in "
+                                "the training config", data=data)
+    return None
+
+
 @check("model.family", "the model family fits the entry script", tags=("preflight",),
        requires=("model.file",))
 def model_family(ctx: Context) -> Result:
     path, hub_id = base_model(ctx)
     if path is None or hub_id or not path.exists():
         return Result.skip("no local base model to classify")
-    if path.is_dir():
-        family = classify_folder(path)
-    elif path.suffix.lower() in PICKLE_SUFFIXES:
-        return Result.skip(f"{path.name} is a pickle: its family is not read (lorasetup never unpickles)")
-    else:
-        header = _header(ctx, path)
-        family = classify({name: info.shape for name, info in header.tensors.items()})
+    family = _family_of(ctx, path)
+    if isinstance(family, Result):
+        return family
     script = ctx.target.script
     details = [f"evidence: {family.evidence}"]
     if family.name is None:
@@ -244,28 +285,10 @@ def model_family(ctx: Context) -> Result:
         return Result.ok(f"{label} ({path.name}); lorasetup does not know which family {script} trains",
                          details=details, data=data)
     if family.name not in wanted:
-        right = FAMILY_SCRIPT.get(family.name)
-        sd_scripts = ctx.target.sd_scripts
-        exists = right and (sd_scripts is None or (sd_scripts / right).is_file())
-        hint = (f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`" if exists
-                else f"this sd-scripts checkout has no script for {label}; use a base model that {script} trains")
-        return Result.fail(f"{label} model with {script}: the run dies after loading the model "
-                           "(Missing key(s) in state_dict)", details=details, hint=hint, data=data)
-    v2 = train_args(ctx).flag("v2")
-    if family.name == "sd2" and not v2:
-        return Result.fail(f"SD2.x model without --v2: {script} builds an SD1 model and dies loading the weights",
-                           details=details, hint="add `v2 = true` to the training config (and "
-                                                 "`v_parameterization = true` for 768-v models)", data=data)
-    if family.name == "sd1" and v2:
-        return Result.fail(f"SD1.x model with --v2 ({train_args(ctx).place('v2')}): the run dies loading the weights",
-                           details=details, hint=f"remove v2 from {train_args(ctx).place('v2')}", data=data)
-    if family.v_prediction is not None and family.v_prediction != train_args(ctx).flag("v_parameterization"):
-        want = "needs" if family.v_prediction else "must not have"
-        return Result.fail(f"{label} {'v-prediction' if family.v_prediction else 'epsilon'} model {want} "
-                           "--v_parameterization: the run trains but the LoRA learns the wrong target",
-                           details=details + ["scheduler/scheduler_config.json prediction_type"],
-                           hint=f"{'add' if family.v_prediction else 'remove'} `v_parameterization = true` in "
-                                "the training config", data=data)
+        return _wrong_script(ctx, family, label, details)
+    mismatch = _prediction_mismatch(ctx, family, label, details)
+    if mismatch is not None:
+        return mismatch
     if family.name == "sd2" and family.v_prediction is None:
         details.append("768-v SD2 models also need --v_parameterization; 512-base ones must not have it "
                        "(a single file does not say which it is)")
@@ -288,51 +311,68 @@ class TokenizerSpec:
     subfolder: str | None = None
 
 
-def tokenizer_specs(sd_scripts: Path, script: str, flags: Mapping[str, bool]) -> list[TokenizerSpec] | None:
-    """The tokenizers the entry script loads, read from its `strategy_*.<X>TokenizeStrategy(...)` call and
-    that class's `_load_tokenizer` calls in library/strategy_*.py; `if v2:` branches follow `flags`.
-    None when the script does not load tokenizers that way."""
+def _strategy_call(sd_scripts: Path, script: str) -> tuple[str, str] | None:
+    """The `strategy_<x>.<Y>TokenizeStrategy(...)` the entry script builds: (module, class)."""
     try:
         tree = ast.parse((sd_scripts / script).read_text(encoding="utf-8", errors="replace"))
     except (OSError, SyntaxError):
         return None
-    call = next((n.func for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-                 and isinstance(n.func.value, ast.Name) and n.func.value.id.startswith("strategy_")
-                 and n.func.attr.endswith("TokenizeStrategy")), None)
-    if call is None:
-        return None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id.startswith("strategy_") \
+                and node.func.attr.endswith("TokenizeStrategy"):
+            return node.func.value.id, node.func.attr
+    return None
+
+
+def _strategy_init(sd_scripts: Path, module: str, cls: str) -> tuple[ast.FunctionDef, dict[str, str]] | None:
+    """The strategy class's `__init__` in library/<module>.py, and that module's string constants."""
     try:
-        module = ast.parse((sd_scripts / "library" / f"{call.value.id}.py").read_text(encoding="utf-8"))
+        tree = ast.parse((sd_scripts / "library" / f"{module}.py").read_text(encoding="utf-8"))
     except (OSError, SyntaxError):
         return None
-    consts = {t.id: n.value.value for n in module.body if isinstance(n, ast.Assign)
+    consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
               and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
               for t in n.targets if isinstance(t, ast.Name)}
-    cls = next((n for n in module.body if isinstance(n, ast.ClassDef) and n.name == call.attr), None)
-    init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) if cls else None
-    if init is None:
-        return None
-    specs: list[TokenizerSpec] = []
+    found = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls), None)
+    init = next((n for n in found.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) \
+        if found else None
+    return (init, consts) if init else None
 
+
+def _load_calls(statements: list[ast.stmt], consts: Mapping[str, str], flags: Mapping[str, bool]
+                ) -> list[TokenizerSpec]:
+    """Every `_load_tokenizer(cls, model_id, subfolder=...)` the statements run; `if <flag>:` follows `flags`."""
     def value(node: ast.AST) -> str | None:
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             return node.value
         return consts.get(node.id) if isinstance(node, ast.Name) else None
 
-    def visit(statements: list[ast.stmt]) -> None:
-        for stmt in statements:
-            if isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and stmt.test.id in flags:
-                visit(stmt.body if flags[stmt.test.id] else stmt.orelse)
-                continue
-            for node in ast.walk(stmt):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                        and node.func.attr == "_load_tokenizer" and len(node.args) >= 2:
-                    model_id = value(node.args[1])
-                    sub = next((value(k.value) for k in node.keywords if k.arg == "subfolder"), None)
-                    if model_id:
-                        specs.append(TokenizerSpec(ast.unparse(node.args[0]), model_id, sub))
-    visit(init.body)
-    return specs or None
+    specs: list[TokenizerSpec] = []
+    for stmt in statements:
+        if isinstance(stmt, ast.If) and isinstance(stmt.test, ast.Name) and stmt.test.id in flags:
+            specs += _load_calls(stmt.body if flags[stmt.test.id] else stmt.orelse, consts, flags)
+            continue
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "_load_tokenizer" and len(node.args) >= 2:
+                model_id = value(node.args[1])
+                sub = next((value(k.value) for k in node.keywords if k.arg == "subfolder"), None)
+                if model_id:
+                    specs.append(TokenizerSpec(ast.unparse(node.args[0]), model_id, sub))
+    return specs
+
+
+def tokenizer_specs(sd_scripts: Path, script: str, flags: Mapping[str, bool]) -> list[TokenizerSpec] | None:
+    """The tokenizers the entry script loads, read from its `strategy_*.<X>TokenizeStrategy(...)` call and
+    that class's `_load_tokenizer` calls in library/strategy_*.py; `if v2:` branches follow `flags`.
+    None when the script does not load tokenizers that way."""
+    call = _strategy_call(sd_scripts, script)
+    found = _strategy_init(sd_scripts, *call) if call else None
+    if found is None:
+        return None
+    init, consts = found
+    return _load_calls(init.body, consts, flags) or None
 
 
 def _env_true(environ: Mapping[str, str], *names: str) -> str | None:
@@ -375,22 +415,9 @@ def tokenizer_problem(folder: Path, cls: str, max_token_length: Any) -> str | No
     return None
 
 
-@check("model.tokenizer", "the tokenizer(s) load at start, also with the network off", tags=("preflight",),
-       requires=("repo.present",))
-def model_tokenizer(ctx: Context) -> Result:
-    sd_scripts = ctx.target.sd_scripts
-    if sd_scripts is None:
-        return Result.skip("no sd-scripts checkout")
-    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).flag("v2")})
-    if specs is None:
-        return Result.skip(f"{ctx.target.script} does not load its tokenizers through a strategy_* "
-                           "_load_tokenizer call; not checked")
-    environ = os.environ
-    offline = _env_true(environ, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    cache_dir_raw = train_args(ctx).get("tokenizer_cache_dir")
-    cache_dir = Path(str(cache_dir_raw)).expanduser() if cache_dir_raw else None
-    hub = hub_cache(environ)
-    max_len = train_args(ctx).get("max_token_length")
+def _locate_tokenizers(specs: list[TokenizerSpec], cache_dir: Path | None, hub: Path, max_len: Any
+                       ) -> tuple[list[str], list[TokenizerSpec], list[str]]:
+    """Where each tokenizer loads from without the network: (details, missing specs, broken local copies)."""
     details: list[str] = []
     missing: list[TokenizerSpec] = []
     broken: list[str] = []
@@ -412,6 +439,24 @@ def model_tokenizer(ctx: Context) -> Result:
             missing.append(spec)
             details.append(f"{spec.model_id}: not in "
                            + (f"{local} nor " if local else "") + f"the Hugging Face cache {hub}")
+    return details, missing, broken
+
+
+@check("model.tokenizer", "the tokenizer(s) load at start, also with the network off", tags=("preflight",),
+       requires=("repo.present",))
+def model_tokenizer(ctx: Context) -> Result:
+    sd_scripts = ctx.target.sd_scripts
+    if sd_scripts is None:
+        return Result.skip("no sd-scripts checkout")
+    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).flag("v2")})
+    if specs is None:
+        return Result.skip(f"{ctx.target.script} does not load its tokenizers through a strategy_* "
+                           "_load_tokenizer call; not checked")
+    offline = _env_true(os.environ, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    cache_dir_raw = train_args(ctx).get("tokenizer_cache_dir")
+    cache_dir = Path(str(cache_dir_raw)).expanduser() if cache_dir_raw else None
+    details, missing, broken = _locate_tokenizers(specs, cache_dir, hub_cache(os.environ),
+                                                  train_args(ctx).get("max_token_length"))
     if broken:
         return Result.fail(f"tokenizer cache unusable: {broken[0]}", details=broken[1:] + details,
                            hint="delete that folder (sd-scripts then fetches the tokenizer again and saves it "

@@ -31,13 +31,13 @@ SMOKE_DROPPED = STEP_OPTIONS | OUTPUT_OPTIONS | SAVE_EVERY_OPTIONS | SAMPLE_EVER
 
 def launcher(target: Target) -> list[str]:
     """`accelerate launch` from the training venv (or `python -m accelerate.commands.launch` without the
-    console script), with the Target's accelerate config when it names one."""
+    console script), with the Target's accelerate config when it names one, then its launch flags."""
     python = target.python_exe
     exe = python.parent / ("accelerate.exe" if os.name == "nt" else "accelerate")
     argv = [str(exe), "launch"] if exe.is_file() else [str(python), "-m", "accelerate.commands.launch"]
     if target.accelerate_config is not None:
         argv += ["--config_file", str(target.accelerate_config)]
-    return argv
+    return argv + list(target.launch_args)
 
 
 def script_args(target: Target) -> list[str]:

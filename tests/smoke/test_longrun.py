@@ -20,8 +20,7 @@ from lorasetup.sd.run.console import Console
 from lorasetup.sd.run.longrun import LongRun, TrainOptions, run_long
 from lorasetup.sd.run.plan import RunPlan, run_plan
 from lorasetup.sd.run.summary import exit_status, report, summary_lines
-from tests.smoke.test_smoke_check import sd_tree
-from tests.smoke.test_smoke_run import FIXTURE, alive, dataset  # noqa: F401 - the session dataset fixture
+from tests.support.smoke import FIXTURE, alive, sd_tree
 
 # 3 images x 2 repeats = 6 steps per epoch; 12 steps = 2 epochs; saves at steps 4, 8, 12 and the final file.
 BASE_ARGS = ["--output_name", "t", "--network_module", "networks.lora", "--network_dim", "4", "--network_alpha", "2",
@@ -29,7 +28,7 @@ BASE_ARGS = ["--output_name", "t", "--network_module", "networks.lora", "--netwo
 
 
 @pytest.fixture
-def make_plan(tmp_path, dataset):  # noqa: F811 - pytest fixture injection
+def make_plan(tmp_path, dataset):
     """The real plan of a Target (step plan, save points, expectations), launched without the accelerate hop."""
     tree = sd_tree(tmp_path / "sd-scripts")
 

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from lorasetup import cli
-from tests.run.test_lora import lora
-from tests.smoke.test_smoke_check import setup  # noqa: F401 - the fixture-trainer target
-from tests.smoke.test_smoke_run import alive, dataset  # noqa: F401 - the session dataset fixture
+from tests.support.loras import lora
+from tests.support.smoke import alive
 
 DRIVER = Path(__file__).parents[1] / "support" / "train_cli.py"
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +31,7 @@ def wait_for(path: Path, timeout: float) -> None:
 
 @pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "SIGINT received"),
                                              (signal.SIGTERM, 143, "SIGTERM received")])
-def test_a_signal_stops_the_whole_run_and_still_prints_the_summary(setup, monkeypatch, tmp_path, sig, code, said):  # noqa: F811
+def test_a_signal_stops_the_whole_run_and_still_prints_the_summary(setup, monkeypatch, tmp_path, sig, code, said):
     target, record, person_out = setup
     monkeypatch.setenv("FIXTURE_TRAINER_STEP_S", "0.4")
     monkeypatch.setenv("FIXTURE_TRAINER_WORKER", "1")
