@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import shlex
 import shutil
 import sys
 from dataclasses import replace
@@ -83,20 +84,28 @@ def test_good_run_exits_0_with_every_checkpoint_verified_and_a_report(make_plan,
     assert data["checkpoints"][0]["report"]["metadata"]["ss_steps"] == "4"
 
 
-def test_nan_stops_at_the_first_nonfinite_step_and_names_the_checkpoint_to_keep(make_plan, tmp_path):
-    plan = make_plan("--save_state")
-    run, _ = watched(plan, tmp_path, nan_from="8")
-    assert run.outcome.stopped == "nonfinite" and run.watch.nonfinite == (8, "nan") and exit_status(run) == 1
-    # sd-scripts saves step 8 before it prints step 8's loss: that file already holds NaN
-    assert table(run)[:2] == [(4, "t-step00000004.safetensors", "ok"), (8, "t-step00000008.safetensors", "broken")]
-    assert run.last_good().path.name == "t-step00000004.safetensors"
+def test_nan_stops_at_the_first_nonfinite_step_and_the_printed_command_resumes(make_plan, tmp_path):
+    plan = make_plan("--save_state", "--save_every_n_steps", "3")
+    run, _ = watched(plan, tmp_path, nan_from="9")
+    assert run.outcome.stopped == "nonfinite" and run.watch.nonfinite == (9, "nan") and exit_status(run) == 1
+    # sd-scripts saves step 9 before it prints step 9's loss: that file (and its state) already hold NaN
+    assert table(run) == [(3, "t-step00000003.safetensors", "ok"), (6, "t-step00000006.safetensors", "ok"),
+                          (9, "t-step00000009.safetensors", "broken")]
+    assert run.last_good().path.name == "t-step00000006.safetensors"
     lines = summary_lines(run)
-    assert lines[0] == "stopped at step 8 of 12: avr_loss=nan at step 8, the first non-finite loss"
-    assert "keep: t-step00000004.safetensors (step 4), the last checkpoint saved before the loss diverged" in lines
-    assert "do not use: t-step00000008.safetensors (saved after the divergence)" in lines
+    assert lines[0] == "stopped at step 9 of 12: avr_loss=nan at step 9, the first non-finite loss"
+    assert "keep: t-step00000006.safetensors (step 6), the last checkpoint saved before the loss diverged" in lines
+    assert "do not use: t-step00000009.safetensors (saved after the divergence)" in lines
     assert any(line.startswith("change: lower learning_rate = 1e-3 (--learning_rate)") for line in lines)
-    command = lines[lines.index(f"continue from {tmp_path / 'out' / 't-step00000004-state'}:") + 1]
-    assert command.endswith(f"--resume {tmp_path / 'out' / 't-step00000004-state'} --learning_rate=0.0001")
+    state = tmp_path / "out" / "t-step00000006-state"
+    command = lines[lines.index(f"continue from {state}:") + 1]
+    assert command == "  $ " + shlex.join([*plan.argv, "--resume", str(state), "--learning_rate=0.0001"])
+    # that command, run: sd-scripts starts over at epoch 2 (step 6 of 6 per epoch) and trains the other 6 steps
+    resumed = make_plan("--save_state", "--save_every_n_steps", "3", "--resume", str(state), "--learning_rate=0.0001")
+    assert resumed.argv == shlex.split(command[4:]) and resumed.total_steps == 6 and resumed.resumed
+    again, _ = watched(resumed, tmp_path)
+    assert exit_status(again) == 0 and again.watch.steps_done == 6 and again.watch.total == 12, summary_lines(again)
+    assert summary_lines(again)[1].startswith("steps      6 of 6 planned (dataset.steps, resumed at step 6: ")
 
 
 def test_on_nan_warn_runs_on_and_still_fails(make_plan, tmp_path):

@@ -226,6 +226,28 @@ def train_step(modules: dict[str, LoRA], optimizer: torch.optim.Optimizer, item:
     return loss.item()
 
 
+def resumed_epochs(args: argparse.Namespace, steps_per_epoch: int) -> int:
+    """The epochs a --resume'd run skips (train_network.py without --skip_until_initial_step): the state's step
+    // steps per epoch; its bar still shows max_train_steps and global_step counts from 0 again."""
+    if not args.resume:
+        return 0
+    state = json.loads((Path(args.resume) / "train_state.json").read_text())
+    log("INFO", f"load train state from {args.resume}/train_state.json: {state}", "train_network.py:969")
+    return state["current_step"] // steps_per_epoch
+
+
+def network(args: argparse.Namespace) -> tuple[dict[str, LoRA], torch.optim.Optimizer]:
+    print("accelerator device: cpu", flush=True)
+    rank = args.network_dim or 4
+    saved_rank = rank * 2 if MODE == "wrong-rank" else rank
+    train_te = not args.network_train_unet_only
+    modules = {name: LoRA(saved_rank, args.network_alpha)
+               for name in (TE_MODULES if train_te else ()) + UNET_MODULES}
+    log("INFO", f"create LoRA network. base dim (rank): {rank}, alpha: {args.network_alpha}", "lora.py:935")
+    params = [p for m in modules.values() for p in (m.down.weight, m.up.weight)]
+    return modules, torch.optim.AdamW(params, lr=args.learning_rate)
+
+
 def main() -> int:
     args = parse_args()
     start(args)
@@ -235,35 +257,38 @@ def main() -> int:
         log("ERROR", "No data found. Please verify arguments (train_data_dir must be the parent of folders with "
                      "images) / 画像がありません。引数指定を確認してください", "train_network.py:576")
         return 0
-    print("accelerator device: cpu", flush=True)
-    rank = args.network_dim or 4
-    saved_rank = rank * 2 if MODE == "wrong-rank" else rank
-    train_te = not args.network_train_unet_only
-    modules = {name: LoRA(saved_rank, args.network_alpha)
-               for name in (TE_MODULES if train_te else ()) + UNET_MODULES}
-    log("INFO", f"create LoRA network. base dim (rank): {rank}, alpha: {args.network_alpha}", "lora.py:935")
-    params = [p for m in modules.values() for p in (m.down.weight, m.up.weight)]
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate)
+    modules, optimizer = network(args)
     steps_per_epoch = len(items)
     if args.max_train_epochs:
         args.max_train_steps = args.max_train_epochs * steps_per_epoch
         print(f"override steps. steps for {args.max_train_epochs} epochs is: {args.max_train_steps}", flush=True)
     print("running training / 学習開始", flush=True)
     print(f"  total optimization steps / 学習ステップ数: {args.max_train_steps}", flush=True)
+    skipped = resumed_epochs(args, steps_per_epoch)
+    train(args, modules, optimizer, items, skipped)
+    log("INFO", "model saved.", "train_network.py:1729")
+    return 0
+
+
+def train(args: argparse.Namespace, modules: dict[str, LoRA], optimizer: torch.optim.Optimizer,
+          items: list[tuple[torch.Tensor, str]], skipped: int) -> None:
+    """The steps in sd-scripts' order: the bar moves, the save (and state), then the step's avr_loss."""
+    per_epoch = len(items)
     progress = tqdm(range(args.max_train_steps), smoothing=0, desc="steps")
     losses: list[float] = []
     out_dir = Path(args.output_dir or ".")
     name = args.output_name or "last"
-    for step in range(1, args.max_train_steps + 1):
-        epoch = (step - 1) // steps_per_epoch + 1
-        if step == 1 or (step - 1) % steps_per_epoch == 0:
-            print(f"\nepoch {epoch}/{math.ceil(args.max_train_steps / steps_per_epoch)}", flush=True)
+    last = args.max_train_steps - skipped * per_epoch
+    for step in range(1, last + 1):
+        epoch = skipped + (step - 1) // per_epoch + 1
+        if step == 1 or (step - 1) % per_epoch == 0:
+            print(f"\nepoch {epoch}/{math.ceil(args.max_train_steps / per_epoch)}", flush=True)
         began = time.monotonic()
         losses.append(train_step(modules, optimizer, items[(step - 1) % len(items)], step))
         if step >= CRASH_AT:
             crash(step)
         time.sleep(max(0.0, STEP_S - (time.monotonic() - began)))
-        progress.update(1)  # train_network.py: the bar moves, then the save, then the step's avr_loss
+        progress.update(1)
         if args.save_every_n_steps and step % args.save_every_n_steps == 0:
             save(modules, out_dir / f"{name}-step{step:08d}.safetensors", args, step, epoch)
             if args.save_state:
@@ -272,10 +297,8 @@ def main() -> int:
         if step >= STALL_AT:
             time.sleep(3600)
     if args.save_state or args.save_state_on_train_end:
-        save_state(optimizer, out_dir / f"{name}-state", args.max_train_steps, epoch)
-    save(modules, out_dir / f"{name}.safetensors", args, args.max_train_steps, epoch)
-    log("INFO", "model saved.", "train_network.py:1729")
-    return 0
+        save_state(optimizer, out_dir / f"{name}-state", last, epoch)
+    save(modules, out_dir / f"{name}.safetensors", args, last, epoch)
 
 
 def save(modules: dict[str, LoRA], path: Path, args: argparse.Namespace, step: int, epoch: int) -> None:

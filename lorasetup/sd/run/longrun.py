@@ -63,7 +63,10 @@ class LongRun:
 
     @property
     def planned(self) -> int | None:
-        """sd-scripts' own total once its bar showed it, else the step plan's."""
+        """sd-scripts' own total once its bar showed it, else the step plan's (always the plan's for a resumed
+        run, whose bar shows more steps than it trains when it starts over at an epoch's beginning)."""
+        if self.plan.resumed:
+            return self.plan.total_steps
         return self.watch.total or self.plan.total_steps
 
     @property

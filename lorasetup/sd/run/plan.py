@@ -4,7 +4,8 @@ watched long run (stall, disk and checkpoint guards, the summary)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,41 @@ class RunPlan:
     save_state: bool = False
     state_on_end: bool = False
     expect: Expect = field(default_factory=Expect)
+    resumed: bool = False  # --resume: sd-scripts' steps bar counts the remaining steps from 0 again
 
     @property
     def verifiable(self) -> bool:
         """Only .safetensors files can be verified (a pickle is never opened)."""
         return self.final_file.endswith(".safetensors")
+
+
+def resume_offset(args: TrainArgs, steps_per_epoch: int | None) -> tuple[int, str] | None:
+    """The steps a `--resume`d run does not train again, and why. train_network.py reads the state's
+    train_state.json; without --skip_until_initial_step it starts over at the beginning of that step's epoch, with
+    it right after the step; either way its steps bar (and global_step, which names the checkpoints) counts from 0
+    again. None when the run does not resume or the state says no step."""
+    resume = args.get("resume")
+    try:
+        step = int(json.loads((Path(str(resume)) / "train_state.json").read_text(encoding="utf-8"))["current_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if args.flag("skip_until_initial_step"):
+        return step, f"resumed at step {step}"
+    if not steps_per_epoch:
+        return None
+    epoch = step // steps_per_epoch
+    return epoch * steps_per_epoch, f"resumed at step {step}: sd-scripts trains on from the start of epoch {epoch + 1}"
+
+
+def _resumed(plan: RunPlan, steps_per_epoch: int | None) -> RunPlan:
+    """The plan of a resumed run: the remaining steps, numbered from 0 as sd-scripts numbers them."""
+    offset = resume_offset(plan.args, steps_per_epoch) if plan.total_steps else None
+    if offset is None or plan.total_steps is None:
+        return plan
+    total = max(plan.total_steps - offset[0], 0)
+    saves = [s for s in plan.saves if s["kind"] != "final" and s["step"] < total]
+    saves += [{"step": total, "kind": "final", "file": plan.final_file}]
+    return replace(plan, total_steps=total, total_from=f"{plan.total_from}, {offset[1]}", saves=saves, resumed=True)
 
 
 def run_plan(ctx: Context) -> RunPlan:
@@ -65,9 +96,10 @@ def run_plan(ctx: Context) -> RunPlan:
     total, total_from = planned_steps(ctx)
     steps, _ = step_plan(ctx)
     ext = str(args.get("save_model_as") or DEFAULT_SAVE_MODEL_AS)
-    return RunPlan(argv=real_command(ctx.target), args=args, output_dir=path_setting(ctx, "output_dir", "output_dir"),
+    plan = RunPlan(argv=real_command(ctx.target), args=args, output_dir=path_setting(ctx, "output_dir", "output_dir"),
                    final_file=f"{args.get('output_name') or DEFAULT_LAST_NAME}.{ext}", total_steps=total,
                    total_from=total_from, saves=list(steps["saves"]) if steps else [],
                    save_state=args.flag("save_state"),
                    state_on_end=args.flag("save_state") or args.flag("save_state_on_train_end"),
                    expect=expect_from_args(args))
+    return _resumed(plan, steps["steps_per_epoch"] if steps else None) if args.get("resume") else plan
