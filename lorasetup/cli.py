@@ -1,4 +1,4 @@
-"""The `lorasetup` command line: doctor, bootstrap, smoke, train, env, list-checks, init.
+"""The `lorasetup` command line: doctor, bootstrap, smoke, train, checkpoints, env, list-checks, init.
 
 Exit codes: 0 no required check failed (warnings allowed), 1 a check failed or errored, 2 usage or
 config error. `--json` writes only JSON to stdout; human text goes to stderr.
@@ -25,6 +25,7 @@ from lorasetup.engine.runner import Runner, select
 from lorasetup.engine.target import FIELD_NAMES, SETTINGS, ConfigError, Target, UnknownKey, load_target
 from lorasetup.engine.tomledit import Change, try_edit_fix
 from lorasetup.initcmd import add_init_flags, init_command
+from lorasetup.sd.run.longrun import DEFAULT_STALL_TIMEOUT_S, TrainOptions
 
 TARGET_FLAGS = tuple(s for s in SETTINGS if s.cli)
 
@@ -51,6 +52,33 @@ def add_selection_flags(p: argparse.ArgumentParser) -> None:
                    help="only these checks or gates (their requirements run too)")
     p.add_argument("--skip", nargs="+", action="extend", default=[], metavar="ID",
                    help="skip these checks or gates (they neither run nor block others)")
+
+
+def seconds(text: str) -> float:
+    """A duration flag: `90`, `90s`, `10m`, `1.5h`."""
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:].lower(), 0)
+    try:
+        value = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 600, 90s, 10m, 1.5h)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration must be more than 0")
+    return value
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
+    p.add_argument("--force", action="store_true", help="start even when a gate fails")
+    p.add_argument("--quiet", action="store_true", help="hide the run's own output (status and verdicts stay)")
+    p.add_argument("--on-nan", choices=("stop", "warn"), default="stop",
+                   help="at the first non-finite loss or checkpoint: stop the run (default) or only warn")
+    p.add_argument("--stall-timeout", type=seconds, default=DEFAULT_STALL_TIMEOUT_S, metavar="DURATION",
+                   help="stop when no step came for this long, or 10x the median step time if longer "
+                        "(default 10m)")
+    p.add_argument("--load-timeout", type=seconds, metavar="DURATION",
+                   help="stop when the first step has not come this long after the start "
+                        "(default: 5x the smoke run's load and first step, at least 30m)")
+    p.add_argument("--report", type=Path, metavar="FILE", help="write the run's report as JSON (run.json)")
 
 
 def build_parser() -> Parser:
@@ -88,10 +116,15 @@ def build_parser() -> Parser:
     smoke.add_argument("--keep", action="store_true", help="keep the temporary output folder")
     smoke.add_argument("--json", action="store_true", help="only JSON on stdout")
 
-    train = sub.add_parser("train", help="preflight, smoke run, then the real run")
+    train = sub.add_parser("train", help="preflight, smoke run, then the real run, watched to its end")
     add_target_flags(train)
-    train.add_argument("--no-smoke", action="store_true", help="skip the smoke run")
-    train.add_argument("--force", action="store_true", help="start even when a gate fails")
+    add_train_flags(train)
+
+    points = sub.add_parser("checkpoints", help="verify every LoRA of a run (output_dir, or DIR), in step order")
+    add_target_flags(points)
+    points.add_argument("dir", nargs="?", type=Path, metavar="DIR",
+                        help="a folder of LoRA files (default: the run's output_dir)")
+    points.add_argument("--json", action="store_true", help="only JSON on stdout")
 
     env = sub.add_parser("env", help="a paste-ready description of this machine and setup")
     add_target_flags(env)
@@ -251,12 +284,21 @@ def cmd_smoke(args: argparse.Namespace, target: Target) -> int:
 
 def cmd_train(args: argparse.Namespace, target: Target) -> int:
     from lorasetup.commands import train_command
+    options = TrainOptions(quiet=args.quiet, on_nan=args.on_nan, stall_timeout_s=args.stall_timeout,
+                           load_timeout_s=args.load_timeout)
     with Context(target, verbose=args.verbose) as ctx:
-        return train_command(ctx, no_smoke=args.no_smoke, force=args.force)
+        return train_command(ctx, no_smoke=args.no_smoke, force=args.force, options=options, report_path=args.report)
+
+
+def cmd_checkpoints(args: argparse.Namespace, target: Target) -> int:
+    from lorasetup.commands import checkpoints_command
+    with Context(target, verbose=args.verbose) as ctx:
+        return checkpoints_command(ctx, args.dir, as_json=args.json)
 
 
 COMMANDS: dict[str, Callable[..., int]] = {
     "doctor": cmd_doctor, "bootstrap": cmd_bootstrap, "env": cmd_env, "smoke": cmd_smoke, "train": cmd_train,
+    "checkpoints": cmd_checkpoints,
 }
 
 

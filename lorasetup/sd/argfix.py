@@ -19,7 +19,7 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.result import CheckFailed, Fix
 from lorasetup.engine.target import Target, tomllib
 from lorasetup.engine.tomledit import Change, toml_value, try_edit_fix
-from lorasetup.sd.launch import real_command
+from lorasetup.sd.run.command import real_command
 from lorasetup.sd.trainargs import AFTER_DASHES, ArgsOrigin, CliFlag, TrainArgs, train_args
 from lorasetup.sd.trainargs import arg_origins as target_origins
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from lorasetup.engine.probe import kill_tree
 from lorasetup.engine.target import Target
-from lorasetup.sd.launch import launcher, run_env
+from lorasetup.sd.run.command import launcher, run_env
 
 PROGRAM = Path(__file__).with_name("programs") / "rendezvous.py"
 DEFAULT_PORT = 29500  # accelerate utils/launch.py prepare_multi_gpu_env: main_process_port None -> 29500

@@ -96,3 +96,10 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 # What networks/lora.py create_network uses when the option is None (its argparse default).
 NETWORK_DEFAULTS: dict[str, Any] = {"network_dim": 4, "network_alpha": 1.0}
+# Checkpoint and state names (library/train_util.py STEP_FILE_NAME, EPOCH_FILE_NAME, get_last_ckpt_name,
+# STEP_STATE_NAME, EPOCH_STATE_NAME, LAST_STATE_NAME; the default names when output_name is unset).
+STEP_FILE = re.compile(r"-step(?P<step>\d{8})$")
+EPOCH_FILE = re.compile(r"-(?P<epoch>\d{6})$")
+STATE_DIR = re.compile(r"^(?P<name>.*?)(?:-step(?P<step>\d{8})|-(?P<epoch>\d{6}))?-state$")
+DEFAULT_LAST_NAME = "last"
+DEFAULT_SAVE_MODEL_AS = "safetensors"
