@@ -39,8 +39,9 @@ from lorasetup.sd.dataset.layout import (
     render_dataset,
 )
 from lorasetup.sd.dataset.plan import compute_steps
-from lorasetup.sd.dataset.scan import STEP_ARG_DEFAULTS, ImpossibleSteps, StepPlan
 from lorasetup.sd.dataset.schema import ConfigSyntaxError
+from lorasetup.sd.dataset.steps import ImpossibleSteps, StepPlan
+from lorasetup.sd.facts import TRAINING_DEFAULTS
 
 DATASET_NAME = "dataset.toml"
 CONFIG_NAME = "lorasetup.toml"
@@ -62,7 +63,7 @@ def add_init_flags(p: argparse.ArgumentParser) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="train this many epochs")
     length.add_argument("--steps", type=int, help="train this many steps (default: whole epochs reaching "
-                        f"sd-scripts' default of {STEP_ARG_DEFAULTS['max_train_steps']})")
+                        f"sd-scripts' default of {TRAINING_DEFAULTS['max_train_steps']})")
     p.add_argument("--saves", type=int, default=4, help="LoRA files written during the run, the last at the "
                    "end (default 4)")
     p.add_argument("--force", action="store_true", help="replace existing files (they are backed up first)")
@@ -151,7 +152,7 @@ def _drafts(args: argparse.Namespace, layout: Layout, setup: Setup, extra: list[
             schema = run_one(ctx, by_id()["dataset.schema"])
             per_epoch = _steps(ctx).steps_per_epoch
         total = (args.steps or per_epoch * (args.epochs or
-                                            math.ceil(STEP_ARG_DEFAULTS["max_train_steps"] / per_epoch)))
+                                            math.ceil(TRAINING_DEFAULTS["max_train_steps"] / per_epoch)))
         run_args = train_args(setup, total, args.saves, extra)
         config_text = render_config(setup, DATASET_NAME, run_args, header[:1] + [
             "`lorasetup doctor` (here) checks the setup; `lorasetup train` runs it."])

@@ -28,7 +28,7 @@ from lorasetup.engine.target import Target, discover_root, venv_python
 from lorasetup.sd import stackprobe
 from lorasetup.sd.dataset.layout import Finding
 from lorasetup.sd.devices import machine_offers
-from lorasetup.sd.launch import option_names, strip_options
+from lorasetup.sd.run.command import option_names, strip_options
 from lorasetup.sd.safetensors_header import HeaderError, read_header
 
 # Where base models usually sit, besides the dataset folder ({dir}) and the checkout ({root}).

@@ -101,6 +101,8 @@ def apply_fixes(todo: list[Result], outcomes: dict[str, Outcome]) -> set[str]:
 
 
 def needs_you(results: list[Result], outcomes: list[Outcome]) -> list[Result]:
-    """Failing checks that offer no automatic fix: the person must act (the hint says how)."""
-    offered = {o.check_id for o in outcomes}
-    return [r for r in results if r.status in FAILING and r.check_id not in offered]
+    """Failing checks the person must act on (the hint says how): those that offer no automatic fix, and those
+    whose fix ran but left something no fix can change (e.g. arguments after `--`)."""
+    offered = {o.check_id: o for o in outcomes}
+    return [r for r in results if r.status in FAILING and (
+        r.check_id not in offered or (offered[r.check_id].state == "still failing" and r.fix is None))]

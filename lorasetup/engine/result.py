@@ -102,6 +102,7 @@ class Check:
     requires: tuple[str, ...] = ()
     timeout_s: float = 120.0
     prefetch: Callable[[Context], None] | None = None
+    fixes: str = ""  # what its fix repairs and how (`list-checks --fixes`); empty: it only reports
     timeout_from: Callable[[Target], float] | None = None  # a limit that depends on the target (the smoke run)
 
     @property

@@ -33,6 +33,14 @@ class ConfigError(Exception):
     """Bad configuration: the CLI exits 2 with this message."""
 
 
+class UnknownKey(ConfigError):
+    """A key the config file does not know; `rename_to` is its one clear right name (for `bootstrap --fix`)."""
+
+    def __init__(self, message: str, path: Path, table: tuple[str, ...], key: str, rename_to: str | None) -> None:
+        super().__init__(message)
+        self.path, self.table, self.key, self.rename_to = path, table, key, rename_to
+
+
 def _path(value: Any, base: Path) -> Path | None:
     if value in (None, ""):
         return None
@@ -267,12 +275,17 @@ def _flatten_config(path: Path, raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         norm = key.replace("-", "_")
         if norm not in known:
-            raise ConfigError(_unknown_key(path, key, sorted(known)))
+            raise _unknown_key(path, _base_table(path), key, sorted(known))
         if norm in TABLES:
             out.update(_flatten_table(path, norm, value))
         else:
             out[norm] = value
     return out
+
+
+def _base_table(path: Path) -> tuple[str, ...]:
+    """Where lorasetup's keys sit in the file: the top level, or [tool.lorasetup] in a pyproject.toml."""
+    return ("tool", "lorasetup") if path.name == "pyproject.toml" else ()
 
 
 def _flatten_table(path: Path, table: str, value: Any) -> dict[str, Any]:
@@ -284,15 +297,20 @@ def _flatten_table(path: Path, table: str, value: Any) -> dict[str, Any]:
     out = {}
     for sub, subval in value.items():
         if sub not in keys:
-            raise ConfigError(_unknown_key(path, f"{table}.{sub}", [f"{table}.{k}" for k in keys]))
+            raise _unknown_key(path, (*_base_table(path), table), sub, [str(k) for k in keys], f"{table}.")
         out[keys[sub]] = subval
     return out
 
 
-def _unknown_key(path: Path, key: str, known: list[str]) -> str:
+def _unknown_key(path: Path, table: tuple[str, ...], key: str, known: list[str], prefix: str = "") -> UnknownKey:
     close = difflib.get_close_matches(key, known, n=1)
-    suggestion = f" Did you mean `{close[0]}`?" if close else ""
-    return f"{path}: unknown key `{key}`.{suggestion} Known keys: {', '.join(known)}."
+    clear = difflib.get_close_matches(key, known, n=2, cutoff=0.8)
+    rename_to = clear[0] if len(clear) == 1 else None
+    suggestion = f" Did you mean `{prefix}{close[0]}`?" if close else ""
+    repair = " `lorasetup bootstrap --fix --yes` renames it." if rename_to else ""
+    message = (f"{path}: unknown key `{prefix}{key}`.{suggestion}{repair} Known keys: "
+               f"{', '.join(prefix + k for k in known)}.")
+    return UnknownKey(message, path, table, key, rename_to)
 
 
 def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:

@@ -118,6 +118,15 @@ class ArgSpec:
                 seen.setdefault(opt.dest, opt)
         return list(seen.values())
 
+    def clear_suggestion(self, name: str) -> str | None:
+        """The one option a misspelt name plainly means (close enough, and no second candidate), for a fix
+        that renames it; None when that is not clear."""
+        key = name.lstrip("-").replace("-", "_")
+        if key in self.options:
+            return key if key != name.lstrip("-") else None
+        close = difflib.get_close_matches(key, list(self.options), n=2, cutoff=0.8)
+        return close[0] if len(close) == 1 else None
+
     def suggest(self, name: str) -> str | None:
         """The closest option name (dest form) to a misspelt one."""
         key = name.lstrip("-").replace("-", "_")
@@ -276,35 +285,47 @@ class _Extractor:
         for stmt in body:
             if isinstance(stmt, ast.Return):
                 return self.eval(module, stmt.value, env) if stmt.value is not None else None
-            if isinstance(stmt, ast.Assign):
-                value = self.eval(module, stmt.value, env)
-                for target in stmt.targets:
-                    if isinstance(target, ast.Name):
-                        env[target.id] = value
-            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-                env[stmt.target.id] = self.eval(module, stmt.value, env)
-            elif isinstance(stmt, ast.Expr):
-                self.eval(module, stmt.value, env)
-            elif isinstance(stmt, ast.If):
-                test = self.eval(module, stmt.test, env)
-                branches = [stmt.body, stmt.orelse] if test is _UNKNOWN else [stmt.body if test else stmt.orelse]
-                for branch in branches:
-                    value = self.exec_block(module, branch, env)
-                    if value is _PARSER:
-                        returned = value
-            elif isinstance(stmt, ast.For):
-                items = self.eval(module, stmt.iter, env)
-                if isinstance(items, (list, tuple)) and isinstance(stmt.target, ast.Name):
-                    for item in items:
-                        env[stmt.target.id] = item
-                        self.exec_block(module, stmt.body, env)
-                else:
-                    self.exec_block(module, stmt.body, env)
-            elif isinstance(stmt, (ast.With, ast.While)):
-                self.exec_block(module, stmt.body, env)
-            elif isinstance(stmt, ast.Try):
-                self.exec_block(module, stmt.body + stmt.orelse + stmt.finalbody, env)
+            if self.exec_stmt(module, stmt, env) is _PARSER:
+                returned = _PARSER
         return returned
+
+    def exec_stmt(self, module: _Module, stmt: ast.stmt, env: dict[str, Any]) -> Any:
+        """One statement other than `return`; _PARSER when a branch of it returned the parser."""
+        if isinstance(stmt, ast.Assign):
+            value = self.eval(module, stmt.value, env)
+            for target in stmt.targets:
+                if isinstance(target, ast.Name):
+                    env[target.id] = value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            env[stmt.target.id] = self.eval(module, stmt.value, env)
+        elif isinstance(stmt, ast.Expr):
+            self.eval(module, stmt.value, env)
+        elif isinstance(stmt, ast.If):
+            return self.exec_if(module, stmt, env)
+        elif isinstance(stmt, ast.For):
+            self.exec_for(module, stmt, env)
+        elif isinstance(stmt, (ast.With, ast.While)):
+            self.exec_block(module, stmt.body, env)
+        elif isinstance(stmt, ast.Try):
+            self.exec_block(module, stmt.body + stmt.orelse + stmt.finalbody, env)
+        return _UNKNOWN
+
+    def exec_if(self, module: _Module, stmt: ast.If, env: dict[str, Any]) -> Any:
+        """The branch the test selects, or both when it cannot be evaluated."""
+        test = self.eval(module, stmt.test, env)
+        branches = [stmt.body, stmt.orelse] if test is _UNKNOWN else [stmt.body if test else stmt.orelse]
+        returned = [self.exec_block(module, branch, env) for branch in branches]
+        return _PARSER if _PARSER in returned else _UNKNOWN
+
+    def exec_for(self, module: _Module, stmt: ast.For, env: dict[str, Any]) -> None:
+        """A loop over constants binds each item; any other loop runs its body once."""
+        items = self.eval(module, stmt.iter, env)
+        if isinstance(items, (list, tuple)) and isinstance(stmt.target, ast.Name):
+            for item in items:
+                env[stmt.target.id] = item
+                self.exec_block(module, stmt.body, env)
+        else:
+            self.exec_block(module, stmt.body, env)
 
     def eval(self, module: _Module, node: ast.expr | None, env: dict[str, Any]) -> Any:
         if node is None:

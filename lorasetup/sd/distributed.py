@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.engine.files import FileProblem, read_source
+from lorasetup.engine.files import FileProblem, read_json, read_source
 from lorasetup.engine.probe import kill_tree, track
 from lorasetup.engine.target import Target
-from lorasetup.sd.launch import launcher, run_env
+from lorasetup.sd.run.command import launcher, run_env
 
 PROGRAM = Path(__file__).with_name("programs") / "rendezvous.py"
 DEFAULT_PORT = 29500  # accelerate utils/launch.py prepare_multi_gpu_env: main_process_port None -> 29500
@@ -184,8 +184,8 @@ class Outcome:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path)
+    except FileProblem:
         return None
     return data if isinstance(data, dict) else None
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 from lorasetup.engine import files
 
@@ -86,3 +87,21 @@ def bucket_divisor(script_path: Path) -> int | None:
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(
     ext for base in (".png", ".jpg", ".jpeg", ".webp", ".bmp") for ext in (base, base.upper()))
 DEFAULT_CAPTION_EXTENSION = ".caption"  # library/config_util.py / train_util.py default
+
+# Argparse defaults of the training-loop options (library/train_util.py add_training_arguments,
+# add_sd_saving_arguments; train_network.py --save_model_as). The checkout's own defaults, read by
+# lorasetup.sd.argspec, win; this table answers only when they cannot be read.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "max_train_steps": 1600, "max_train_epochs": None, "gradient_accumulation_steps": 1,
+    "save_every_n_steps": None, "save_every_n_epochs": None, "save_n_epoch_ratio": None,
+    "output_name": None, "save_model_as": "safetensors", "seed": None,
+}
+# What networks/lora.py create_network uses when the option is None (its argparse default).
+NETWORK_DEFAULTS: dict[str, Any] = {"network_dim": 4, "network_alpha": 1.0}
+# Checkpoint and state names (library/train_util.py STEP_FILE_NAME, EPOCH_FILE_NAME, get_last_ckpt_name,
+# STEP_STATE_NAME, EPOCH_STATE_NAME, LAST_STATE_NAME; the default names when output_name is unset).
+STEP_FILE = re.compile(r"-step(?P<step>\d{8})$")
+EPOCH_FILE = re.compile(r"-(?P<epoch>\d{6})$")
+STATE_DIR = re.compile(r"^(?P<name>.*?)(?:-step(?P<step>\d{8})|-(?P<epoch>\d{6}))?-state$")
+DEFAULT_LAST_NAME = "last"
+DEFAULT_SAVE_MODEL_AS = "safetensors"

@@ -388,9 +388,9 @@ def arg_imports(ctx: Context, root: Path) -> tuple[list[str], list[ImportUse], l
         need("wandb", "log_with")
     if log_with in ("tensorboard", "all") or (log_with is None and args.get("logging_dir")):
         need("tensorboard", "log_with" if log_with else "logging_dir")
-    if args.flag("xformers"):  # library/train_util.py replace_unet_modules: `import xformers.ops`
+    if args.on("xformers"):  # library/train_util.py replace_unet_modules: `import xformers.ops`
         need("xformers.ops", "xformers")
-    if args.flag("deepspeed"):  # library/deepspeed_utils.py prepare_deepspeed_plugin
+    if args.on("deepspeed"):  # library/deepspeed_utils.py prepare_deepspeed_plugin
         need("deepspeed", "deepspeed")
     return first, uses, []
 

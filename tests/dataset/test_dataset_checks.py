@@ -22,8 +22,9 @@ from PIL import Image
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.target import Target
+from lorasetup.sd.dataset.buckets import Buckets, make_bucket_resolutions
 from lorasetup.sd.dataset.plan import compute_steps, dataset_step_plan
-from lorasetup.sd.dataset.scan import Buckets, make_bucket_resolutions, probe_image
+from lorasetup.sd.dataset.scan import probe_image
 from tests.support.checks import gate_checks, run_checks
 from tests.support.dataset_checkout import make_checkout
 
@@ -155,7 +156,7 @@ def test_fix_refuses_when_the_file_changed_after_the_check(checkout: Path, tmp_p
     dataset, train = seed(tmp_path, toml_ext=None)
     fix = run(checkout, dataset, train)["dataset.captions"].fix
     dataset.write_text(dataset.read_text() + "\n# edited\n")
-    with pytest.raises(FixError, match="changed since it was checked"):
+    with pytest.raises(FixError, match="changed since the check read it"):
         fix.apply()
     assert not list(tmp_path.glob("dataset.toml.bak-*"))
 

@@ -24,8 +24,8 @@ from safetensors.numpy import save_file
 from lorasetup.cli import main
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target, tomllib
+from lorasetup.sd.dataset.blueprint import KINDS
 from lorasetup.sd.dataset.plan import compute_steps, dataset_plan
-from lorasetup.sd.dataset.scan import KINDS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 SEED_LINE = "spyke_plasma_v1, an electric blue spike, foggy room"

@@ -9,22 +9,23 @@ person sees every problem in one run.
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorasetup.checks import check
 from lorasetup.engine import files
 from lorasetup.engine.context import Context
-from lorasetup.engine.fileedit import backup, write_atomic
 from lorasetup.engine.result import Fix, FixError, Result
-from lorasetup.engine.target import tomllib
+from lorasetup.engine.tomledit import Change, TextRepair, edit_fix, try_edit_fix
+from lorasetup.sd import argfix
 from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.argfix import ArgChange
+from lorasetup.sd.dataset.blueprint import DatasetPlan, Plan, SubsetPlan, Value, finetune_entries, subset_images
+from lorasetup.sd.dataset.buckets import adjust_min_max, unusable
 from lorasetup.sd.dataset.layout import REG_NAME
 from lorasetup.sd.dataset.plan import (
     compute_steps,
@@ -44,26 +45,22 @@ from lorasetup.sd.dataset.scan import (
     NOT_CAPTIONS,
     PLUGIN_EXTENSIONS,
     CaptionRead,
+    DirScan,
     ImageProbe,
-    ImpossibleSteps,
-    Plan,
-    SubsetPlan,
-    Value,
-    finetune_entries,
     probe_image,
     read_caption,
     shuffles,
-    subset_images,
     token_keeper,
 )
 from lorasetup.sd.dataset.schema import (
     PATH_KEYS,
     ConfigSyntaxError,
+    LoadedConfig,
     SchemaChecker,
-    TomlLayout,
-    format_place,
+    SchemaError,
     parse_place,
 )
+from lorasetup.sd.dataset.steps import ImpossibleSteps, SettingChange, StepPlan, no_upscale_buckets
 
 SHOWN = 12  # detail lines per finding before "... and N more"
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -109,97 +106,23 @@ def _file_label(plan: Plan) -> str:
     return plan.config.path.name if plan.config else "folder mode"
 
 
-# ----------------------------------------------------------------------------- text edits with backups
-
-@dataclass
-class Edit:
-    """Replace text[start:end] by `text`; `verify(data)` says whether the parsed result is the intended one."""
-
-    start: int
-    end: int
-    text: str
-    label: str
+# ----------------------------------------------------------------------------- edits (lorasetup.engine.tomledit)
 
 
-def _edit_fix(path: Path, planned: str, edits: list[Edit], expected: Callable[[Any], bool],
-              description: str) -> Fix:
-    """A safe fix that applies targeted text edits to `path`, keeping every other byte, after a backup.
-
-    It refuses when the file changed since it was checked, or when the edited file would not parse to the
-    intended data (`expected`)."""
-    commands = [f"edit {path}: {e.label}" for e in edits] + [f"backup first: {path.name}.bak-<timestamp>"]
-
-    def apply() -> None:
-        try:
-            current = files.read_text(path)
-        except files.FileProblem as exc:
-            raise FixError(f"cannot read it again: {exc}") from None
-        if current != planned:
-            raise FixError(f"{path} changed since it was checked; run lorasetup again before fixing")
-        new = planned
-        for e in sorted(edits, key=lambda e: e.start, reverse=True):
-            new = new[:e.start] + e.text + new[e.end:]
-        try:
-            data = tomllib.loads(new)
-        except tomllib.TOMLDecodeError as exc:
-            raise FixError(f"{path}: the edit would not parse ({exc}); nothing was changed") from None
-        if not expected(data):
-            raise FixError(f"{path}: the edit would change more than intended; nothing was changed")
-        backup(path)
-        try:
-            write_atomic(path, new.encode("utf-8"))
-        except OSError as exc:
-            raise FixError(f"{path}: cannot write it: {exc.strerror}") from None
-    return Fix(description, commands, apply, safe=True)
-
-
-def _toml_str(value: str) -> str:
-    """A TOML basic string for simple values (extensions, numbers as text)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _newline(text: str) -> str:
-    return "\r\n" if "\r\n" in text else "\n"
-
-
-def _set_key(text: str, layout: TomlLayout, table: tuple, key: str, literal: str) -> Edit | None:
-    """Replace the value of `key` in `table`, or insert `key = literal` right after the table's header."""
-    span = layout.tables.get(table)
-    if span is None:
+def _file_fix(path: Path, changes: list[Change], description: str, safe: bool = True) -> Fix | None:
+    """The guarded edit of the dataset config as one fix; None when it cannot be made safely."""
+    if not changes:
         return None
-    where = format_place(table) if table else "top level"
-    if key in span.keys:
-        k = span.keys[key]
-        return Edit(k.start, k.end, literal, f"line {k.line + 1}: {key} = {literal}")
-    indent = ""
-    if span.keys:
-        first = min(span.keys.values(), key=lambda k: k.start)
-        line_start = text.rfind("\n", 0, first.start) + 1
-        indent = re.match(r"[ \t]*", text[line_start:]).group(0)
-    at = span.header_end
-    prefix = _newline(text) if at > 0 and not text[:at].endswith("\n") else ""
-    line = (span.header_line + 2) if span.header_line is not None else 1
-    return Edit(at, at, f"{prefix}{indent}{key} = {literal}{_newline(text)}",
-                f"add `{key} = {literal}` at line {line} ({where})")
-
-
-def _data_at(data: Any, path: tuple) -> Any:
-    for part in path:
-        data = data[part]
-    return data
-
-
-def _expect_changes(old: Any, changes: list[tuple[tuple, str, Any]]) -> Callable[[Any], bool]:
-    """The parsed new file must equal the old data with exactly these (table, key, value) changes."""
-    want = copy.deepcopy(old)
-    for table, key, value in changes:
-        _data_at(want, table)[key] = value
-    return lambda data: data == want
+    fix, _ = try_edit_fix(description, [(path, changes)], safe)
+    return fix
 
 
 # ----------------------------------------------------------------------------- dataset.schema
 
-@check("dataset.schema", "the dataset config is what sd-scripts' ConfigSanitizer accepts for this script")
+@check("dataset.schema", "the dataset config is what sd-scripts' ConfigSanitizer accepts for this script",
+       fixes="renames an unknown key with one clear did-you-mean (--yes) and sets bucket_reso_steps to the script's "
+             "divisor (safe), in the dataset TOML; a Windows path that breaks the TOML is rewritten as a literal "
+             "string (safe)")
 def schema(ctx: Context) -> Result:
     path = config_path(ctx)
     checker = schema_checker(ctx)
@@ -212,18 +135,20 @@ def schema(ctx: Context) -> Result:
         plan = dataset_plan(ctx)
         if plan.mode == "none":
             return Result.skip("no dataset configured (no dataset config, no train_data_dir)", hint=_NO_DATASET_HINT)
-        if plan.mode == "custom":
+        base = plan.train_data_dir
+        if plan.mode == "custom" or base is None:
             return Result.skip(plan.notes[0])
         problems, _ = _dataset_rules(ctx, plan, checker)
         if problems:
             return Result.fail(_count_summary(problems, "problem"), _rest(problems), hint=_RULES_HINT)
-        return Result.ok(f"folder mode: {plan.train_data_dir.value} ({plan.train_data_dir.place}); no dataset "
-                         "config to validate", [f"rules of {checker.support.origin}"])
+        return Result.ok(f"folder mode: {base.value} ({base.place}); no dataset config to validate",
+                         [f"rules of {checker.support.origin}"])
     errors = schema_errors(ctx)
     label = loaded.path.name
     details = [e.render(label) for e in errors]
     plan = dataset_plan(ctx)
-    rule_problems, fixes = _dataset_rules(ctx, plan, checker)
+    rule_problems, bucket = _dataset_rules(ctx, plan, checker)
+    fixes = _schema_fix(loaded, errors, bucket)
     details += rule_problems
     info = [(f"schema: {checker.support.origin} ({checker.support.describe()}); tables from "
              f"{checker.origin}")]
@@ -251,6 +176,34 @@ def schema(ctx: Context) -> Result:
 _RULES_HINT = "sd-scripts stops after loading the model with an assertion; set the values named above"
 
 
+def _schema_fix(loaded: LoadedConfig, errors: list[SchemaError], bucket: list[Change]) -> Fix | None:
+    """Rename each unknown key that has one clear right name (value and comments kept; --yes, since the value
+    then takes effect) and set bucket_reso_steps to the script's divisor (safe)."""
+    if loaded.fmt != "toml":
+        return None
+    renames = []
+    for error in errors:
+        if error.rename_to is not None:
+            where = parse_place(error.place)
+            table = _data_at(loaded.data, where[:-1])
+            if isinstance(table, dict) and error.rename_to not in table:
+                renames.append(Change(where[:-1], str(where[-1]), rename_to=error.rename_to))
+    parts = [f"set bucket_reso_steps to {bucket[0].value}, the divisor the script demands"] if bucket else []
+    if renames:
+        parts.append("rename " + ", ".join(f"{c.place()} to `{c.rename_to}`" for c in renames)
+                     + " (the value then takes effect)")
+    return _file_fix(loaded.path, bucket + renames, "; ".join(parts), safe=not renames)
+
+
+def _data_at(data: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
 def _syntax_failure(path: Path | None, exc: ConfigSyntaxError) -> Result:
     where = f"{path}" + (f":{exc.line}" if exc.line else "") + (f":{exc.column}" if exc.column else "")
     fmt = "JSON" if path and path.suffix.lower() == ".json" else "TOML"
@@ -262,13 +215,16 @@ def _syntax_failure(path: Path | None, exc: ConfigSyntaxError) -> Result:
             text = files.read_text(path)
         except files.FileProblem:
             text = ""
-        edits = _literal_edits_for_syntax(text)
-        if edits:
-            details = [e.label for e in edits]
+        repairs = _literal_edits_for_syntax(text)
+        try:
+            repair = TextRepair(path, repairs, text.encode("utf-8")) if repairs else None
+        except FixError:
+            repair = None  # the paths are not the only problem: the generic hint says where
+        if repair is not None:
+            details = [r[4] for r in repairs]
             hint = ("a Windows path in double quotes: backslashes start escapes there (\\U, \\x, \\t); write paths "
                     "in single quotes (TOML literal strings): image_dir = 'C:\\Users\\me\\img'")
-            fix = _edit_fix(path, text, edits, lambda data: True,
-                            "rewrite backslash paths as TOML literal (single-quoted) strings")
+            fix = edit_fix("rewrite backslash paths as TOML literal (single-quoted) strings", [repair])
     return Result.fail(f"{where}: not valid {fmt}: {exc.message}", details, hint=hint, fix=fix)
 
 
@@ -276,37 +232,28 @@ _BASIC_PATH_LINE = re.compile(
     r"""^([ \t]*([A-Za-z0-9_.-]+)[ \t]*=[ \t]*)"([^"'\n\r]*\\[^"'\n\r]*)"(?=[ \t]*(#|\r?$))""", re.MULTILINE)
 
 
-def _literal_edits_for_syntax(text: str) -> list[Edit]:
+def _literal_edits_for_syntax(text: str) -> list[tuple[int, int, str, Any, str]]:
     """Backslash paths in double quotes that break parsing (`\\U` needs hex digits), as literal strings."""
-    edits = []
+    repairs = []
     for m in _BASIC_PATH_LINE.finditer(text):
         if m.group(2).split(".")[-1] not in PATH_KEYS and m.group(2) not in PATH_KEYS:
             continue
         content = m.group(3).replace("\\\\", "\\")
-        start = m.start(3) - 1
         line = text.count("\n", 0, m.start()) + 1
-        edits.append(Edit(start, m.end(3) + 1, f"'{content}'", f"line {line}: {m.group(2)} = '{content}'"))
-    if not edits:
-        return []
-    new = text
-    for e in sorted(edits, key=lambda e: e.start, reverse=True):
-        new = new[:e.start] + e.text + new[e.end:]
-    try:
-        tomllib.loads(new)
-    except tomllib.TOMLDecodeError:
-        return []
-    return edits
+        repairs.append((m.start(3) - 1, m.end(3) + 1, f"'{content}'", content,
+                        f"line {line}: {m.group(2)} = '{content}'"))
+    return repairs
 
 
-def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[list[str], Fix | None]:
+def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[list[str], list[Change]]:
     """What DreamBoothDataset / BaseDataset assert after the schema passes: resolution set, bucket_reso_steps
     divisible by the script's divisor, min/max bucket reso around the resolution. Values that come from the
     training arguments are the args gate's to report (args.rules), so they are left out here."""
     problems: list[str] = []
-    fix_edits: list[Edit] = []
-    changes: list[tuple[tuple, str, Any]] = []
+    changes: list[Change] = []
     seen: set[str] = set()
-    divisor = sdfacts.bucket_divisor(entry_script(ctx)) if entry_script(ctx) is not None else None
+    script = entry_script(ctx)
+    divisor = sdfacts.bucket_divisor(script) if script is not None else None
     label = _file_label(plan)
     for dataset in plan.datasets:
         get = dataset.get
@@ -317,7 +264,7 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
             continue
         if not get("enable_bucket").value or resolution.value is None:
             continue
-        steps, low, high = get("bucket_reso_steps"), get("min_bucket_reso"), get("max_bucket_reso")
+        steps = get("bucket_reso_steps")
         if not isinstance(steps.value, int) or steps.value < 1:
             continue
         if divisor and steps.value % divisor and steps.source in ("dataset", "general") and steps.place not in seen:
@@ -325,48 +272,54 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
             problems.append(f"{label} {steps.place} = {steps.value}: {ctx.target.script} needs bucket_reso_steps "
                             f"divisible by {divisor} (sd-scripts: 'bucket_reso_steps is {steps.value}. it must be "
                             f"divisible by {divisor}')")
-            edit = _value_edit(plan, steps, str(divisor))
-            if edit:
-                fix_edits.append(edit)
-                changes.append((_table_of(steps.place), "bucket_reso_steps", divisor))
-        if any(v.source == "args" for v in (get("enable_bucket"), resolution, low, high)):
-            continue
-        w, h = resolution.value
-        lo = low.value - low.value % steps.value if isinstance(low.value, int) else None
-        hi = (high.value + (steps.value - high.value % steps.value) % steps.value
-              if isinstance(high.value, int) else None)
-        if lo is not None and min(w, h) < lo:
-            problems.append(f"{label} {dataset.place}: min_bucket_reso {low.value} ({low.place}) is above the "
-                            f"resolution's short side {min(w, h)} ({resolution.place}); sd-scripts: 'min_bucket_reso "
-                            "must be equal or less than resolution'")
-        if hi is not None and max(w, h) > hi:
-            problems.append(f"{label} {dataset.place}: max_bucket_reso {high.value} ({high.place}) is below the "
-                            f"resolution's long side {max(w, h)} ({resolution.place}); sd-scripts: 'max_bucket_reso "
-                            "must be equal or greater than resolution'")
-    fix = None
-    if fix_edits and plan.config is not None and plan.config.layout is not None:
-        fix = _edit_fix(plan.config.path, plan.config.text, fix_edits,
-                        _expect_changes(plan.config.data, changes),
-                        f"set bucket_reso_steps to {divisor}, the divisor {ctx.target.script} demands")
-    return problems, fix
+            changes.append(Change(_table_of(steps.place), "bucket_reso_steps", divisor))
+        problems += _bucket_range_problems(label, dataset, steps.value)
+    return problems, changes
+
+
+def _bucket_range_problems(label: str, dataset: DatasetPlan, steps: int) -> list[str]:
+    """adjust_min_max_bucket_reso_by_steps' assertions: min/max bucket reso (rounded to steps) around the
+    resolution; left to args.rules when a value comes from the training arguments."""
+    get = dataset.get
+    resolution, low, high = get("resolution"), get("min_bucket_reso"), get("max_bucket_reso")
+    if any(v.source == "args" for v in (get("enable_bucket"), resolution, low, high)):
+        return []
+    if not isinstance(low.value, int) or not isinstance(high.value, int):
+        return []
+    (w, h), (lo, hi) = resolution.value, adjust_min_max(low.value, high.value, steps)
+    problems = []
+    if min(w, h) < lo:
+        problems.append(f"{label} {dataset.place}: min_bucket_reso {low.value} ({low.place}) is above the "
+                        f"resolution's short side {min(w, h)} ({resolution.place}); sd-scripts: 'min_bucket_reso "
+                        "must be equal or less than resolution'")
+    if max(w, h) > hi:
+        problems.append(f"{label} {dataset.place}: max_bucket_reso {high.value} ({high.place}) is below the "
+                        f"resolution's long side {max(w, h)} ({resolution.place}); sd-scripts: 'max_bucket_reso "
+                        "must be equal or greater than resolution'")
+    return problems
 
 
 def _table_of(place: str) -> tuple:
     return parse_place(place)[:-1]
 
 
-def _value_edit(plan: Plan, value: Value, literal: str) -> Edit | None:
-    """An edit that replaces the value at `value.place` in the dataset TOML."""
-    if plan.config is None or plan.config.layout is None:
-        return None
-    table = _table_of(value.place)
-    key = value.place.rsplit(".", 1)[-1]
-    return _set_key(plan.config.text, plan.config.layout, table, key, literal)
-
-
 # ----------------------------------------------------------------------------- dataset.paths
 
-@check("dataset.paths", "every image_dir, metadata_file and conditioning_data_dir exists and is the right kind")
+# The path settings each kind of subset opens, and what each must be.
+SUBSET_PATHS = {"dreambooth": (("image_dir", "dir"),),
+                "finetuning": (("metadata_file", "file"), ("image_dir", "dir")),
+                "controlnet": (("image_dir", "dir"), ("conditioning_data_dir", "dir"))}
+
+
+@dataclass
+class _PathFindings:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    edits: list[Change] = field(default_factory=list)  # control-character paths rewritten as literal strings
+
+
+@check("dataset.paths", "every image_dir, metadata_file and conditioning_data_dir exists and is the right kind",
+       fixes="rewrites a double-quoted path whose backslashes became control characters as a literal string (safe)")
 def paths(ctx: Context) -> Result:
     plan = _usable_plan(ctx)
     if isinstance(plan, Result):
@@ -374,71 +327,70 @@ def paths(ctx: Context) -> Result:
     if plan.mode == "folder":
         return _folder_paths(ctx, plan)
     label = _file_label(plan)
-    problems: list[str] = []
-    notes: list[str] = []
-    literal_edits: list[Edit] = []
-    changes: list[tuple[tuple, str, Any]] = []
     if not plan.subsets:
         return Result.fail(f"{label} defines no subsets: sd-scripts finds no data, logs 'No data found' and exits 0 "
                            "without training", hint="add a [[datasets]] table with a [[datasets.subsets]] table "
                            "that sets image_dir = '/path/to/images'")
-    cwd = Path.cwd()
+    found = _PathFindings()
     for subset in plan.subsets:
-        wanted = {"dreambooth": (("image_dir", "dir"),),
-                  "finetuning": (("metadata_file", "file"), ("image_dir", "dir")),
-                  "controlnet": (("image_dir", "dir"), ("conditioning_data_dir", "dir"))}[subset.kind]
-        for key, kind in wanted:
+        for key, kind in SUBSET_PATHS[subset.kind]:
             value = subset.get(key)
-            raw = value.value
-            if not isinstance(raw, str) or not raw:
-                continue
-            where = f"{label} {value.place}"
-            if CONTROL.search(raw):
-                shown = raw.encode("unicode_escape").decode("ascii")
-                problems.append(f"{where} = \"{shown}\": contains a control character; a Windows path in double "
-                                "quotes turned \\t, \\n or \\b into one, so sd-scripts finds nothing there")
-                edit = _literal_edit(plan, value)
-                if edit:
-                    literal_edits.append(edit[0])
-                    changes.append((_table_of(value.place), key, edit[1]))
-                continue
-            path = Path(raw)
-            if raw.startswith("~"):
-                problems.append(f"{where} = {raw!r}: sd-scripts does not expand ~; write the full path "
-                                f"({Path(raw).expanduser()})")
-                continue
-            if not path.is_absolute():
-                notes.append(f"{where} = {raw!r} is relative: sd-scripts resolves it from the folder you launch in "
-                             f"(here: {cwd / path})")
-            if not path.exists():
-                cost = ("sd-scripts stops with 'no metadata'" if key == "metadata_file" else
-                        "sd-scripts logs 'not directory', skips this subset and trains on the rest (or on nothing)")
-                problems.append(f"{where} = {raw!r}: {files.describe(path)}; {cost}")
-            elif kind == "dir" and not path.is_dir():
-                problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a folder")
-            elif kind == "file" and not path.is_file():
-                then = "waits on it forever" if files.kind_of(path) == "a named pipe (FIFO)" else "crashes opening it"
-                problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a file; sd-scripts {then}")
-    fix = None
-    if literal_edits:
-        fix = _edit_fix(plan.config.path, plan.config.text, literal_edits,
-                        _expect_changes(plan.config.data, changes),
-                        "rewrite control-character paths as TOML literal (single-quoted) strings")
-    if problems:
-        hint = ("write Windows paths in single quotes (TOML literal strings), e.g. image_dir = 'C:\\train\\img'"
-                if literal_edits or any("control character" in p for p in problems) else
-                f"correct the paths in {plan.config.path if plan.config else label}")
-        return Result.fail(_count_summary(problems, "path problem"), _rest(problems) + notes, hint=hint, fix=fix)
-    found = [f"{s.place}: {s.get.get('image_dir') or s.get.get('metadata_file')}" for s in plan.subsets
+            if isinstance(value.value, str) and value.value:
+                _path_finding(plan, f"{label} {value.place}", key, kind, value, found)
+    if found.problems:
+        return _paths_failure(plan, label, found)
+    named = [f"{s.place}: {s.get.get('image_dir') or s.get.get('metadata_file')}" for s in plan.subsets
              if s.get.get("image_dir") or s.get.get("metadata_file")]
     unset = [f"{s.place}: no image_dir (dataset.schema reports it)" for s in plan.subsets
              if not (s.get.get("image_dir") or s.get.get("metadata_file"))]
-    return Result.ok(f"{len(found)} subset path{'s' if len(found) != 1 else ''} found"
+    return Result.ok(f"{len(named)} subset path{'s' if len(named) != 1 else ''} found"
                      + (f"; {len(unset)} subset{'s' if len(unset) != 1 else ''} without one" if unset else ""),
-                     found + unset + notes)
+                     named + unset + found.notes)
 
 
-def _literal_edit(plan: Plan, value: Value) -> tuple[Edit, str] | None:
+def _path_finding(plan: Plan, where: str, key: str, kind: str, value: Value, found: _PathFindings) -> None:
+    """One path setting: a control character (with its literal-string edit), `~`, relative, missing, wrong kind."""
+    raw = value.value
+    if CONTROL.search(raw):
+        shown = raw.encode("unicode_escape").decode("ascii")
+        found.problems.append(f"{where} = \"{shown}\": contains a control character; a Windows path in double "
+                              "quotes turned \\t, \\n or \\b into one, so sd-scripts finds nothing there")
+        edit = _literal_edit(plan, value)
+        if edit:
+            found.edits.append(edit)
+        return
+    path = Path(raw)
+    if raw.startswith("~"):
+        found.problems.append(f"{where} = {raw!r}: sd-scripts does not expand ~; write the full path "
+                              f"({path.expanduser()})")
+        return
+    if not path.is_absolute():
+        found.notes.append(f"{where} = {raw!r} is relative: sd-scripts resolves it from the folder you launch in "
+                           f"(here: {Path.cwd() / path})")
+    if not path.exists():
+        cost = ("sd-scripts stops with 'no metadata'" if key == "metadata_file" else
+                "sd-scripts logs 'not directory', skips this subset and trains on the rest (or on nothing)")
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}; {cost}")
+    elif kind == "dir" and not path.is_dir():
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a folder")
+    elif kind == "file" and not path.is_file():
+        then = "waits on it forever" if files.kind_of(path) == "a named pipe (FIFO)" else "crashes opening it"
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a file; sd-scripts {then}")
+
+
+def _paths_failure(plan: Plan, label: str, found: _PathFindings) -> Result:
+    fix = None
+    if found.edits and plan.config is not None:
+        fix = _file_fix(plan.config.path, found.edits,
+                        "rewrite control-character paths as TOML literal (single-quoted) strings")
+    hint = ("write Windows paths in single quotes (TOML literal strings), e.g. image_dir = 'C:\\train\\img'"
+            if found.edits or any("control character" in p for p in found.problems) else
+            f"correct the paths in {plan.config.path if plan.config else label}")
+    return Result.fail(_count_summary(found.problems, "path problem"), _rest(found.problems) + found.notes,
+                       hint=hint, fix=fix)
+
+
+def _literal_edit(plan: Plan, value: Value) -> Change | None:
     """Rewrite a double-quoted path whose escapes made control characters as a literal string."""
     if plan.config is None or plan.config.layout is None:
         return None
@@ -454,16 +406,18 @@ def _literal_edit(plan: Plan, value: Value) -> tuple[Edit, str] | None:
     content = raw[1:-1].replace("\\\\", "\\")
     if "'" in content or '"' in content or CONTROL.search(content):
         return None
-    return Edit(k.start, k.end, f"'{content}'", f"line {k.line + 1}: {key} = '{content}'"), content
+    return Change(table, key, content, literal=f"'{content}'")
 
 
 def _folder_paths(ctx: Context, plan: Plan) -> Result:
     """Folder mode: train_data_dir must hold `<repeats>_<name>` subfolders (D1)."""
     args = train_args_or_none(ctx)
     base = plan.train_data_dir
+    if args is None or base is None:  # folder mode is made from the training arguments
+        return Result.skip("no training arguments to read train_data_dir from")
     problems: list[str] = []
     for name in ("train_data_dir", "reg_data_dir"):
-        raw = args.get(name) if args else None
+        raw = args.get(name)
         if not raw:
             continue
         if not isinstance(raw, str):
@@ -495,6 +449,13 @@ def _folder_paths(ctx: Context, plan: Plan) -> Result:
 
 # ----------------------------------------------------------------------------- dataset.images
 
+@dataclass
+class _Findings:
+    failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+
+
 @check("dataset.images", "the images sd-scripts picks up are readable, the right format and size",
        prefetch=prefetch_image_probes)
 def images(ctx: Context) -> Result:
@@ -503,69 +464,86 @@ def images(ctx: Context) -> Result:
         return plan
     probes = image_probes(ctx)
     label = _file_label(plan)
-    failures: list[str] = []
-    warnings: list[str] = []
-    info: list[str] = []
+    found = _Findings()
     for subset in plan.subsets:
-        where = f"{label} {subset.place}"
         if subset.kind == "finetuning":
-            entries, _ = finetune_entries(subset)
-            present = [e["abs_path"] for e in entries.values() if os.path.exists(e["abs_path"])]
-            missing = [k for k, e in entries.items() if not os.path.exists(e["abs_path"])]
-            if missing:
-                warnings.append(f"{where}: {len(missing)} of {len(entries)} metadata entries name no existing image "
-                                f"(e.g. {missing[0]!r}); fine only when their latents are cached (.npz)")
-            _probe_findings(where, present, probes, subset, failures, warnings)
-            info.append(f"{where}: {len(entries)} metadata entries")
-            continue
-        image_dir = subset.get.get("image_dir")
-        if not isinstance(image_dir, str) or CONTROL.search(image_dir):
-            continue
-        scan = plan.scan(Path(image_dir))
-        if scan.error:  # dataset.paths reports a missing folder; one it cannot list is reported here
-            failures += [f"{where}: {image_dir} {scan.error}: sd-scripts' glob finds nothing there, silently, and "
-                         "skips this subset"] if os.path.isdir(image_dir) else []
-            continue
-        found = subset_images(plan, subset) or []
-        for name in scan.image_named_dirs:
-            failures.append(f"{where}: {name} is a folder named like an image; sd-scripts tries to open it and crashes")
-        if scan.lookalikes:
-            warnings.append(f"{where}: {len(scan.lookalikes)} image file{'s' if len(scan.lookalikes) > 1 else ''} "
-                            f"sd-scripts skips (extension not in its list, which is case-sensitive): "
-                            f"{', '.join(scan.lookalikes[:6])}{' ...' if len(scan.lookalikes) > 6 else ''}; rename to "
-                            "lower-case .png/.jpg/.jpeg/.webp/.bmp (or convert) to train on them")
-        if scan.plugin_only:
-            ext = os.path.splitext(scan.plugin_only[0])[1]
-            warnings.append(f"{where}: {len(scan.plugin_only)} {ext} files are picked up only when "
-                            f"{PLUGIN_EXTENSIONS[ext]} imports in the training venv")
-        if not found:
-            failures.append(f"{where}: no images sd-scripts picks up in {image_dir} (it looks for "
-                            f"{' '.join(sdfacts.IMAGE_EXTENSIONS[::2])} and their upper-case forms); it skips this "
-                            "subset")
-            continue
-        stems = Counter(os.path.splitext(p)[0] for p in found)
-        dupes = sorted(s for s, n in stems.items() if n > 1)
-        if dupes:
-            warnings.append(f"{where}: {len(dupes)} stem{'s' if len(dupes) > 1 else ''} with two images sharing one "
-                            f"caption file: {', '.join(os.path.basename(d) for d in dupes[:5])}"
-                            f"{' ...' if len(dupes) > 5 else ''}")
-        _probe_findings(where, found, probes, subset, failures, warnings)
-        if subset.kind == "controlnet":
-            failures.extend(_conditioning_findings(where, plan, subset, found))
-        fmts = Counter((probes.get(p) or ImageProbe(None, None)).fmt or "unreadable" for p in found)
-        sizes = [probes[p].size for p in found if p in probes and probes[p].size]
-        small, large = (min(sizes, key=_area), max(sizes, key=_area)) if sizes else (None, None)
-        span = f", {small[0]}x{small[1]} .. {large[0]}x{large[1]}" if sizes else ""
-        info.append(f"{where}: {len(found)} images ({', '.join(f'{n} {f}' for f, n in sorted(fmts.items()))}){span}")
+            _metadata_images(f"{label} {subset.place}", subset, probes, found)
+        else:
+            _folder_images(f"{label} {subset.place}", plan, subset, probes, found)
     total = len(probes)
-    if failures:
-        return Result.fail(_count_summary(failures, "image problem"), _rest(failures) + _capped(warnings) + info,
+    if found.failures:
+        return Result.fail(_count_summary(found.failures, "image problem"),
+                           _rest(found.failures) + _capped(found.warnings) + found.info,
                            hint="replace or remove the files listed (re-export them from an image editor); "
                            "sd-scripts crashes when it reaches them, possibly hours into the run")
-    if warnings:
-        return Result.warn(f"{total} images readable; " + _count_summary(warnings, "image warning"),
-                           _rest(warnings) + info)
-    return Result.ok(f"{total} images readable, formats match their extensions", info)
+    if found.warnings:
+        return Result.warn(f"{total} images readable; " + _count_summary(found.warnings, "image warning"),
+                           _rest(found.warnings) + found.info)
+    return Result.ok(f"{total} images readable, formats match their extensions", found.info)
+
+
+def _metadata_images(where: str, subset: SubsetPlan, probes: dict[str, ImageProbe], found: _Findings) -> None:
+    """A fine-tuning subset: the images its metadata names."""
+    entries, _ = finetune_entries(subset)
+    present = [e["abs_path"] for e in entries.values() if os.path.exists(e["abs_path"])]
+    missing = [k for k, e in entries.items() if not os.path.exists(e["abs_path"])]
+    if missing:
+        found.warnings.append(f"{where}: {len(missing)} of {len(entries)} metadata entries name no existing image "
+                              f"(e.g. {missing[0]!r}); fine only when their latents are cached (.npz)")
+    _probe_findings(where, present, probes, subset, found)
+    found.info.append(f"{where}: {len(entries)} metadata entries")
+
+
+def _folder_images(where: str, plan: Plan, subset: SubsetPlan, probes: dict[str, ImageProbe],
+                   found: _Findings) -> None:
+    """A DreamBooth or ControlNet subset: the folder's listing as glob sees it, then each image."""
+    image_dir = subset.get.get("image_dir")
+    if not isinstance(image_dir, str) or CONTROL.search(image_dir):
+        return
+    scan = plan.scan(Path(image_dir))
+    if scan.error:  # dataset.paths reports a missing folder; one it cannot list is reported here
+        if os.path.isdir(image_dir):
+            found.failures.append(f"{where}: {image_dir} {scan.error}: sd-scripts' glob finds nothing there, "
+                                  "silently, and skips this subset")
+        return
+    images_ = subset_images(plan, subset) or []
+    _listing_findings(where, scan, found)
+    if not images_:
+        found.failures.append(f"{where}: no images sd-scripts picks up in {image_dir} (it looks for "
+                              f"{' '.join(sdfacts.IMAGE_EXTENSIONS[::2])} and their upper-case forms); it skips "
+                              "this subset")
+        return
+    stems = Counter(os.path.splitext(p)[0] for p in images_)
+    dupes = sorted(s for s, n in stems.items() if n > 1)
+    if dupes:
+        found.warnings.append(f"{where}: {len(dupes)} stem{'s' if len(dupes) > 1 else ''} with two images sharing "
+                              f"one caption file: {', '.join(os.path.basename(d) for d in dupes[:5])}"
+                              f"{' ...' if len(dupes) > 5 else ''}")
+    _probe_findings(where, images_, probes, subset, found)
+    if subset.kind == "controlnet":
+        found.failures.extend(_conditioning_findings(where, plan, subset, images_))
+    fmts = Counter((probes.get(p) or ImageProbe(None, None)).fmt or "unreadable" for p in images_)
+    sizes = [size for size in (probes[p].size for p in images_ if p in probes) if size is not None]
+    small, large = (min(sizes, key=_area), max(sizes, key=_area)) if sizes else (None, None)
+    span = f", {small[0]}x{small[1]} .. {large[0]}x{large[1]}" if small and large else ""
+    found.info.append(f"{where}: {len(images_)} images ({', '.join(f'{n} {f}' for f, n in sorted(fmts.items()))})"
+                      f"{span}")
+
+
+def _listing_findings(where: str, scan: DirScan, found: _Findings) -> None:
+    """Folders named like images, image files glob skips, files only a Pillow plugin opens."""
+    for name in scan.image_named_dirs:
+        found.failures.append(f"{where}: {name} is a folder named like an image; sd-scripts tries to open it and "
+                              "crashes")
+    if scan.lookalikes:
+        found.warnings.append(f"{where}: {len(scan.lookalikes)} image file{'s' if len(scan.lookalikes) > 1 else ''} "
+                              f"sd-scripts skips (extension not in its list, which is case-sensitive): "
+                              f"{', '.join(scan.lookalikes[:6])}{' ...' if len(scan.lookalikes) > 6 else ''}; rename "
+                              "to lower-case .png/.jpg/.jpeg/.webp/.bmp (or convert) to train on them")
+    if scan.plugin_only:
+        ext = os.path.splitext(scan.plugin_only[0])[1]
+        found.warnings.append(f"{where}: {len(scan.plugin_only)} {ext} files are picked up only when "
+                              f"{PLUGIN_EXTENSIONS[ext]} imports in the training venv")
 
 
 def _conditioning_findings(where: str, plan: Plan, subset: SubsetPlan, found: list[str]) -> list[str]:
@@ -597,14 +575,11 @@ def _area(size: tuple[int, int]) -> int:
 
 
 def _probe_findings(where: str, paths: list[str], probes: dict[str, ImageProbe], subset: SubsetPlan,
-                    failures: list[str], warnings: list[str]) -> None:
+                    found: _Findings) -> None:
+    """Each image's header: broken files, odd ones, content that differs from the extension, and sizes that
+    crash sd-scripts (bucket_no_upscale) or get upscaled."""
     bad, odd, small, mislabelled = [], [], [], []
-    get = subset.get.get
-    bucket = bool(get("enable_bucket"))
-    no_upscale = bool(get("bucket_no_upscale"))
-    min_bucket = get("min_bucket_reso") if isinstance(get("min_bucket_reso"), int) else 0
-    steps = get("bucket_reso_steps") if isinstance(get("bucket_reso_steps"), int) else 0
-    resolution = get("resolution")
+    zero_buckets = no_upscale_buckets(subset.get)
     for path in paths:
         probe = probes.get(path) or probe_image(path)
         name = os.path.basename(path)
@@ -618,105 +593,135 @@ def _probe_findings(where: str, paths: list[str], probes: dict[str, ImageProbe],
             mislabelled.append(f"{name} holds {probe.fmt.upper()} data")
         if probe.size is None:
             continue
-        w, h = probe.size
-        if bucket and no_upscale and steps and (w < steps or h < steps):
-            bad.append(f"{name}: {w}x{h} is smaller than bucket_reso_steps {steps}: with bucket_no_upscale its "
-                       "bucket is 0 pixels wide and sd-scripts crashes")
-        elif (bucket and not no_upscale and min(w, h) < min_bucket
-              or not bucket and resolution and (w < resolution[0] or h < resolution[1])):
-            small.append(f"{name} {w}x{h}")
-    if bad:
-        failures.extend(f"{where}: {b}" for b in bad)
-    if odd:
-        warnings.extend(f"{where}: {o}" for o in odd)
+        bucket = zero_buckets.select(*probe.size) if zero_buckets is not None else (1, 1)
+        if unusable(bucket):
+            bad.append(f"{name}: {probe.size[0]}x{probe.size[1]} gets a {bucket[0]}x{bucket[1]} bucket: with "
+                       f"bucket_no_upscale a side that ends below bucket_reso_steps "
+                       f"{subset.get.get('bucket_reso_steps')} is cut to 0 pixels and sd-scripts crashes on it")
+        elif _upscaled(subset, probe.size):
+            small.append(f"{name} {probe.size[0]}x{probe.size[1]}")
+    found.failures.extend(f"{where}: {b}" for b in bad)
+    found.warnings.extend(f"{where}: {o}" for o in odd)
     if mislabelled:
-        warnings.append(f"{where}: {len(mislabelled)} file{'s' if len(mislabelled) > 1 else ''} whose content "
-                        f"differs from the extension (Pillow opens them by content, so they train; tools that trust "
-                        f"the extension may not): {', '.join(mislabelled[:5])}{' ...' if len(mislabelled) > 5 else ''}")
+        found.warnings.append(
+            f"{where}: {len(mislabelled)} file{'s' if len(mislabelled) > 1 else ''} whose content differs from the "
+            f"extension (Pillow opens them by content, so they train; tools that trust the extension may not): "
+            f"{', '.join(mislabelled[:5])}{' ...' if len(mislabelled) > 5 else ''}")
     if small:
-        limit = f"min_bucket_reso {min_bucket}" if bucket else f"resolution {resolution[0]}x{resolution[1]}"
-        warnings.append(f"{where}: {len(small)} image{'s' if len(small) > 1 else ''} smaller than {limit}: "
-                        f"upscaled, so they train blurry: {', '.join(small[:5])}{' ...' if len(small) > 5 else ''}")
+        found.warnings.append(f"{where}: {len(small)} image{'s' if len(small) > 1 else ''} smaller than "
+                              f"{_upscale_limit(subset)}: upscaled, so they train blurry: {', '.join(small[:5])}"
+                              f"{' ...' if len(small) > 5 else ''}")
+
+
+def _upscaled(subset: SubsetPlan, size: tuple[int, int]) -> bool:
+    """Buckets (without bucket_no_upscale) upscale images below min_bucket_reso; no buckets, below the resolution."""
+    get = subset.get.get
+    if get("enable_bucket"):
+        low = get("min_bucket_reso")
+        return not get("bucket_no_upscale") and isinstance(low, int) and min(size) < low
+    resolution = get("resolution")
+    return bool(resolution) and (size[0] < resolution[0] or size[1] < resolution[1])
+
+
+def _upscale_limit(subset: SubsetPlan) -> str:
+    get = subset.get.get
+    if get("enable_bucket"):
+        return f"min_bucket_reso {get('min_bucket_reso')}"
+    return f"resolution {get('resolution')[0]}x{get('resolution')[1]}"
 
 
 # ----------------------------------------------------------------------------- dataset.captions
 
-@check("dataset.captions", "each training image has the caption sd-scripts will read, readable and non-empty")
+@dataclass
+class _CaptionFindings(_Findings):
+    mismatched: list[tuple[SubsetPlan, Value, str]] = field(default_factory=list)  # (subset, extension, other)
+    reading: list[SubsetPlan] = field(default_factory=list)  # subsets that find caption files with their extension
+
+
+@check("dataset.captions", "each training image has the caption sd-scripts will read, readable and non-empty",
+       fixes="sets caption_extension to the extension the caption files use, where it is decided (safe)")
 def captions(ctx: Context) -> Result:
     plan = _usable_plan(ctx)
     if isinstance(plan, Result):
         return plan
     label = _file_label(plan)
-    failures: list[str] = []
-    warnings: list[str] = []
-    info: list[str] = []
-    mismatched: list[tuple[SubsetPlan, Value, str]] = []
-    reading: list[SubsetPlan] = []  # subsets that find caption files with their current extension
+    found = _CaptionFindings()
     for subset in plan.subsets:
         if subset.kind == "finetuning":
-            info.append(f"{label} {subset.place}: captions come from its metadata_file")
+            found.info.append(f"{label} {subset.place}: captions come from its metadata_file")
             continue
         image_dir = subset.get.get("image_dir")
         paths_ = subset_images(plan, subset) if isinstance(image_dir, str) else None
-        if not paths_:
-            continue
-        scan = plan.scan(Path(image_dir))
-        where = f"{label} {subset.place}"
-        ext = subset.get("caption_extension")
-        wildcard = bool(subset.get.get("enable_wildcard"))
-        reads = {p: read_caption(p, ext.value or "", wildcard, scan) for p in paths_}
-        missing = [p for p, r in reads.items() if r.path is None]
-        if len(missing) < len(reads):
-            reading.append(subset)
-        broken = [(p, r) for p, r in reads.items() if r.problem]
-        for p, r in broken:
-            failures.append(f"{where}: {os.path.basename(r.path or p)}: {r.problem}")
-        other = _other_caption_extension(missing, scan)
-        ext_value = ext.value or ""
-        if missing and other:
-            failures.append(f"{where}: {len(missing)} of {len(paths_)} images have no {ext_value or '(empty)'} caption "
-                            f"(caption_extension {ext_value!r} from {ext.place}) but {other[1]} have a {other[0]} file "
-                            f"next to them; sd-scripts ignores those and trains on "
-                            f"{'the class tokens' if subset.get.get('class_tokens') is not None else 'empty captions'}"
-                            " (the LoRA learns no trigger word)")
-            mismatched.append((subset, ext, other[0]))
-        elif ext_value and not ext_value.startswith(".") and missing:
-            failures.append(f"{where}: caption_extension {ext_value!r} ({ext.place}) has no leading dot: sd-scripts "
-                            f"looks for e.g. {os.path.basename(caption_path_example(missing[0], ext_value))}")
-        elif missing and not subset.is_reg:
-            uses = ("its class tokens " + repr(subset.get.get("class_tokens"))
-                    if subset.get.get("class_tokens") is not None else "an empty caption")
-            warnings.append(f"{where}: {len(missing)} of {len(paths_)} images have no {ext_value} caption; each trains "
-                            f"on {uses} (sd-scripts: 'No caption file found for {len(missing)} images')")
-        elif missing and subset.is_reg:
-            tokens = subset.get.get("class_tokens")
-            uses = f"the class tokens {tokens!r}" if tokens is not None else "an empty caption (no class_tokens)"
-            info.append(f"{where}: {len(missing)} reg images without captions train on {uses}; sd-scripts warns "
-                        "about them, which is expected for reg images")
-        blank = [p for p, r in reads.items() if r.text == ""]
-        if blank:
-            warnings.append(f"{where}: {len(blank)} caption file{'s' if len(blank) > 1 else ''} with an empty first "
-                            f"line (trained on an empty caption): "
-                            f"{', '.join(os.path.basename(reads[p].path) for p in blank[:5])}")
-        bom = [p for p, r in reads.items() if r.bom]
-        if bom:
-            warnings.append(f"{where}: {len(bom)} caption file{'s' if len(bom) > 1 else ''} start with a UTF-8 BOM, "
-                            f"so the first tag reads '\\ufeff...' (e.g. {os.path.basename(reads[bom[0]].path)}); "
-                            "save them as UTF-8 without BOM")
-        warnings.extend(f"{where}: {r.note}" for r in reads.values() if r.note)
-        warnings.extend(_trigger_findings(where, subset, reads))
-        warnings.extend(_reg_findings(where, subset, plan))
-        if not missing and not broken:
-            info.append(f"{where}: {len(paths_)} captions ({ext_value}, {ext.place})")
-    fix = _caption_fix(ctx, plan, mismatched, reading) if mismatched else None
-    if failures:
+        if paths_:
+            _subset_captions(f"{label} {subset.place}", plan, subset, paths_, found)
+    mismatched = found.mismatched
+    fix = _caption_fix(ctx, plan, mismatched, found.reading) if mismatched else None
+    if found.failures:
         hint = (f"set caption_extension = \"{mismatched[0][2]}\" (the extension your caption files use)"
                 if mismatched else "fix the caption files listed: UTF-8 text, not empty")
-        return Result.fail(_count_summary(failures, "caption problem"), _rest(failures) + _capped(warnings) + info,
-                           hint=hint, fix=fix)
-    if warnings:
-        return Result.warn(_count_summary(warnings, "caption warning"), _rest(warnings) + info)
-    return Result.ok("every training image has a readable caption", info)
+        return Result.fail(_count_summary(found.failures, "caption problem"),
+                           _rest(found.failures) + _capped(found.warnings) + found.info, hint=hint, fix=fix)
+    if found.warnings:
+        return Result.warn(_count_summary(found.warnings, "caption warning"), _rest(found.warnings) + found.info)
+    return Result.ok("every training image has a readable caption", found.info)
+
+
+def _subset_captions(where: str, plan: Plan, subset: SubsetPlan, paths_: list[str], found: _CaptionFindings) -> None:
+    """The caption each image of one subset gets (read_caption), and what is wrong with them."""
+    scan = plan.scan(Path(subset.get.get("image_dir")))
+    ext = subset.get("caption_extension")
+    ext_value = ext.value or ""
+    reads = {p: read_caption(p, ext_value, bool(subset.get.get("enable_wildcard")), scan) for p in paths_}
+    missing = [p for p, r in reads.items() if r.path is None]
+    if len(missing) < len(reads):
+        found.reading.append(subset)
+    broken = [(p, r) for p, r in reads.items() if r.problem]
+    found.failures.extend(f"{where}: {os.path.basename(r.path or p)}: {r.problem}" for p, r in broken)
+    if missing:
+        _missing_captions(where, subset, ext, missing, len(paths_), scan, found)
+    blank = [p for p, r in reads.items() if r.text == ""]
+    if blank:
+        found.warnings.append(f"{where}: {len(blank)} caption file{'s' if len(blank) > 1 else ''} with an empty "
+                              f"first line (trained on an empty caption): "
+                              f"{', '.join(os.path.basename(reads[p].path or p) for p in blank[:5])}")
+    bom = [p for p, r in reads.items() if r.bom]
+    if bom:
+        found.warnings.append(f"{where}: {len(bom)} caption file{'s' if len(bom) > 1 else ''} start with a UTF-8 "
+                              f"BOM, so the first tag reads '\\ufeff...' (e.g. "
+                              f"{os.path.basename(reads[bom[0]].path or bom[0])}); save them as UTF-8 without BOM")
+    found.warnings.extend(f"{where}: {r.note}" for r in reads.values() if r.note)
+    found.warnings.extend(_trigger_findings(where, subset, reads))
+    found.warnings.extend(_reg_findings(where, subset, plan))
+    if not missing and not broken:
+        found.info.append(f"{where}: {len(paths_)} captions ({ext_value}, {ext.place})")
+
+
+def _missing_captions(where: str, subset: SubsetPlan, ext: Value, missing: list[str], total: int, scan: DirScan,
+                      found: _CaptionFindings) -> None:
+    """Images without a caption file: another extension next to them, an extension without its dot, or what
+    they train on instead (class tokens or an empty caption)."""
+    other = _other_caption_extension(missing, scan)
+    ext_value = ext.value or ""
+    tokens = subset.get.get("class_tokens")
+    if other:
+        found.failures.append(
+            f"{where}: {len(missing)} of {total} images have no {ext_value or '(empty)'} caption (caption_extension "
+            f"{ext_value!r} from {ext.place}) but {other[1]} have a {other[0]} file next to them; sd-scripts ignores "
+            f"those and trains on {'the class tokens' if tokens is not None else 'empty captions'} (the LoRA learns "
+            "no trigger word)")
+        found.mismatched.append((subset, ext, other[0]))
+    elif ext_value and not ext_value.startswith("."):
+        found.failures.append(f"{where}: caption_extension {ext_value!r} ({ext.place}) has no leading dot: "
+                              f"sd-scripts looks for e.g. "
+                              f"{os.path.basename(caption_path_example(missing[0], ext_value))}")
+    elif not subset.is_reg:
+        uses = "its class tokens " + repr(tokens) if tokens is not None else "an empty caption"
+        found.warnings.append(f"{where}: {len(missing)} of {total} images have no {ext_value} caption; each trains "
+                              f"on {uses} (sd-scripts: 'No caption file found for {len(missing)} images')")
+    else:
+        uses = f"the class tokens {tokens!r}" if tokens is not None else "an empty caption (no class_tokens)"
+        found.info.append(f"{where}: {len(missing)} reg images without captions train on {uses}; sd-scripts warns "
+                          "about them, which is expected for reg images")
 
 
 def caption_path_example(image_path: str, extension: str) -> str:
@@ -741,9 +746,9 @@ def _trigger_findings(where: str, subset: SubsetPlan, reads: dict[str, CaptionRe
     keep = subset.get.get("keep_tokens") or 0
     if keep < 1 and not subset.get.get("keep_tokens_separator"):
         return []
-    if not shuffles(subset):
+    if not shuffles(subset.get.get):
         return []
-    kept = token_keeper(subset)
+    kept = token_keeper(subset.get.get)
     heads = Counter(kept(r.text) for r in reads.values() if r.text)
     if len(heads) <= 1:
         return []
@@ -776,10 +781,9 @@ def _caption_fix(ctx: Context, plan: Plan, mismatched: list[tuple[SubsetPlan, Va
     if plan.mode == "folder":
         return _train_config_caption_fix(ctx, mismatched)
     config = plan.config
-    if config is None or config.layout is None:
+    if config is None or config.fmt != "toml":
         return None
-    edits: list[Edit] = []
-    changes: list[tuple[tuple, str, Any]] = []
+    changes: list[Change] = []
     done: set[tuple] = set()
     for subset, value, ext in mismatched:
         table = subset.table_path
@@ -792,35 +796,21 @@ def _caption_fix(ctx: Context, plan: Plan, mismatched: list[tuple[SubsetPlan, Va
         if table in done:
             continue
         done.add(table)
-        edit = _set_key(config.text, config.layout, table, "caption_extension", _toml_str(ext))
-        if edit is None:
-            return None
-        edits.append(edit)
-        changes.append((table, "caption_extension", ext))
-    return _edit_fix(config.path, config.text, edits, _expect_changes(config.data, changes),
-                     f"set caption_extension to {', '.join(sorted({m[2] for m in mismatched}))}, the extension the "
-                     "caption files use")
+        changes.append(Change(table, "caption_extension", ext))
+    return _file_fix(config.path, changes, f"set caption_extension to {', '.join(sorted({m[2] for m in mismatched}))}"
+                     ", the extension the caption files use")
 
 
 def _train_config_caption_fix(ctx: Context, mismatched: list[tuple[SubsetPlan, Value, str]]) -> Fix | None:
+    """Folder mode: caption_extension is a training argument; set it where it is set (or add it)."""
     exts = {m[2] for m in mismatched}
     args = train_args_or_none(ctx)
-    if len(exts) != 1 or args is None or args.config_file is None or mismatched[0][1].place.startswith("--"):
+    if len(exts) != 1 or args is None:
         return None
-    path = args.config_file
-    try:
-        text = files.read_text(path)
-        data = files.parse_toml(path, text)
-    except files.FileProblem:
-        return None
-    layout = TomlLayout(text)
     ext = exts.pop()
-    table = next((t for t, span in layout.tables.items() if len(t) <= 1 and "caption_extension" in span.keys), ())
-    edit = _set_key(text, layout, table, "caption_extension", _toml_str(ext))
-    if edit is None:
-        return None
-    return _edit_fix(path, text, [edit], _expect_changes(data, [(table, "caption_extension", ext)]),
-                     f"set caption_extension = {ext} in the training config, the extension the caption files use")
+    fix, _ = argfix.plan(args, [ArgChange("caption_extension", ext)]).fix(
+        f"set caption_extension = {ext} in the training arguments, the extension the caption files use", safe=True)
+    return fix
 
 
 # ----------------------------------------------------------------------------- dataset.steps
@@ -835,19 +825,8 @@ def steps(ctx: Context) -> Result:
     try:
         sp = compute_steps(ctx)
     except ImpossibleSteps as exc:
-        return Result.fail(str(exc), plan.notes, hint="fix the setting named above; sd-scripts stops before the "
-                           "first step (or, with no data, exits 0 without training)")
-    details: list[str] = []
-    for d in sp.datasets:
-        reg = f" + {d.samples - d.train_samples} reg (balanced from {d.reg_samples})" if d.reg_samples else ""
-        details.append(f"{d.place}: {d.train_samples} train images x repeats{reg} = {d.samples} samples, batch "
-                       f"{d.batch_size} -> {d.batches} batches"
-                       + (f" over {len(d.buckets)} buckets" if len(d.buckets) > 1 else ""))
-        if len(d.buckets) > 1:
-            top = sorted(d.buckets.items(), key=lambda kv: -kv[1])[:6]
-            details.append("  buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in top)
-                           + (" ..." if len(d.buckets) > 6 else ""))
-        details += [f"  {n}" for n in d.notes]
+        return _impossible(ctx, plan, exc)
+    details = _count_details(sp)
     per_proc = f" / {sp.num_processes} processes" if sp.num_processes > 1 else ""
     accum = f" / gradient accumulation {sp.grad_accum}" if sp.grad_accum > 1 else ""
     details.append(f"steps per epoch: {sp.batches_per_epoch} batches{per_proc}{accum} = {sp.steps_per_epoch}")
@@ -863,6 +842,67 @@ def steps(ctx: Context) -> Result:
     if schema_errors(ctx):
         summary += " (counting as if the keys dataset.schema rejects were left out)"
     return Result.ok(summary, details, data=sp.data())
+
+
+def _count_details(sp: StepPlan) -> list[str]:
+    """Per dataset: samples, reg balancing, batches and the largest buckets."""
+    details: list[str] = []
+    for d in sp.datasets:
+        reg = f" + {d.samples - d.train_samples} reg (balanced from {d.reg_samples})" if d.reg_samples else ""
+        details.append(f"{d.place}: {d.train_samples} train images x repeats{reg} = {d.samples} samples, batch "
+                       f"{d.batch_size} -> {d.batches} batches"
+                       + (f" over {len(d.buckets)} buckets" if len(d.buckets) > 1 else ""))
+        if len(d.buckets) > 1:
+            top = sorted(d.buckets.items(), key=lambda kv: -kv[1])[:6]
+            details.append("  buckets: " + ", ".join(f"{w}x{h}: {n}" for (w, h), n in top)
+                           + (" ..." if len(d.buckets) > 6 else ""))
+        details += [f"  {n}" for n in d.notes]
+    return details
+
+
+def _impossible(ctx: Context, plan: Plan, exc: ImpossibleSteps) -> Result:
+    """sd-scripts stops (or crashes) before the first step: the reason, with a fix where a setting has a safe
+    value."""
+    summary = str(exc)
+    if plan.config is not None and summary.startswith("datasets["):  # name the file the place is in
+        summary = f"{plan.config.path.name} {summary}"
+    hint = exc.hint or ("fix the setting named above; sd-scripts stops before the first step (or, with no data, "
+                        "exits 0 without training)")
+    fix = _setting_fix(ctx, plan, exc.changes) if exc.changes else None
+    return Result.fail(summary, exc.details + plan.notes, hint=hint, fix=fix)
+
+
+def _setting_fix(ctx: Context, plan: Plan, changes: list[SettingChange]) -> Fix | None:
+    """Set each crashing dataset setting to its safe value in the file that sets it: the training config, or
+    the dataset config's table that sets it; a value shared by several datasets only when every one of them
+    takes the new value, else the crashing dataset's own table (which also overrides a command-line value)."""
+    key = changes[0].key
+    wanted = max(c.wanted for c in changes if c.wanted is not None)
+    description = f"set {key} = {wanted}, a multiple of bucket_reso_steps (sd-scripts crashes below one step)"
+    in_train_config = all(c.current.source == "args" and not c.current.place.startswith("--")
+                          and _all_heirs_take(plan, c) for c in changes)
+    if plan.mode == "folder" or in_train_config:
+        args = train_args_or_none(ctx)
+        if args is None:
+            return None
+        fix, _ = argfix.plan(args, [ArgChange(key, wanted)]).fix(description, safe=True)
+        return fix
+    config = plan.config
+    if config is None or config.layout is None:
+        return None
+    tables: dict[tuple, int] = {}
+    for c in changes:
+        own = c.current.source == "dataset" or c.current.source == "general" and _all_heirs_take(plan, c)
+        table = _table_of(c.current.place) if own else parse_place(c.dataset.place)
+        tables[table] = max(tables.get(table, 0), c.wanted or 0)
+    return _file_fix(config.path, [Change(t, key, v) for t, v in tables.items()], description)
+
+
+def _all_heirs_take(plan: Plan, change: SettingChange) -> bool:
+    """Every bucketing dataset that inherits the changed value accepts the new one (sd-scripts asserts that
+    min_bucket_reso is at most the resolution's short side)."""
+    heirs = [d for d in plan.datasets if d.get(change.key).place == change.current.place and d.get.get("enable_bucket")]
+    return change.wanted is not None and all(min(d.get.get("resolution") or (0, 0)) >= change.wanted for d in heirs)
 
 
 __all__ = ["captions", "compute_steps", "dataset_step_plan", "images", "paths", "schema", "steps"]

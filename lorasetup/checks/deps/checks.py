@@ -120,7 +120,9 @@ def where(uses: list[ImportUse]) -> str:
 
 
 @check("deps.imports", "every module the run imports resolves in the training interpreter",
-       requires=("repo.present", "deps.interpreter"), prefetch=prefetch)
+       requires=("repo.present", "deps.interpreter"), prefetch=prefetch,
+       fixes="one `pip install` of the checkout's pinned versions for the missing modules (safe); torch is never "
+             "reinstalled: its command is printed")
 def imports(ctx: Context) -> Result:
     required, optional, found = missing_modules(ctx)
     if found is None:
@@ -158,7 +160,9 @@ def imports(ctx: Context) -> Result:
 
 
 @check("deps.versions", "installed packages match the checkout's requirement files",
-       requires=("repo.present", "deps.interpreter"), prefetch=prefetch)
+       requires=("repo.present", "deps.interpreter"), prefetch=prefetch,
+       fixes="one `pip install` of the versions the checkout's requirement files pin (safe); torch is never "
+             "reinstalled: its command is printed")
 def versions(ctx: Context) -> Result:
     reqs = requirement_set(ctx)
     if reqs is None:
@@ -231,7 +235,8 @@ def _file_notes(reqs: RequirementSet) -> list[str]:
 
 
 @check("deps.library", "sd-scripts' own `library` package is installed from this checkout",
-       requires=("repo.present", "deps.interpreter"), prefetch=prefetch)
+       requires=("repo.present", "deps.interpreter"), prefetch=prefetch,
+       fixes="`pip install --no-deps -e` of this checkout, sd-scripts' own `library` package (safe)")
 def library(ctx: Context) -> Result:
     problem = library_problem(ctx)
     tree = ctx.target.sd_scripts

@@ -21,6 +21,7 @@ from lorasetup.checks import check
 from lorasetup.engine.context import Context
 from lorasetup.engine.files import FileProblem, open_regular, read_json, read_source
 from lorasetup.engine.result import Fix, FixError, Result
+from lorasetup.engine.tomledit import Change, try_edit_fix
 from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
 from lorasetup.sd.trainargs import path_setting, train_args
 
@@ -227,28 +228,50 @@ def _family_of(ctx: Context, path: Path) -> Family | Result:
 
 
 def _wrong_script(ctx: Context, family: Family, label: str, details: list[str]) -> Result:
-    """A family the entry script does not train: name the script that does, if the checkout has it."""
-    script = ctx.target.script
-    right = FAMILY_SCRIPT.get(family.name or "")
-    sd_scripts = ctx.target.sd_scripts
-    exists = right and (sd_scripts is None or (sd_scripts / right).is_file())
-    hint = (f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`" if exists
-            else f"this sd-scripts checkout has no script for {label}; use a base model that {script} trains")
-    return Result.fail(f"{label} model with {script}: the run dies after loading the model "
-                       "(Missing key(s) in state_dict)", details=details, hint=hint, data={"family": family.name})
+    """A family the entry script does not train: the script that does, set where the Target's `script` lives
+    (lorasetup.toml or [tool.lorasetup], --yes); a hint when the checkout has no such script or the value comes
+    from a flag."""
+    script, right = ctx.target.script, FAMILY_SCRIPT.get(family.name or "")
+    sd_scripts, data = ctx.target.sd_scripts, {"family": family.name}
+    summary = f"{label} model with {script}: the run dies after loading the model (Missing key(s) in state_dict)"
+    if not right or (sd_scripts is not None and not (sd_scripts / right).is_file()):
+        return Result.fail(summary, details=details, data=data,
+                           hint=f"this sd-scripts checkout has no script for {label}; use a base model that {script} "
+                                "trains")
+    hint = f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`"
+    config = _config_file(ctx)
+    source = ctx.target.sources.get("script")
+    if config is None or source not in (None, str(config)):
+        return Result.fail(summary, details=details, data=data,
+                           hint=f"{hint} (script comes from {source or 'the default'}, which lorasetup cannot edit: "
+                                f"run again with --script {right})")
+    table = ("tool", "lorasetup") if config.name == "pyproject.toml" else ()
+    fix, why = try_edit_fix(f'set script = "{right}" in {config} (the run then trains with {right})',
+                            [(config, [Change(table, "script", right)])], safe=False)
+    return Result.fail(summary, details=details, data=data, fix=fix,
+                       hint=hint + (f". Not fixed automatically: {why}" if why else ""))
+
+
+def _config_file(ctx: Context) -> Path | None:
+    """The lorasetup.toml or pyproject.toml this Target was read from, if any."""
+    for origin in ctx.target.sources.values():
+        path = Path(origin)
+        if path.name in ("lorasetup.toml", "pyproject.toml") and path.is_absolute() and path.is_file():
+            return path
+    return None
 
 
 def _prediction_mismatch(ctx: Context, family: Family, label: str, details: list[str]) -> Result | None:
     """--v2 and --v_parameterization against what the model is (SD2, v-prediction)."""
     args, script, data = train_args(ctx), ctx.target.script, {"family": family.name}
-    if family.name == "sd2" and not args.flag("v2"):
+    if family.name == "sd2" and not args.on("v2"):
         return Result.fail(f"SD2.x model without --v2: {script} builds an SD1 model and dies loading the weights",
                            details=details, hint="add `v2 = true` to the training config (and "
                                                  "`v_parameterization = true` for 768-v models)", data=data)
-    if family.name == "sd1" and args.flag("v2"):
+    if family.name == "sd1" and args.on("v2"):
         return Result.fail(f"SD1.x model with --v2 ({args.place('v2')}): the run dies loading the weights",
                            details=details, hint=f"remove v2 from {args.place('v2')}", data=data)
-    if family.v_prediction is not None and family.v_prediction != args.flag("v_parameterization"):
+    if family.v_prediction is not None and family.v_prediction != args.on("v_parameterization"):
         want = "needs" if family.v_prediction else "must not have"
         return Result.fail(f"{label} {'v-prediction' if family.v_prediction else 'epsilon'} model {want} "
                            "--v_parameterization: the run trains but the LoRA learns the wrong target",
@@ -259,7 +282,9 @@ def _prediction_mismatch(ctx: Context, family: Family, label: str, details: list
 
 
 @check("model.family", "the model family fits the entry script", tags=("preflight",),
-       requires=("model.file",))
+       requires=("model.file",),
+       fixes="sets `script` to the family's entry script in lorasetup.toml / [tool.lorasetup] (--yes); for --script "
+             "on the command line it prints the corrected command")
 def model_family(ctx: Context) -> Result:
     path, hub_id = base_model(ctx)
     if path is None or hub_id or not path.exists():
@@ -444,12 +469,13 @@ def _locate_tokenizers(specs: list[TokenizerSpec], cache_dir: Path | None, hub: 
 
 
 @check("model.tokenizer", "the tokenizer(s) load at start, also with the network off", tags=("preflight",),
-       requires=("repo.present",))
+       requires=("repo.present",),
+       fixes="downloads the tokenizer once with the training interpreter, into tokenizer_cache_dir when set (safe)")
 def model_tokenizer(ctx: Context) -> Result:
     sd_scripts = ctx.target.sd_scripts
     if sd_scripts is None:
         return Result.skip("no sd-scripts checkout")
-    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).flag("v2")})
+    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).on("v2")})
     if specs is None:
         return Result.skip(f"{ctx.target.script} does not load its tokenizers through a strategy_* "
                            "_load_tokenizer call; not checked")

@@ -11,19 +11,9 @@ from typing import Any
 
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import CheckFailed
-from lorasetup.sd.dataset.scan import (
-    ImageProbe,
-    ImpossibleSteps,
-    Plan,
-    StepPlan,
-    build_plan,
-    count_dataset,
-    finetune_entries,
-    plan_steps,
-    probe_image,
-    read_num_processes,
-    subset_images,
-)
+from lorasetup.sd.accelconfig import find_config
+from lorasetup.sd.dataset.blueprint import Plan, build_plan, finetune_entries, subset_images
+from lorasetup.sd.dataset.scan import ImageProbe, probe_image
 from lorasetup.sd.dataset.schema import (
     ConfigSyntaxError,
     LoadedConfig,
@@ -34,6 +24,8 @@ from lorasetup.sd.dataset.schema import (
     sanitizer_support,
     train_arg_names,
 )
+from lorasetup.sd.dataset.steps import ImpossibleSteps, StepPlan, count_datasets, plan_steps
+from lorasetup.sd.distributed import launch_plan
 from lorasetup.sd.trainargs import TrainArgs, path_setting, train_args
 
 
@@ -61,7 +53,7 @@ def config_path(ctx: Context) -> Path | None:
 def schema_checker(ctx: Context) -> SchemaChecker:
     def build() -> SchemaChecker:
         args = train_args_or_none(ctx)
-        support = sanitizer_support(entry_script(ctx), lambda name: bool(args and args.flag(name)))
+        support = sanitizer_support(entry_script(ctx), lambda name: bool(args and args.on(name)))
         root = ctx.target.sd_scripts
         tables, origin = read_schema(root / "library" / "config_util.py" if root else None)
         return SchemaChecker(support, tables, train_arg_names(root, entry_script(ctx)), origin)
@@ -120,19 +112,21 @@ def compute_steps(ctx: Context) -> StepPlan:
         plan = dataset_plan(ctx)
         probes: dict[str, ImageProbe] | None = None
 
-        def sizes(paths_: Iterable[str]) -> dict[str, tuple[int, int]]:
+        def sizes(paths_: Iterable[str]) -> dict[str, tuple[int, int] | None]:
             nonlocal probes
             if probes is None:
                 probes = image_probes(ctx)
-            out = {}
+            out: dict[str, tuple[int, int] | None] = {}
             for p in paths_:
                 probe = probes.get(p) or probe_image(p)
                 if probe.size:
                     out[p] = probe.size
+                elif probe.problem:
+                    out[p] = None
             return out
-        counts = [count_dataset(plan, d, sizes) for d in plan.datasets]
-        processes, _ = read_num_processes(ctx.target.accelerate_config)
-        return plan_steps(counts, train_args_or_none(ctx), processes)
+        args = train_args_or_none(ctx)
+        processes = launch_plan(ctx.target, find_config(ctx.target).path).num_processes
+        return plan_steps(count_datasets(plan, sizes, args), args, processes)
     return ctx.memo("dataset:steps", run)
 
 
