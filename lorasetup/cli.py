@@ -21,7 +21,7 @@ from lorasetup.engine.context import Context
 from lorasetup.engine.fixer import Outcome, bootstrap, needs_you
 from lorasetup.engine.report import LiveBlock, err, exit_code, render_result, summary_line, to_json, use_color
 from lorasetup.engine.result import Check, FixError, Result, Status
-from lorasetup.engine.runner import Runner, select
+from lorasetup.engine.runner import Deadline, Runner, select
 from lorasetup.engine.target import FIELD_NAMES, SETTINGS, ConfigError, Target, UnknownKey, load_target
 from lorasetup.engine.tomledit import Change, try_edit_fix
 from lorasetup.initcmd import add_init_flags, init_command
@@ -52,6 +52,23 @@ def add_selection_flags(p: argparse.ArgumentParser) -> None:
                    help="only these checks or gates (their requirements run too)")
     p.add_argument("--skip", nargs="+", action="extend", default=[], metavar="ID",
                    help="skip these checks or gates (they neither run nor block others)")
+    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
+                   help="bound the whole run: a check still running then ends as an error and its processes "
+                        "are stopped (each check also has its own limit)")
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds: {text!r}")
+    return value
+
+
+def deadline(args: argparse.Namespace) -> Deadline | None:
+    return Deadline.start(args.timeout) if args.timeout else None
 
 
 def seconds(text: str) -> float:
@@ -197,7 +214,7 @@ def cmd_doctor(args: argparse.Namespace, target: Target) -> int:
     checks, wanted = selection(args, tags={"preflight", "smoke"} if args.smoke else {"preflight"})
     start = time.perf_counter()
     with Context(target, verbose=args.verbose, fresh=args.fresh) as ctx:
-        runner = Runner(ctx, checks)
+        runner = Runner(ctx, checks, deadline(args))
         block = LiveBlock(sys.stderr, runner.order(wanted), args.verbose, use_color(sys.stderr))
         block.draw()
         stop = (lambda r: r.status in (Status.FAIL, Status.ERROR)) if args.exitfirst else None
@@ -222,7 +239,7 @@ def cmd_bootstrap(args: argparse.Namespace, target: Target) -> int:
     def fresh() -> Context:  # a fix may have edited lorasetup.toml: each round reads the setup again
         return Context(make_target(args, getattr(args, "passthrough", [])), verbose=args.verbose, pip_args=pip_args,
                        all_pins=args.all_pins)
-    results, outcomes = bootstrap(fresh, checks, wanted, apply=apply, yes=args.yes)
+    results, outcomes = bootstrap(fresh, checks, wanted, apply=apply, yes=args.yes, deadline=deadline(args))
     color = use_color(sys.stderr)
     for r in results:
         err(render_result(r, args.verbose, color))

@@ -23,6 +23,7 @@ from lorasetup.checks import all_checks, by_id
 from lorasetup.checks.model.checks import FAMILY_LABELS
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import backup
+from lorasetup.engine.files import resolved
 from lorasetup.engine.report import err, exit_code, render_result, summary_line, use_color
 from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.runner import Runner, run_one, select
@@ -84,8 +85,8 @@ def init_command(args: argparse.Namespace, flags: dict[str, Any], extra: list[st
     """Exit 0: written and the preflight passed; 1: the folder or the preflight has a problem (or the person
     said no); 2: bad flags or files in the way."""
     _check_flags(args, flags)
-    root = Path(args.dir).expanduser().resolve()
-    out = (args.out.expanduser().resolve() if args.out else root)
+    root = resolved(Path(args.dir).expanduser())
+    out = resolved(args.out.expanduser()) if args.out else root
     paths = (out / DATASET_NAME, out / CONFIG_NAME)
     in_the_way = [p for p in paths if p.exists()]
     if in_the_way and not (args.force or args.dry_run):

@@ -22,6 +22,7 @@ from lorasetup.checks.model.checks import (
 )
 from lorasetup.engine import tomltext
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import resolved
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.target import Target, discover_root, venv_python
 from lorasetup.sd import stackprobe
@@ -136,7 +137,7 @@ def _model_candidates(data_dir: Path, root: Path | None) -> list[Path]:
     for place in MODEL_PLACES:
         if "{root}" in place and root is None:
             continue
-        folder = Path(place.format(dir=data_dir, root=root)).expanduser().resolve()
+        folder = resolved(Path(place.format(dir=data_dir, root=root)).expanduser())
         try:
             entries = sorted(folder.iterdir()) if folder.is_dir() else []
         except OSError:

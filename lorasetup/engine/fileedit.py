@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lorasetup.engine import files
 from lorasetup.engine.result import FixError
 
 TEMP_SUFFIX = ".lorasetup-tmp"
@@ -55,13 +56,14 @@ def backup(path: Path) -> Path:
 
 
 def read_bytes(path: Path) -> bytes | None:
-    """The file's bytes now, None when it does not exist (what a check records before offering a fix)."""
+    """The file's bytes now, None when it does not exist (what a check records before offering a fix). Read
+    through lorasetup.engine.files: a pipe or device by that name is refused, never read."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise FixError(f"cannot read {path}: {exc.strerror}") from None
+        return files.read_bytes(path, files.DATA_LIMIT)
+    except files.FileProblem as exc:
+        if exc.kind == "missing" and not os.path.islink(path):
+            return None
+        raise FixError(exc.summary) from None
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -17,10 +17,13 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from lorasetup.engine.files import (
+    FileProblem,
+    read_source,
+    read_toml,
+    resolved,
+    tomllib,  # noqa: F401 - re-exported: the gates import it from here
+)
 
 DEVICES = ("auto", "mps", "cuda", "xpu", "cpu")
 DISCOVERY_DIRS = ("kohya_ss", "~/kohya_ss", "~/tools/kohya_ss")
@@ -42,7 +45,7 @@ def _path(value: Any, base: Path) -> Path | None:
     if value in (None, ""):
         return None
     path = Path(str(value)).expanduser()
-    return (base / path).resolve() if not path.is_absolute() else path
+    return resolved(base / path) if not path.is_absolute() else path
 
 
 def _args(value: Any, base: Path) -> list[str]:
@@ -214,8 +217,8 @@ def detect_layout(root: Path) -> str | None:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(errors="replace")
-    except OSError:
+        return read_source(path)
+    except FileProblem:
         return ""
 
 
@@ -228,7 +231,7 @@ def discover_root(cwd: Path) -> Path | None:
         if layout:
             return candidate
     for name in DISCOVERY_DIRS:
-        candidate = (cwd / Path(name).expanduser()).resolve()
+        candidate = resolved(cwd / Path(name).expanduser())
         if candidate.is_dir() and detect_layout(candidate):
             return candidate
     return None
@@ -260,12 +263,9 @@ def find_config_file(cwd: Path) -> tuple[Path, dict[str, Any]] | None:
 
 def _load_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}. Fix the syntax at that line and column.") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+        return read_toml(path)
+    except FileProblem as exc:
+        raise ConfigError(f"{exc.summary}. {exc.hint}.") from None
 
 
 def _flatten_config(path: Path, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -345,7 +345,7 @@ def _config_file(config: Path | None, cwd: Path, environ: Mapping[str, str], sea
     config = config or (Path(environ["LORASETUP_CONFIG"]) if environ.get("LORASETUP_CONFIG") else None)
     if config is None:
         return find_config_file(cwd) if search else None
-    config = (cwd / config).resolve()
+    config = resolved(cwd / config)
     if not config.is_file():
         raise ConfigError(f"{config}: config file not found. Pass an existing lorasetup.toml to --config.")
     raw = _load_toml(config)

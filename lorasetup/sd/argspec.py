@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine.files import DATA_LIMIT, FileProblem, read_bytes, read_json, read_source, resolved
 from lorasetup.engine.result import CheckFailed
 
 CACHE_VERSION = 1
@@ -182,8 +183,8 @@ class _Extractor:
             try:
                 with warnings.catch_warnings():  # sd-scripts' invalid escapes must not print warnings here
                     warnings.simplefilter("ignore")
-                    tree = ast.parse(path.read_bytes(), filename=str(path))
-            except (SyntaxError, ValueError, OSError):
+                    tree = ast.parse(read_bytes(path), filename=str(path))
+            except (SyntaxError, ValueError, FileProblem):
                 tree = None
             if tree is not None:
                 module = self._index(dotted, path, tree)
@@ -542,31 +543,31 @@ def git_head(tree: Path) -> str | None:
     dot_git = tree / ".git"
     try:
         if dot_git.is_file():
-            text = dot_git.read_text().strip()
+            text = read_source(dot_git).strip()
             if not text.startswith("gitdir:"):
                 return None
-            git_dir = (tree / text.split(":", 1)[1].strip()).resolve()
+            git_dir = resolved(tree / text.split(":", 1)[1].strip())
         elif dot_git.is_dir():
             git_dir = dot_git
         else:
             return None
-        head = (git_dir / "HEAD").read_text().strip()
+        head = read_source(git_dir / "HEAD").strip()
         if not head.startswith("ref:"):
             return head or None
         ref = head.split(":", 1)[1].strip()
         common = git_dir
         if (git_dir / "commondir").is_file():
-            common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+            common = resolved(git_dir / read_source(git_dir / "commondir").strip())
         for base in (git_dir, common):
             if (base / ref).is_file():
-                return (base / ref).read_text().strip() or None
+                return read_source(base / ref).strip() or None
         packed = common / "packed-refs"
         if packed.is_file():
-            for line in packed.read_text().splitlines():
+            for line in read_source(packed, DATA_LIMIT).splitlines():
                 sha, _, name = line.partition(" ")
                 if name.strip() == ref:
                     return sha
-    except OSError:
+    except (OSError, FileProblem):
         return None
     return None
 
@@ -591,7 +592,7 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 def _read_cache(root: Path, script: str, commit: str | None) -> ArgSpec | None:
     try:
-        raw = json.loads(_cache_file(root, script).read_text())
+        raw = read_json(_cache_file(root, script), DATA_LIMIT)
         if raw.get("version") != CACHE_VERSION or raw.get("commit") != commit or raw.get("script") != script:
             return None
         files = {rel: tuple(stat) for rel, stat in raw["files"].items()}
@@ -599,7 +600,7 @@ def _read_cache(root: Path, script: str, commit: str | None) -> ArgSpec | None:
             return None
         options = {o["dest"]: Option.from_json(o) for o in raw["options"]}
         return ArgSpec(script, options, files, commit, list(raw.get("unresolved", [])), from_cache=True)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, FileProblem, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

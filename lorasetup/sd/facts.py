@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine import files
+
 # Import name -> distribution name, where they differ (sd-scripts requirements.txt and its optional
 # imports). A module that neither a requirement file pins nor this table knows is never guessed.
 MODULE_TO_DIST: dict[str, str] = {
@@ -69,9 +71,9 @@ def bucket_divisor(script_path: Path) -> int | None:
     (flux_train_network.py: 32 and train_network.py's 64), so the result is the least common multiple.
     None when the script makes no such call."""
     try:
-        code = "\n".join(line for line in script_path.read_text(errors="replace").splitlines()
+        code = "\n".join(line for line in files.read_source(script_path).splitlines()
                          if not line.lstrip().startswith("#"))
-    except OSError:
+    except files.FileProblem:
         return None
     divisors = [int(n) for n in re.findall(r"verify_bucket_reso_steps\((\d+)\)", code)]
     parent = re.search(r"^class \w+\((\w+)\.\w+\)", code, re.MULTILINE)

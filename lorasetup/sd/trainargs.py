@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import CheckFailed
 from lorasetup.engine.target import Target, tomllib
@@ -202,19 +203,17 @@ def flatten_config(data: Mapping[str, Any], name: str) -> list[TomlItem]:
 
 
 def read_config(path: Path) -> list[TomlItem]:
-    """The training TOML's keys in file order (raises TrainArgsError for a missing or broken file)."""
+    """The training TOML's keys in file order. TrainArgsError for a missing or broken file, naming the file, what
+    is wrong and what sd-scripts does (read_config_from_file: `os.path.exists`, then `open` + `toml.load`)."""
     try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise TrainArgsError(f"{path}: training config not found",
-                             hint="point --train-config (or --config_file after --) at an existing file") from None
-    except OSError as exc:
-        raise TrainArgsError(f"{path}: cannot read the training config: {exc.strerror}",
-                             hint=f"check the permissions of {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TrainArgsError(f"{path}: not valid TOML: {exc}",
-                             hint=f"fix the syntax at that line and column of {path}") from None
+        data = files.read_toml(path)
+    except files.FileProblem as exc:
+        if exc.kind == "missing" and not path.is_symlink():
+            raise TrainArgsError(f"{path}: training config not found",
+                                 hint="point --train-config (or --config_file after --) at an existing file") from None
+        then = ("sd-scripts opens it at start and waits forever" if exc.file_kind == "a named pipe (FIFO)"
+                else "sd-scripts stops at start on it")
+        raise TrainArgsError(exc.summary, hint=f"{exc.hint}; {then}") from None
     return flatten_config(data, path.name)
 
 
@@ -348,9 +347,9 @@ def arg_origins(target: Target) -> list[ArgsOrigin]:
 
 def _file_tokens(path: Path) -> ArgsOrigin | None:
     try:
-        seen = path.read_bytes()
+        seen = files.read_bytes(path)
         data = tomllib.loads(seen.decode("utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (files.FileProblem, UnicodeDecodeError, tomllib.TOMLDecodeError):
         return None
     table: tuple[str, ...] = ("tool", "lorasetup") if path.name == "pyproject.toml" else ()
     for part in table:

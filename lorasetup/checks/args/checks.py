@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.checks import check
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Fix, Result
-from lorasetup.engine.target import tomllib
 from lorasetup.engine.tomledit import toml_value
 from lorasetup.sd import argfix
 from lorasetup.sd import facts as sdfacts
@@ -375,13 +375,13 @@ def gui_keys(ctx: Context) -> frozenset[str]:
         keys: set[str] = set()
         for path in sorted((root / "kohya_gui").glob("*.py")):
             try:
-                text = path.read_text(errors="replace")
+                text = files.read_source(path)
                 if "config_toml_data" not in text:
                     continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     tree = ast.parse(text)
-            except (OSError, SyntaxError, ValueError):
+            except (files.FileProblem, SyntaxError, ValueError):
                 continue
             for node in ast.walk(tree):
                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
@@ -427,8 +427,8 @@ def _script_text(ctx: Context) -> ScriptText:
         library: list[str] = []
         for rel in sorted(_spec(ctx).files):
             try:
-                text = (root / rel).read_text(errors="replace")
-            except OSError:
+                text = files.read_source(root / rel)
+            except files.FileProblem:
                 continue
             (library if "/" in rel else chain).append(COMMENT_LINE.sub("", text))
         return ScriptText("\n".join(chain), "\n".join(library))
@@ -461,12 +461,8 @@ def _dataset_config(ctx: Context) -> tuple[Path, Mapping[str, Any]] | None:
         if path is None:
             return None
         try:
-            if path.suffix == ".json":
-                data = json.loads(path.read_text(encoding="utf-8"))
-            else:
-                with path.open("rb") as fh:
-                    data = tomllib.load(fh)
-        except (OSError, ValueError, tomllib.TOMLDecodeError):
+            data = files.read_json(path) if path.suffix == ".json" else files.read_toml(path)
+        except files.FileProblem:
             return None
         return (path, data) if isinstance(data, dict) else None
     return ctx.memo("args.dataset_config", read)
@@ -1024,6 +1020,26 @@ def _prompts(args: TrainArgs) -> tuple[list[str], list[str]]:
         return [(f"{args.place('sample_prompts')} = {prompts}: sd-scripts reads only .txt, .toml or .json prompt "
                  f"files; any other name crashes at the first sample (UnboundLocalError: 'prompts')")], []
     if not prompts.is_file():
-        return [], [(f"{args.place('sample_prompts')}: {prompts} does not exist: sd-scripts logs \"No prompt file\" "
-                     f"and trains without sample images")]
+        what = files.describe(prompts) + (", not a file" if prompts.exists() else "")
+        return [], [(f"{args.place('sample_prompts')}: {prompts} {what}: sd-scripts logs \"No prompt file\" "
+                     "and trains without sample images")]
+    problem = _prompt_file_problem(prompts)
+    if problem:
+        return [f"{args.place('sample_prompts')}: {problem}; the run crashes when it reads the prompts, at the first "
+                f"sample ({when})"], []
     return [], []
+
+
+def _prompt_file_problem(prompts: Path) -> str | None:
+    """What makes sd-scripts' load_prompts crash on an existing prompt file (open as UTF-8, then toml.load or
+    json.load by suffix), or None."""
+    try:
+        if prompts.suffix == ".toml":
+            files.read_toml(prompts)
+        elif prompts.suffix == ".json":
+            files.read_json(prompts)
+        else:
+            files.read_text(prompts)
+    except files.FileProblem as exc:
+        return None if exc.kind == "too-large" else exc.summary
+    return None

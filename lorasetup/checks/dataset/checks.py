@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.checks import check
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.engine.tomledit import Change, TextRepair, edit_fix, try_edit_fix
@@ -206,14 +207,13 @@ def _data_at(data: Any, path: tuple) -> Any:
 def _syntax_failure(path: Path | None, exc: ConfigSyntaxError) -> Result:
     where = f"{path}" + (f":{exc.line}" if exc.line else "") + (f":{exc.column}" if exc.column else "")
     fmt = "JSON" if path and path.suffix.lower() == ".json" else "TOML"
-    if exc.line is None and "not found" in exc.message:
-        return Result.fail(exc.message, hint="point --dataset-config (or dataset_config) at the existing file; "
-                           "sd-scripts stops with 'file not found'")
+    if exc.hint:  # the file cannot be read at all (not there, a pipe, not UTF-8, too large, nested too deep)
+        return Result.fail(exc.message, hint=exc.hint)
     details, fix, hint = [], None, f"fix the syntax at {where}; sd-scripts cannot start without a readable config"
     if path is not None and fmt == "TOML" and exc.line:
         try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
+            text = files.read_text(path)
+        except files.FileProblem:
             text = ""
         repairs = _literal_edits_for_syntax(text)
         try:
@@ -370,11 +370,12 @@ def _path_finding(plan: Plan, where: str, key: str, kind: str, value: Value, fou
     if not path.exists():
         cost = ("sd-scripts stops with 'no metadata'" if key == "metadata_file" else
                 "sd-scripts logs 'not directory', skips this subset and trains on the rest (or on nothing)")
-        found.problems.append(f"{where} = {raw!r}: does not exist; {cost}")
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}; {cost}")
     elif kind == "dir" and not path.is_dir():
-        found.problems.append(f"{where} = {raw!r}: is a file, not a folder")
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a folder")
     elif kind == "file" and not path.is_file():
-        found.problems.append(f"{where} = {raw!r}: is a folder, not a file")
+        then = "waits on it forever" if files.kind_of(path) == "a named pipe (FIFO)" else "crashes opening it"
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a file; sd-scripts {then}")
 
 
 def _paths_failure(plan: Plan, label: str, found: _PathFindings) -> Result:
@@ -500,8 +501,11 @@ def _folder_images(where: str, plan: Plan, subset: SubsetPlan, probes: dict[str,
     if not isinstance(image_dir, str) or CONTROL.search(image_dir):
         return
     scan = plan.scan(Path(image_dir))
-    if scan.error:
-        return  # dataset.paths reports it
+    if scan.error:  # dataset.paths reports a missing folder; one it cannot list is reported here
+        if os.path.isdir(image_dir):
+            found.failures.append(f"{where}: {image_dir} {scan.error}: sd-scripts' glob finds nothing there, "
+                                  "silently, and skips this subset")
+        return
     images_ = subset_images(plan, subset) or []
     _listing_findings(where, scan, found)
     if not images_:
@@ -685,6 +689,7 @@ def _subset_captions(where: str, plan: Plan, subset: SubsetPlan, paths_: list[st
         found.warnings.append(f"{where}: {len(bom)} caption file{'s' if len(bom) > 1 else ''} start with a UTF-8 "
                               f"BOM, so the first tag reads '\\ufeff...' (e.g. "
                               f"{os.path.basename(reads[bom[0]].path or bom[0])}); save them as UTF-8 without BOM")
+    found.warnings.extend(f"{where}: {r.note}" for r in reads.values() if r.note)
     found.warnings.extend(_trigger_findings(where, subset, reads))
     found.warnings.extend(_reg_findings(where, subset, plan))
     if not missing and not broken:

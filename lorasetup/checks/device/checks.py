@@ -18,10 +18,11 @@ from typing import Any
 from packaging.version import Version
 
 from lorasetup.checks import check
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import read_bytes
 from lorasetup.engine.probe import ProbeError, run_program
-from lorasetup.engine.result import Fix, Result, Status
+from lorasetup.engine.result import Fix, FixError, Result, Status
 from lorasetup.engine.tomledit import toml_value
 from lorasetup.sd import accelconfig, argfix, stackprobe, warm
 from lorasetup.sd.argfix import ArgChange
@@ -185,7 +186,10 @@ def torch_device(ctx: Context) -> Result:
 def accelerate_fix(device: str, location: accelconfig.ConfigLocation) -> Fix:
     """Write a config for one process on `device`; an existing file is backed up and needs --yes."""
     values = accelconfig.machine_config(device)
-    seen = read_bytes(location.path)
+    try:
+        seen = read_bytes(location.path)
+    except FixError:  # a pipe or folder by that name: the guarded write refuses it, saying why, if applied
+        seen = None
     path = location.path
     compact = json.dumps(values, sort_keys=True)
     commands = ([f"cp {path} {path}.bak-<timestamp>"] if seen is not None else []) + [f"write {path}: {compact}"]
@@ -199,7 +203,7 @@ def accelerate_fix(device: str, location: accelconfig.ConfigLocation) -> Fix:
 
 def accelerate_details(acc: AccelerateFacts, location: accelconfig.ConfigLocation) -> list[str]:
     """The config, what launch decided and what Accelerator() reported, one line each."""
-    state = "exists" if location.exists else "does not exist"
+    state = "exists" if location.exists else files.describe(location.path)
     details = [f"accelerate {acc.version}; config {location.path} ({location.origin}) {state}"]
     if acc.config:
         details.append("config: " + ", ".join(f"{k}={v}" for k, v in sorted(acc.config.items())
@@ -261,7 +265,7 @@ def accelerate_device(ctx: Context) -> Result:
     details = accelerate_details(acc, location)
     fix = accelerate_fix(device, location)
     if location.explicit and not location.exists:
-        return Result.fail(f"the accelerate config {location.path} does not exist", details,
+        return Result.fail(f"the accelerate config {location.path} {files.describe(location.path)}", details,
                            hint="accelerate launch --config_file stops at once on a missing file; fix the "
                                 "path or let lorasetup write one", fix=fix)
     if acc.config_error or acc.launch_error:

@@ -19,6 +19,7 @@ from typing import Any
 
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import FileProblem, open_regular, read_json, read_source
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.engine.tomledit import Change, try_edit_fix
 from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
@@ -96,7 +97,7 @@ def model_file(ctx: Context) -> Result:
     if path.is_dir():
         return _diffusers_folder(ctx, path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             kind = sniff(fh.read(64))
         if kind == "lfs-pointer":
             return Result.fail(f"{path.name} is a git-lfs pointer, not the model", hint=HEADER_HINTS["lfs-pointer"])
@@ -152,8 +153,8 @@ def _component_problems(ctx: Context, part: Path) -> list[str]:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = read_json(path)
+    except FileProblem:
         return None
     return value if isinstance(value, dict) else None
 
@@ -339,8 +340,8 @@ class TokenizerSpec:
 def _strategy_call(sd_scripts: Path, script: str) -> tuple[str, str] | None:
     """The `strategy_<x>.<Y>TokenizeStrategy(...)` the entry script builds: (module, class)."""
     try:
-        tree = ast.parse((sd_scripts / script).read_text(encoding="utf-8", errors="replace"))
-    except (OSError, SyntaxError):
+        tree = ast.parse(read_source(sd_scripts / script))
+    except (FileProblem, SyntaxError, ValueError):
         return None
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
@@ -353,8 +354,8 @@ def _strategy_call(sd_scripts: Path, script: str) -> tuple[str, str] | None:
 def _strategy_init(sd_scripts: Path, module: str, cls: str) -> tuple[ast.FunctionDef, dict[str, str]] | None:
     """The strategy class's `__init__` in library/<module>.py, and that module's string constants."""
     try:
-        tree = ast.parse((sd_scripts / "library" / f"{module}.py").read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
+        tree = ast.parse(read_source(sd_scripts / "library" / f"{module}.py"))
+    except (FileProblem, SyntaxError, ValueError):
         return None
     consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
               and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
@@ -419,8 +420,8 @@ def cached_snapshot(cache: Path, model_id: str) -> Path | None:
     """The snapshot folder of `model_id`'s `main` revision in the Hub cache, if there is one."""
     repo = cache / ("models--" + model_id.replace("/", "--"))
     try:
-        revision = (repo / "refs" / "main").read_text().strip()
-    except OSError:
+        revision = read_source(repo / "refs" / "main").strip()
+    except FileProblem:
         return None
     snapshot = repo / "snapshots" / revision
     return snapshot if snapshot.is_dir() else None

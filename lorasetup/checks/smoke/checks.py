@@ -178,6 +178,6 @@ def run_smoke(ctx: Context, echo: IO[str] | None, keep: bool = False) -> Result:
 
 
 @check("smoke.run", "a real short training run: finite loss at every step, a sane LoRA saved", tags=("smoke",),
-       requires=("repo.present",), timeout_s=smoke_pytest_timeout(Target()))
+       requires=("repo.present",), timeout_s=smoke_pytest_timeout(Target()), timeout_from=smoke_pytest_timeout)
 def smoke_run(ctx: Context) -> Result:
     return run_smoke(ctx, echo=sys.stderr)

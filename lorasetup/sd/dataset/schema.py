@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorasetup.engine.target import tomllib
+from lorasetup.engine import files
 from lorasetup.engine.tomledit import TomlLayout
 
 # Value kinds, one per validator that ConfigSanitizer uses (library/config_util.py).
@@ -110,11 +110,13 @@ class SchemaError:
 
 
 class ConfigSyntaxError(Exception):
-    """The dataset config cannot be parsed; `line`/`column` are 1-based when known."""
+    """The dataset config cannot be parsed; `line`/`column` are 1-based when known; `hint` for a file that cannot
+    be read at all (a pipe, a folder, not UTF-8, too large)."""
 
-    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+    def __init__(self, message: str, line: int | None = None, column: int | None = None,
+                 hint: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.line, self.column = message, line, column
+        self.message, self.line, self.column, self.hint = message, line, column, hint
 
 
 # ----------------------------------------------------------------------------- schema tables from the checkout
@@ -128,9 +130,9 @@ def read_schema(config_util: Path | None) -> tuple[dict[str, dict[str, tuple[str
     try:
         key = (str(config_util), config_util.stat().st_mtime_ns)
         if key not in _SCHEMA_CACHE:
-            _SCHEMA_CACHE[key] = _parse_schema(config_util.read_text(encoding="utf-8", errors="replace"))
+            _SCHEMA_CACHE[key] = _parse_schema(files.read_source(config_util))
         return _SCHEMA_CACHE[key], str(config_util)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, files.FileProblem, SyntaxError, ValueError) as exc:
         return BUILTIN_SCHEMA, f"built-in copy of sd-scripts 48d368fa ({config_util}: {exc})"
 
 
@@ -193,8 +195,8 @@ def sanitizer_support(script: Path | None, flag: Callable[[str], bool]) -> Suppo
     (sdxl_train_network.py imports train_network). `args.X` arguments are looked up with `flag("X")`."""
     for path in _script_and_bases(script):
         try:
-            found = _SANITIZER_CALL.search(path.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
+            found = _SANITIZER_CALL.search(files.read_source(path))
+        except files.FileProblem:
             continue
         if not found:
             continue
@@ -219,8 +221,8 @@ def _script_and_bases(script: Path | None) -> Iterable[Path]:
         return []
     found = [script]
     try:
-        text = script.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        text = files.read_source(script)
+    except files.FileProblem:
         return found
     for match in _IMPORT.finditer(text):
         sibling = script.parent / f"{match.group(1) or match.group(2)}.py"
@@ -249,30 +251,23 @@ def load_config(path: Path) -> LoadedConfig:
         raise ConfigSyntaxError(f"{path.name}: sd-scripts reads only .toml or .json dataset configs "
                                 "(it stops with 'not supported config file format')")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigSyntaxError(f"{path}: dataset config not found") from None
-    except OSError as exc:
-        raise ConfigSyntaxError(f"{path}: cannot read it: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigSyntaxError(f"not UTF-8 (byte 0x{raw[exc.start]:02x})", line) from None
-    if fmt == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigSyntaxError(exc.msg, exc.lineno, exc.colno) from None
-        return LoadedConfig(path, data, text, fmt)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
-        raise ConfigSyntaxError(message, int(found.group(1)) if found else None,
-                                int(found.group(2)) if found else None) from None
-    return LoadedConfig(path, data, text, fmt, TomlLayout(text))
+        text = files.read_text(path)
+        data = files.parse_json(path, text) if fmt == "json" else files.parse_toml(path, text)
+    except files.FileProblem as exc:
+        raise _syntax_error(exc) from None
+    return LoadedConfig(path, data, text, fmt, TomlLayout(text) if fmt == "toml" else None)
+
+
+def _syntax_error(exc: files.FileProblem) -> ConfigSyntaxError:
+    """A file problem in sd-scripts' words: load_user_config tests `Path.is_file()` first ('file not found'
+    for anything else) and parses with `toml.load`/`json.load`, which raise on the rest."""
+    if exc.kind in ("missing", "loop", "not-regular"):
+        return ConfigSyntaxError(f"{exc.path}: dataset config not found: it {exc.problem}", hint=(
+            f"{exc.hint}; sd-scripts stops at start with 'file not found'"))
+    if exc.kind == "syntax":
+        message = exc.problem.split(": ", 1)[-1]
+        return ConfigSyntaxError(message, exc.line, exc.column)
+    return ConfigSyntaxError(exc.summary, hint=f"{exc.hint}; sd-scripts stops at start when it cannot read it")
 
 
 # ----------------------------------------------------------------------------- where things are in a TOML file
@@ -606,7 +601,7 @@ def train_arg_names(sd_scripts: Path | None, script: Path | None) -> set[str]:
         paths.append(sd_scripts / "library" / "train_util.py")
     for path in paths:
         try:
-            names.update(re.findall(r"add_argument\(\s*\"--([A-Za-z0-9_]+)\"", path.read_text(errors="replace")))
-        except OSError:
+            names.update(re.findall(r"add_argument\(\s*\"--([A-Za-z0-9_]+)\"", files.read_source(path)))
+        except files.FileProblem:
             continue
     return names

@@ -9,7 +9,6 @@ verified only once its size and mtime have settled and its header accounts for e
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine.files import FileProblem, read_json
 from lorasetup.sd.facts import EPOCH_FILE, STATE_DIR, STEP_FILE
 from lorasetup.sd.lora import Expect, LoraReport, expect_from_metadata, verify_lora
 from lorasetup.sd.run.stream import Stop
@@ -146,9 +146,9 @@ def folder_size(path: Path) -> int:
 def _state_step(path: Path, step: str | None) -> int | None:
     """train_state.json's current_step (train_network.py save_model_hook), else the step in the name."""
     try:
-        data = json.loads((path / "train_state.json").read_text(encoding="utf-8"))
+        data = read_json(path / "train_state.json")
         return int(data["current_step"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (FileProblem, ValueError, KeyError, TypeError):
         return int(step) if step else None
 
 

@@ -10,8 +10,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lorasetup.engine.files import read_toml
 from lorasetup.engine.result import CheckFailed
-from lorasetup.engine.target import Target, tomllib
+from lorasetup.engine.target import Target
 from lorasetup.engine.tomledit import toml_key, toml_value
 from lorasetup.sd.trainargs import read_config
 
@@ -84,8 +85,7 @@ def config_without(config: Path, names: set[str], dest: Path) -> Path | None:
     flat = config_keys(config)
     if not names.intersection(flat):
         return None
-    with config.open("rb") as fh:
-        data = tomllib.load(fh)
+    data = read_toml(config)
     lines = [f"# {config} for a lorasetup smoke run, without: {', '.join(sorted(names.intersection(flat)))}"]
     lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in data.items() if not isinstance(v, dict) and k not in names]
     for section, table in data.items():

@@ -4,12 +4,12 @@ watched long run (stall, disk and checkpoint guards, the summary)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import FileProblem, read_json
 from lorasetup.sd.dataset.plan import dataset_step_plan
 from lorasetup.sd.facts import DEFAULT_LAST_NAME, DEFAULT_SAVE_MODEL_AS, TRAINING_DEFAULTS
 from lorasetup.sd.lora import Expect, expect_from_args
@@ -68,8 +68,8 @@ def resume_offset(args: TrainArgs, steps_per_epoch: int | None) -> tuple[int, st
     again. None when the run does not resume or the state says no step."""
     resume = args.get("resume")
     try:
-        step = int(json.loads((Path(str(resume)) / "train_state.json").read_text(encoding="utf-8"))["current_step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        step = int(read_json(Path(str(resume)) / "train_state.json")["current_step"])
+    except (FileProblem, ValueError, KeyError, TypeError):
         return None
     if args.on("skip_until_initial_step"):
         return step, f"resumed at step {step}"

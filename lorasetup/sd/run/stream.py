@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Protocol
 
-from lorasetup.engine.probe import kill_tree
+from lorasetup.engine.probe import kill_tree, track
 from lorasetup.engine.result import CheckFailed
 from lorasetup.sd.run.watch import Watch
 
@@ -83,6 +83,7 @@ class _Child:
         except OSError as exc:
             raise CheckFailed(f"cannot start {argv[0]}: {exc.strerror or exc}",
                               hint="check the training interpreter (--python) and its accelerate install") from None
+        self.forget = track(self.proc)  # a runner that gives up on the smoke check stops the run
         self.chunks: queue.Queue[str | None] = queue.Queue()
         self.exited_at: float | None = None
         self.reader = threading.Thread(target=self._read, name="lorasetup-run-output", daemon=True)
@@ -126,6 +127,7 @@ class _Child:
                 take(item)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        self.forget()
 
 
 def _group_alive(pgid: int) -> bool:
