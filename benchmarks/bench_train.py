@@ -75,9 +75,10 @@ def fresh(plan: RunPlan) -> None:
 def raw(plan: RunPlan, env: dict[str, str], log: Path) -> float:
     fresh(plan)
     start = time.perf_counter()
-    with log.open("w") as fh:
+    with log.open("w") as fh:  # its own session, like the watched run's (Linux's autogroup scheduler gives a new
+        # session its own CPU share: without it the comparison would measure the scheduler, not the watch)
         proc = subprocess.run(plan.argv, env=env, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT,
-                              check=False)
+                              start_new_session=True, check=False)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"the raw run failed (exit {proc.returncode}): see {log}")
