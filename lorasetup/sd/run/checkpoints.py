@@ -262,7 +262,10 @@ class CheckpointTracker:
         self.pool.shutdown()
         for path, signature in self._signatures().items():
             if self.baseline.get(path) != signature and not self._known(path, signature):
-                self.done[path] = (signature, examine(path, self.expect, saved_step(watch, path)))
+                late = examine(path, self.expect, saved_step(watch, path))  # written too late to settle in the run
+                self.done[path] = (signature, late)
+                if self.on_verified is not None:
+                    self.on_verified(late)
         for _, checkpoint in self.done.values():
             if not checkpoint.path.exists():
                 checkpoint.state, checkpoint.note = "removed", "deleted by sd-scripts (save_last_n_*)"
