@@ -80,3 +80,35 @@ def make_kohya(kohya_origin: Path, sd_scripts_origin: Path, tmp_path: Path) -> C
             raise ValueError(state)
         return root
     return make
+
+
+# --- no dead ends: every failing result any test produces carries a fix or a hint -----------------------
+
+_DEAD_ENDS: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def _no_dead_ends(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record each registered check's failing result that offers neither a fix nor a hint (the person would be
+    left with nothing to do); the session fails at the end if any test walked into one."""
+    from lorasetup.checks import by_id
+    from lorasetup.engine.result import Result, Status
+
+    real = {c.id: c.func for c in by_id().values()}  # the registry's own checks, not a test's fakes
+    original = Result.with_meta
+
+    def with_meta(self: Result, check, duration_s: float) -> Result:  # type: ignore[no-untyped-def]
+        result = original(self, check, duration_s)
+        is_real = real.get(check.id) is check.func
+        if result.status is Status.FAIL and is_real and not result.fix and not (result.hint or "").strip():
+            _DEAD_ENDS.setdefault(f"{check.id}: {result.summary}", request.node.nodeid)
+        return result
+    monkeypatch.setattr(Result, "with_meta", with_meta)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _DEAD_ENDS:
+        lines = "\n".join(f"  {what}  (in {where})" for what, where in sorted(_DEAD_ENDS.items()))
+        session.config.get_terminal_writer().line(
+            f"\nfailing results with neither a fix nor a hint (a dead end for the person):\n{lines}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from lorasetup.engine.target import Target
-from lorasetup.sd.launch import launcher  # the very command the check uses
+from lorasetup.sd.run.command import launcher  # the very command the check uses
 
 
 def free_port() -> int:

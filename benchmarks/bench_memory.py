@@ -3,7 +3,7 @@
 Each row is a real `accelerate launch train_network.py` run (the command lorasetup builds) of 1-2 steps over a
 small dataset, with the row's resolution, batch size, network_dim, gradient_checkpointing and cache_latents.
 Its peak is measured from outside: the kernel's high-water mark of the training process (wait4's ru_maxrss
-through lorasetup.sd.launch.run_streaming; the trainer is the tree's biggest process) and the sampled sum of
+through lorasetup.sd.run.stream.run_streaming; the trainer is the tree's biggest process) and the sampled sum of
 the whole tree (lorasetup.sd.memwatch). The estimate is lorasetup.sd.memory's for the same Target, computed
 without running anything. Runs take the bed lock one at a time (the same lock `flock /tmp/lorasetup-bed.lock`
 takes), so they never overlap with another engineer's training run.
@@ -32,8 +32,9 @@ from typing import Any
 
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target
-from lorasetup.sd.launch import real_command, run_env, run_streaming
 from lorasetup.sd.memwatch import MemorySampler
+from lorasetup.sd.run.command import real_command, run_env
+from lorasetup.sd.run.stream import run_streaming
 
 LOCK = Path("/tmp/lorasetup-bed.lock")
 RESULTS = Path(__file__).with_name("data") / "memory-calibration-cpu.json"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from lorasetup.cli import build_parser, make_target, split_passthrough
 from lorasetup.engine.context import Context
-from lorasetup.sd.launch import run_env, smoke_plan
+from lorasetup.sd.run.command import run_env, smoke_plan
 from lorasetup.sd.trainargs import train_args
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from lorasetup.checks import all_checks, by_id
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import backup
+from lorasetup.engine.files import resolved
 from lorasetup.engine.report import err, exit_code, render_result, summary_line, use_color
 from lorasetup.engine.result import FixError, Result, Status
 from lorasetup.engine.runner import Runner, run_one, select
@@ -38,7 +39,8 @@ from lorasetup.sd.dataset.layout import (
 )
 from lorasetup.sd.dataset.plan import compute_steps
 from lorasetup.sd.dataset.schema import ConfigSyntaxError
-from lorasetup.sd.dataset.steps import STEP_ARG_DEFAULTS, ImpossibleSteps, StepPlan
+from lorasetup.sd.dataset.steps import ImpossibleSteps, StepPlan
+from lorasetup.sd.facts import TRAINING_DEFAULTS
 from lorasetup.sd.modelfamily import FAMILY_LABELS
 
 DATASET_NAME = "dataset.toml"
@@ -61,7 +63,7 @@ def add_init_flags(p: argparse.ArgumentParser) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, help="train this many epochs")
     length.add_argument("--steps", type=int, help="train this many steps (default: whole epochs reaching "
-                        f"sd-scripts' default of {STEP_ARG_DEFAULTS['max_train_steps']})")
+                        f"sd-scripts' default of {TRAINING_DEFAULTS['max_train_steps']})")
     p.add_argument("--saves", type=int, default=4, help="LoRA files written during the run, the last at the "
                    "end (default 4)")
     p.add_argument("--force", action="store_true", help="replace existing files (they are backed up first)")
@@ -83,8 +85,8 @@ def init_command(args: argparse.Namespace, flags: dict[str, Any], extra: list[st
     """Exit 0: written and the preflight passed; 1: the folder or the preflight has a problem (or the person
     said no); 2: bad flags or files in the way."""
     _check_flags(args, flags)
-    root = Path(args.dir).expanduser().resolve()
-    out = (args.out.expanduser().resolve() if args.out else root)
+    root = resolved(Path(args.dir).expanduser())
+    out = resolved(args.out.expanduser()) if args.out else root
     paths = (out / DATASET_NAME, out / CONFIG_NAME)
     in_the_way = [p for p in paths if p.exists()]
     if in_the_way and not (args.force or args.dry_run):
@@ -150,7 +152,7 @@ def _drafts(args: argparse.Namespace, layout: Layout, setup: Setup, extra: list[
             schema = run_one(ctx, by_id()["dataset.schema"])
             per_epoch = _steps(ctx).steps_per_epoch
         total = (args.steps or per_epoch * (args.epochs or
-                                            math.ceil(STEP_ARG_DEFAULTS["max_train_steps"] / per_epoch)))
+                                            math.ceil(TRAINING_DEFAULTS["max_train_steps"] / per_epoch)))
         run_args = train_args(setup, total, args.saves, extra)
         config_text = render_config(setup, DATASET_NAME, run_args, header[:1] + [
             "`lorasetup doctor` (here) checks the setup; `lorasetup train` runs it."])

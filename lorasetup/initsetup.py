@@ -15,13 +15,14 @@ from typing import Any
 from lorasetup.checks.model.checks import FAMILY_SCRIPT, PICKLE_SUFFIXES
 from lorasetup.engine import tomltext
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import resolved
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.target import Target, discover_root, venv_python
 from lorasetup.sd import stackprobe
 from lorasetup.sd.dataset.layout import Finding
 from lorasetup.sd.devices import machine_offers
-from lorasetup.sd.launch import option_names, strip_options
 from lorasetup.sd.modelfamily import FAMILY_LABELS, Family, classify, classify_folder
+from lorasetup.sd.run.command import option_names, strip_options
 from lorasetup.sd.safetensors_header import HeaderError, read_header
 
 # Where base models usually sit, besides the dataset folder ({dir}) and the checkout ({root}).
@@ -130,7 +131,7 @@ def _model_candidates(data_dir: Path, root: Path | None) -> list[Path]:
     for place in MODEL_PLACES:
         if "{root}" in place and root is None:
             continue
-        folder = Path(place.format(dir=data_dir, root=root)).expanduser().resolve()
+        folder = resolved(Path(place.format(dir=data_dir, root=root)).expanduser())
         try:
             entries = sorted(folder.iterdir()) if folder.is_dir() else []
         except OSError:

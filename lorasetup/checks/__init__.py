@@ -21,7 +21,8 @@ _REGISTRY: dict[str, Check] = {}
 
 
 def check(check_id: str, title: str, *, tags: Iterable[str] = ("preflight",), requires: Iterable[str] = (),
-          timeout_s: float = 120.0, prefetch: Callable | None = None) -> Callable:
+          timeout_s: float = 120.0, prefetch: Callable | None = None, fixes: str = "",
+          timeout_from: Callable | None = None) -> Callable:
     """Register the decorated `func(ctx) -> Result` as a check."""
     gate = check_id.split(".", 1)[0]
     if gate not in GATES or "." not in check_id:
@@ -33,7 +34,8 @@ def check(check_id: str, title: str, *, tags: Iterable[str] = ("preflight",), re
     def register(func: Callable) -> Callable:
         if check_id in _REGISTRY:
             raise ValueError(f"duplicate check id {check_id}")
-        _REGISTRY[check_id] = Check(check_id, title, func, frozenset(tags), tuple(requires), timeout_s, prefetch)
+        _REGISTRY[check_id] = Check(check_id, title, func, frozenset(tags), tuple(requires), timeout_s, prefetch,
+                                    fixes, timeout_from)
         return func
     return register
 

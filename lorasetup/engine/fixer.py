@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Check, FixError, Result, Status
-from lorasetup.engine.runner import Runner
+from lorasetup.engine.runner import Deadline, Runner
 
 MAX_ROUNDS = 3
 FAILING = (Status.FAIL, Status.ERROR)
@@ -48,10 +48,11 @@ def dependents(checks: list[Check], ids: set[str]) -> set[str]:
 
 
 def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected: list[Check], *,
-              apply: bool, yes: bool) -> tuple[list[Result], list[Outcome]]:
-    """Run the selected checks, fix what may be fixed, re-check; return final results and outcomes."""
+              apply: bool, yes: bool, deadline: Deadline | None = None) -> tuple[list[Result], list[Outcome]]:
+    """Run the selected checks, fix what may be fixed, re-check; return final results and outcomes. With a
+    `deadline`, checks still running when it passes end as errors and no further fix round starts."""
     with new_context() as ctx:
-        results = {r.check_id: r for r in Runner(ctx, checks).run(selected)}
+        results = {r.check_id: r for r in Runner(ctx, checks, deadline).run(selected)}
     outcomes: dict[str, Outcome] = {}
     for _ in range(MAX_ROUNDS if apply else 1):
         todo = [r for r in results.values() if r.status in FAILING and r.fix and r.check_id not in outcomes]
@@ -59,12 +60,14 @@ def bootstrap(new_context: Callable[[], Context], checks: list[Check], selected:
             assert r.fix is not None
             outcomes[r.check_id] = Outcome(r.check_id, r.fix.description, list(r.fix.commands), r.fix.safe,
                                            "planned" if r.fix.safe or yes else "needs --yes")
-        applied = apply_fixes(todo, outcomes) if apply else set()
+        in_time = deadline is None or deadline.left() > 0
+        applied = apply_fixes(todo, outcomes) if apply and in_time else set()
         if not applied:
             break
         with new_context() as ctx:
             recheck = dependents(checks, applied)
-            results.update({r.check_id: r for r in Runner(ctx, checks).run([c for c in checks if c.id in recheck])})
+            rerun = Runner(ctx, checks, deadline).run([c for c in checks if c.id in recheck])
+            results.update({r.check_id: r for r in rerun})
         for check_id in applied:
             after = results[check_id]
             outcomes[check_id].state = "fixed" if after.status in (Status.OK, Status.WARN) else "still failing"
@@ -98,6 +101,8 @@ def apply_fixes(todo: list[Result], outcomes: dict[str, Outcome]) -> set[str]:
 
 
 def needs_you(results: list[Result], outcomes: list[Outcome]) -> list[Result]:
-    """Failing checks that offer no automatic fix: the person must act (the hint says how)."""
-    offered = {o.check_id for o in outcomes}
-    return [r for r in results if r.status in FAILING and r.check_id not in offered]
+    """Failing checks the person must act on (the hint says how): those that offer no automatic fix, and those
+    whose fix ran but left something no fix can change (e.g. arguments after `--`)."""
+    offered = {o.check_id: o for o in outcomes}
+    return [r for r in results if r.status in FAILING and (
+        r.check_id not in offered or (offered[r.check_id].state == "still failing" and r.fix is None))]

@@ -13,12 +13,43 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 MARKER = "@@LORASETUP-PROBE@@"
 ENTRY = Path(__file__).with_name("probe_entry.py")
+
+
+# Who wants to hear about the processes started here (Context.memo sets it, so a runner that gives up on a
+# check can stop that check's processes): called with the process, returns the call that forgets it again.
+Tracker = Callable[[subprocess.Popen], Callable[[], None]]
+_TRACKER: ContextVar[Tracker | None] = ContextVar("lorasetup_process_tracker", default=None)
+
+
+@contextmanager
+def tracked(tracker: Tracker) -> Iterator[None]:
+    """Report every process `run_probe` (or `track`) starts in this context to `tracker`."""
+    token = _TRACKER.set(tracker)
+    try:
+        yield
+    finally:
+        _TRACKER.reset(token)
+
+
+def track(proc: subprocess.Popen) -> Callable[[], None]:
+    """Tell the current tracker about `proc`; returns the call that forgets it once it has ended."""
+    tracker = _TRACKER.get()
+    return tracker(proc) if tracker is not None else (lambda: None)
+
+
+def stop(proc: subprocess.Popen, reason: str) -> None:
+    """Kill a tracked process and its children, saying why (run_probe reports the reason, not a crash)."""
+    if proc.poll() is None:
+        proc.lorasetup_stopped = reason  # type: ignore[attr-defined]
+        kill_tree(proc)
 
 
 class ProbeError(Exception):
@@ -47,6 +78,7 @@ def run_program(python: Path, program: Path, params: Mapping[str, Any] | None = 
                                 encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ProbeError(f"the training interpreter {python} cannot be started: {exc.strerror or exc}") from None
+    forget = track(proc)
     try:
         out, err = proc.communicate(json.dumps(dict(params or {})), timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -54,6 +86,11 @@ def run_program(python: Path, program: Path, params: Mapping[str, Any] | None = 
         out, err = proc.communicate()
         raise ProbeError(f"the training interpreter {python} did not answer within {timeout:.0f} s "
                          f"(a hang while importing?). Last output:\n{tail(err + out)}", err + out) from None
+    finally:
+        forget()
+    stopped = getattr(proc, "lorasetup_stopped", None)
+    if stopped:
+        raise ProbeError(f"the training interpreter {python} was stopped: {stopped}", err + out)
     answer = last_answer(out)
     if answer is not None:
         return answer

@@ -7,8 +7,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from lorasetup.engine.errors import CheckFailed as CheckFailed
+from lorasetup.engine.errors import FixError as FixError
+
 if TYPE_CHECKING:
     from lorasetup.engine.context import Context
+    from lorasetup.engine.target import Target
 
 
 class Status(str, enum.Enum):
@@ -24,18 +28,6 @@ class Status(str, enum.Enum):
     def blocking(self) -> bool:
         """True when dependents of a check with this status cannot run."""
         return self in (Status.FAIL, Status.ERROR, Status.SKIP)
-
-
-class CheckFailed(Exception):
-    """Raised inside a check for bad input (an unreadable file, say): becomes a `fail` result, not `error`."""
-
-    def __init__(self, summary: str, hint: str | None = None, details: list[str] | None = None) -> None:
-        super().__init__(summary)
-        self.summary, self.hint, self.details = summary, hint, details or []
-
-
-class FixError(Exception):
-    """A fix could not be applied; the message is shown as is (e.g. pip's own error line)."""
 
 
 @dataclass
@@ -110,7 +102,13 @@ class Check:
     requires: tuple[str, ...] = ()
     timeout_s: float = 120.0
     prefetch: Callable[[Context], None] | None = None
+    fixes: str = ""  # what its fix repairs and how (`list-checks --fixes`); empty: it only reports
+    timeout_from: Callable[[Target], float] | None = None  # a limit that depends on the target (the smoke run)
 
     @property
     def gate(self) -> str:
         return self.id.split(".", 1)[0]
+
+    def timeout_for(self, target: Target) -> float:
+        """How long the runner waits for this check on `target` before giving up on it."""
+        return self.timeout_from(target) if self.timeout_from is not None else self.timeout_s

@@ -1,14 +1,37 @@
-"""Run checks in dependency order: blocked dependents skip, crashes become `error`, everything is timed."""
+"""Run checks in dependency order: blocked dependents skip, crashes become `error`, everything is timed, and
+no check runs past its deadline.
+
+Deadlines work as pytest-timeout's do under pytest: each check runs in its own thread; when it has not answered
+within its `timeout_s` (or before the whole run's deadline, `--timeout`), it becomes an `error` result "did not
+answer in N s", the processes its work started are killed, and the run goes on with the next check.
+"""
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from lorasetup.engine.context import Context
+from lorasetup.engine.context import CURRENT_CHECK, Abandoned, Context
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Check, CheckFailed, Result, Status
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The whole run's time limit (`--timeout`): `seconds` from when it was started."""
+
+    seconds: float
+    at: float
+
+    @classmethod
+    def start(cls, seconds: float) -> Deadline:
+        return cls(seconds, time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
 
 
 def select(checks: list[Check], only: Iterable[str] = (), skip: Iterable[str] = (),
@@ -29,8 +52,9 @@ def select(checks: list[Check], only: Iterable[str] = (), skip: Iterable[str] = 
 class Runner:
     """Computes each check's result once, requirements first."""
 
-    def __init__(self, ctx: Context, checks: list[Check]) -> None:
+    def __init__(self, ctx: Context, checks: list[Check], deadline: Deadline | None = None) -> None:
         self.ctx = ctx
+        self.deadline = deadline
         self.checks = {c.id: c for c in checks}
         self.results: dict[str, Result] = {}
         self.gating: list[str] = []  # preflight checks of this run: a failure among them blocks smoke checks
@@ -116,8 +140,36 @@ class Runner:
                         f"blocked by {req} ({blocked.status.value})").with_meta(c, 0.0)
                     break
             else:
-                self.results[check_id] = run_one(self.ctx, c)
+                self.results[check_id] = self.run_timed(c)
         return self.results[check_id]
+
+    def run_timed(self, c: Check) -> Result:
+        """run_one in a thread of its own, given up on after the check's time limit or the run's deadline."""
+        limit = c.timeout_for(self.ctx.target)
+        if self.deadline is not None:
+            if self.deadline.left() <= 0:
+                return Result(Status.ERROR, f"not run: the run's --timeout of {self.deadline.seconds:g} s was "
+                              "used up", hint="raise --timeout, or run fewer checks (--only/--skip)").with_meta(c, 0)
+            limit = min(limit, self.deadline.left())
+        answer: list[Result] = []
+
+        def work() -> None:
+            CURRENT_CHECK.set(c.id)
+            answer.append(run_one(self.ctx, c))
+        worker = threading.Thread(target=work, name=f"lorasetup-check-{c.id}", daemon=True)
+        start = time.perf_counter()
+        worker.start()
+        worker.join(limit)
+        if answer:
+            return answer[0]
+        cut = self.deadline is not None and limit < c.timeout_for(self.ctx.target)
+        why = (f"before the run's --timeout of {self.deadline.seconds:g} s ran out" if cut and self.deadline
+               else f"in {limit:g} s (its time limit)")
+        self.ctx.abandon(c.id, f"{c.id} did not answer {why}")
+        return Result(Status.ERROR, f"{c.id} did not answer {why}; the processes it started were stopped and "
+                      "the run went on", hint="run it alone with -v to see where it waits (`lorasetup doctor "
+                      f"--only {c.id} -v`); a slow disk, a hung network mount or a hung training interpreter?"
+                      ).with_meta(c, time.perf_counter() - start)
 
 
 def run_one(ctx: Context, c: Check) -> Result:
@@ -129,6 +181,9 @@ def run_one(ctx: Context, c: Check) -> Result:
             raise TypeError(f"check {c.id} returned {type(result).__name__}, not Result")
     except CheckFailed as exc:
         result = Result.fail(exc.summary, exc.details, hint=exc.hint)
+    except Abandoned as exc:
+        result = Result(Status.ERROR, f"did not answer: it waits for work that was given up: {exc}",
+                        hint="see the check named above: it did not answer in time")
     except ProbeError as exc:
         result = Result(Status.ERROR, str(exc).splitlines()[0], str(exc).splitlines()[1:],
                         hint="run the command with -v to see the whole output of the training interpreter",

@@ -17,10 +17,13 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from lorasetup.engine.files import (
+    FileProblem,
+    read_source,
+    read_toml,
+    resolved,
+    tomllib,  # noqa: F401 - re-exported: the gates import it from here
+)
 
 DEVICES = ("auto", "mps", "cuda", "xpu", "cpu")
 DISCOVERY_DIRS = ("kohya_ss", "~/kohya_ss", "~/tools/kohya_ss")
@@ -30,11 +33,19 @@ class ConfigError(Exception):
     """Bad configuration: the CLI exits 2 with this message."""
 
 
+class UnknownKey(ConfigError):
+    """A key the config file does not know; `rename_to` is its one clear right name (for `bootstrap --fix`)."""
+
+    def __init__(self, message: str, path: Path, table: tuple[str, ...], key: str, rename_to: str | None) -> None:
+        super().__init__(message)
+        self.path, self.table, self.key, self.rename_to = path, table, key, rename_to
+
+
 def _path(value: Any, base: Path) -> Path | None:
     if value in (None, ""):
         return None
     path = Path(str(value)).expanduser()
-    return (base / path).resolve() if not path.is_absolute() else path
+    return resolved(base / path) if not path.is_absolute() else path
 
 
 def _args(value: Any, base: Path) -> list[str]:
@@ -206,8 +217,8 @@ def detect_layout(root: Path) -> str | None:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text(errors="replace")
-    except OSError:
+        return read_source(path)
+    except FileProblem:
         return ""
 
 
@@ -220,7 +231,7 @@ def discover_root(cwd: Path) -> Path | None:
         if layout:
             return candidate
     for name in DISCOVERY_DIRS:
-        candidate = (cwd / Path(name).expanduser()).resolve()
+        candidate = resolved(cwd / Path(name).expanduser())
         if candidate.is_dir() and detect_layout(candidate):
             return candidate
     return None
@@ -252,12 +263,9 @@ def find_config_file(cwd: Path) -> tuple[Path, dict[str, Any]] | None:
 
 def _load_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}. Fix the syntax at that line and column.") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it: {exc.strerror}") from None
+        return read_toml(path)
+    except FileProblem as exc:
+        raise ConfigError(f"{exc.summary}. {exc.hint}.") from None
 
 
 def _flatten_config(path: Path, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -267,12 +275,17 @@ def _flatten_config(path: Path, raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         norm = key.replace("-", "_")
         if norm not in known:
-            raise ConfigError(_unknown_key(path, key, sorted(known)))
+            raise _unknown_key(path, _base_table(path), key, sorted(known))
         if norm in TABLES:
             out.update(_flatten_table(path, norm, value))
         else:
             out[norm] = value
     return out
+
+
+def _base_table(path: Path) -> tuple[str, ...]:
+    """Where lorasetup's keys sit in the file: the top level, or [tool.lorasetup] in a pyproject.toml."""
+    return ("tool", "lorasetup") if path.name == "pyproject.toml" else ()
 
 
 def _flatten_table(path: Path, table: str, value: Any) -> dict[str, Any]:
@@ -284,15 +297,20 @@ def _flatten_table(path: Path, table: str, value: Any) -> dict[str, Any]:
     out = {}
     for sub, subval in value.items():
         if sub not in keys:
-            raise ConfigError(_unknown_key(path, f"{table}.{sub}", [f"{table}.{k}" for k in keys]))
+            raise _unknown_key(path, (*_base_table(path), table), sub, [str(k) for k in keys], f"{table}.")
         out[keys[sub]] = subval
     return out
 
 
-def _unknown_key(path: Path, key: str, known: list[str]) -> str:
+def _unknown_key(path: Path, table: tuple[str, ...], key: str, known: list[str], prefix: str = "") -> UnknownKey:
     close = difflib.get_close_matches(key, known, n=1)
-    suggestion = f" Did you mean `{close[0]}`?" if close else ""
-    return f"{path}: unknown key `{key}`.{suggestion} Known keys: {', '.join(known)}."
+    clear = difflib.get_close_matches(key, known, n=2, cutoff=0.8)
+    rename_to = clear[0] if len(clear) == 1 else None
+    suggestion = f" Did you mean `{prefix}{close[0]}`?" if close else ""
+    repair = " `lorasetup bootstrap --fix --yes` renames it." if rename_to else ""
+    message = (f"{path}: unknown key `{prefix}{key}`.{suggestion}{repair} Known keys: "
+               f"{', '.join(prefix + k for k in known)}.")
+    return UnknownKey(message, path, table, key, rename_to)
 
 
 def _coerce(name: str, value: Any, origin: str, base: Path) -> Any:
@@ -327,7 +345,7 @@ def _config_file(config: Path | None, cwd: Path, environ: Mapping[str, str], sea
     config = config or (Path(environ["LORASETUP_CONFIG"]) if environ.get("LORASETUP_CONFIG") else None)
     if config is None:
         return find_config_file(cwd) if search else None
-    config = (cwd / config).resolve()
+    config = resolved(cwd / config)
     if not config.is_file():
         raise ConfigError(f"{config}: config file not found. Pass an existing lorasetup.toml to --config.")
     raw = _load_toml(config)

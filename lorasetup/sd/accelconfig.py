@@ -32,7 +32,6 @@ config or launch flag is only worth a note.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -40,8 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorasetup.engine.fileedit import backup
-from lorasetup.engine.result import FixError
+from lorasetup.engine.fileedit import guarded_write
 from lorasetup.engine.target import Target
 from lorasetup.sd.trainargs import TrainArgs
 
@@ -112,32 +110,10 @@ def render(values: Mapping[str, Any]) -> str:
     return json.dumps(dict(values), indent=2, sort_keys=True) + "\n"
 
 
-def digest(path: Path) -> str | None:
-    """A fingerprint of a file's bytes (None when it does not exist), to refuse overwriting later edits."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise FixError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def write_config(path: Path, values: Mapping[str, Any], seen_digest: str | None) -> Path | None:
-    """Write `values` to `path`; back up an existing file first. Returns the backup's path, if any.
-
-    `seen_digest` is the file as the check saw it (None: absent); a file changed since then is not touched.
-    """
-    if digest(path) != seen_digest:
-        raise FixError(f"{path} changed since the check read it; not touching it. Run the check again.")
-    saved = backup(path) if seen_digest is not None else None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".lorasetup-tmp")
-        tmp.write_text(render(values), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise FixError(f"cannot write {path}: {exc.strerror}") from None
-    return saved
+def write_config(path: Path, values: Mapping[str, Any], seen: bytes | None) -> Path | None:
+    """Write `values` to `path` through the guarded writer: refused when the file no longer holds `seen` (the
+    bytes the check read; None: it did not exist), backed up, written atomically. Returns the backup, if any."""
+    return guarded_write(path, seen, render(values).encode("utf-8"))
 
 
 def effective_mixed_precision(train_args: TrainArgs) -> tuple[str, str]:

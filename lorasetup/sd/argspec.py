@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine.files import DATA_LIMIT, FileProblem, read_bytes, read_json, read_source, resolved
 from lorasetup.engine.result import CheckFailed
 
 CACHE_VERSION = 1
@@ -117,6 +118,15 @@ class ArgSpec:
                 seen.setdefault(opt.dest, opt)
         return list(seen.values())
 
+    def clear_suggestion(self, name: str) -> str | None:
+        """The one option a misspelt name plainly means (close enough, and no second candidate), for a fix
+        that renames it; None when that is not clear."""
+        key = name.lstrip("-").replace("-", "_")
+        if key in self.options:
+            return key if key != name.lstrip("-") else None
+        close = difflib.get_close_matches(key, list(self.options), n=2, cutoff=0.8)
+        return close[0] if len(close) == 1 else None
+
     def suggest(self, name: str) -> str | None:
         """The closest option name (dest form) to a misspelt one."""
         key = name.lstrip("-").replace("-", "_")
@@ -173,8 +183,8 @@ class _Extractor:
             try:
                 with warnings.catch_warnings():  # sd-scripts' invalid escapes must not print warnings here
                     warnings.simplefilter("ignore")
-                    tree = ast.parse(path.read_bytes(), filename=str(path))
-            except (SyntaxError, ValueError, OSError):
+                    tree = ast.parse(read_bytes(path), filename=str(path))
+            except (SyntaxError, ValueError, FileProblem):
                 tree = None
             if tree is not None:
                 module = self._index(dotted, path, tree)
@@ -275,35 +285,47 @@ class _Extractor:
         for stmt in body:
             if isinstance(stmt, ast.Return):
                 return self.eval(module, stmt.value, env) if stmt.value is not None else None
-            if isinstance(stmt, ast.Assign):
-                value = self.eval(module, stmt.value, env)
-                for target in stmt.targets:
-                    if isinstance(target, ast.Name):
-                        env[target.id] = value
-            elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
-                env[stmt.target.id] = self.eval(module, stmt.value, env)
-            elif isinstance(stmt, ast.Expr):
-                self.eval(module, stmt.value, env)
-            elif isinstance(stmt, ast.If):
-                test = self.eval(module, stmt.test, env)
-                branches = [stmt.body, stmt.orelse] if test is _UNKNOWN else [stmt.body if test else stmt.orelse]
-                for branch in branches:
-                    value = self.exec_block(module, branch, env)
-                    if value is _PARSER:
-                        returned = value
-            elif isinstance(stmt, ast.For):
-                items = self.eval(module, stmt.iter, env)
-                if isinstance(items, (list, tuple)) and isinstance(stmt.target, ast.Name):
-                    for item in items:
-                        env[stmt.target.id] = item
-                        self.exec_block(module, stmt.body, env)
-                else:
-                    self.exec_block(module, stmt.body, env)
-            elif isinstance(stmt, (ast.With, ast.While)):
-                self.exec_block(module, stmt.body, env)
-            elif isinstance(stmt, ast.Try):
-                self.exec_block(module, stmt.body + stmt.orelse + stmt.finalbody, env)
+            if self.exec_stmt(module, stmt, env) is _PARSER:
+                returned = _PARSER
         return returned
+
+    def exec_stmt(self, module: _Module, stmt: ast.stmt, env: dict[str, Any]) -> Any:
+        """One statement other than `return`; _PARSER when a branch of it returned the parser."""
+        if isinstance(stmt, ast.Assign):
+            value = self.eval(module, stmt.value, env)
+            for target in stmt.targets:
+                if isinstance(target, ast.Name):
+                    env[target.id] = value
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.value is not None:
+            env[stmt.target.id] = self.eval(module, stmt.value, env)
+        elif isinstance(stmt, ast.Expr):
+            self.eval(module, stmt.value, env)
+        elif isinstance(stmt, ast.If):
+            return self.exec_if(module, stmt, env)
+        elif isinstance(stmt, ast.For):
+            self.exec_for(module, stmt, env)
+        elif isinstance(stmt, (ast.With, ast.While)):
+            self.exec_block(module, stmt.body, env)
+        elif isinstance(stmt, ast.Try):
+            self.exec_block(module, stmt.body + stmt.orelse + stmt.finalbody, env)
+        return _UNKNOWN
+
+    def exec_if(self, module: _Module, stmt: ast.If, env: dict[str, Any]) -> Any:
+        """The branch the test selects, or both when it cannot be evaluated."""
+        test = self.eval(module, stmt.test, env)
+        branches = [stmt.body, stmt.orelse] if test is _UNKNOWN else [stmt.body if test else stmt.orelse]
+        returned = [self.exec_block(module, branch, env) for branch in branches]
+        return _PARSER if _PARSER in returned else _UNKNOWN
+
+    def exec_for(self, module: _Module, stmt: ast.For, env: dict[str, Any]) -> None:
+        """A loop over constants binds each item; any other loop runs its body once."""
+        items = self.eval(module, stmt.iter, env)
+        if isinstance(items, (list, tuple)) and isinstance(stmt.target, ast.Name):
+            for item in items:
+                env[stmt.target.id] = item
+                self.exec_block(module, stmt.body, env)
+        else:
+            self.exec_block(module, stmt.body, env)
 
     def eval(self, module: _Module, node: ast.expr | None, env: dict[str, Any]) -> Any:
         if node is None:
@@ -521,31 +543,31 @@ def git_head(tree: Path) -> str | None:
     dot_git = tree / ".git"
     try:
         if dot_git.is_file():
-            text = dot_git.read_text().strip()
+            text = read_source(dot_git).strip()
             if not text.startswith("gitdir:"):
                 return None
-            git_dir = (tree / text.split(":", 1)[1].strip()).resolve()
+            git_dir = resolved(tree / text.split(":", 1)[1].strip())
         elif dot_git.is_dir():
             git_dir = dot_git
         else:
             return None
-        head = (git_dir / "HEAD").read_text().strip()
+        head = read_source(git_dir / "HEAD").strip()
         if not head.startswith("ref:"):
             return head or None
         ref = head.split(":", 1)[1].strip()
         common = git_dir
         if (git_dir / "commondir").is_file():
-            common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+            common = resolved(git_dir / read_source(git_dir / "commondir").strip())
         for base in (git_dir, common):
             if (base / ref).is_file():
-                return (base / ref).read_text().strip() or None
+                return read_source(base / ref).strip() or None
         packed = common / "packed-refs"
         if packed.is_file():
-            for line in packed.read_text().splitlines():
+            for line in read_source(packed, DATA_LIMIT).splitlines():
                 sha, _, name = line.partition(" ")
                 if name.strip() == ref:
                     return sha
-    except OSError:
+    except (OSError, FileProblem):
         return None
     return None
 
@@ -570,7 +592,7 @@ def _stat(path: Path) -> tuple[int, int] | None:
 
 def _read_cache(root: Path, script: str, commit: str | None) -> ArgSpec | None:
     try:
-        raw = json.loads(_cache_file(root, script).read_text())
+        raw = read_json(_cache_file(root, script), DATA_LIMIT)
         if raw.get("version") != CACHE_VERSION or raw.get("commit") != commit or raw.get("script") != script:
             return None
         files = {rel: tuple(stat) for rel, stat in raw["files"].items()}
@@ -578,7 +600,7 @@ def _read_cache(root: Path, script: str, commit: str | None) -> ArgSpec | None:
             return None
         options = {o["dest"]: Option.from_json(o) for o in raw["options"]}
         return ArgSpec(script, options, files, commit, list(raw.get("unresolved", [])), from_cache=True)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, FileProblem, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.engine.probe import kill_tree
+from lorasetup.engine.files import FileProblem, read_json, read_source
+from lorasetup.engine.probe import kill_tree, track
 from lorasetup.engine.target import Target
-from lorasetup.sd.launch import launcher, run_env
+from lorasetup.sd.run.command import launcher, run_env
 
 PROGRAM = Path(__file__).with_name("programs") / "rendezvous.py"
 DEFAULT_PORT = 29500  # accelerate utils/launch.py prepare_multi_gpu_env: main_process_port None -> 29500
@@ -113,7 +114,10 @@ def config_values(path: Path | None) -> dict[str, Any]:
     or flat `key: value` YAML (`accelerate config`); both are read here without a YAML library."""
     if path is None or not path.is_file():
         return {}
-    text = path.read_text(errors="replace")
+    try:
+        text = read_source(path)
+    except FileProblem:  # device.accelerate reports a config it cannot read
+        return {}
     try:
         data = json.loads(text)
         return {k: data[k] for k in CONFIG_KEYS if isinstance(data, dict) and k in data}
@@ -180,8 +184,8 @@ class Outcome:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        data = read_json(path)
+    except FileProblem:
         return None
     return data if isinstance(data, dict) else None
 
@@ -200,6 +204,7 @@ def run_rendezvous(target: Target, params: dict[str, Any], timeout: float) -> Ou
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=run_env(), start_new_session=True, text=True, errors="replace")
+        forget = track(proc)  # a runner that gives up on the check stops the launch
         try:
             output, _ = proc.communicate(timeout=timeout)
             timed_out = False
@@ -207,6 +212,7 @@ def run_rendezvous(target: Target, params: dict[str, Any], timeout: float) -> Ou
             kill_tree(proc)
             output, _ = proc.communicate()
             timed_out = True
+        forget()
         gathered = _read_json(out / "gathered.json")
         return Outcome(None if timed_out else proc.returncode, timed_out, time.monotonic() - start, output or "",
                        (gathered or {}).get("ranks"), _collect(out, "rank-*.started.json"),

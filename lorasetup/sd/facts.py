@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
+from typing import Any
+
+from lorasetup.engine import files
 
 # Import name -> distribution name, where they differ (sd-scripts requirements.txt and its optional
 # imports). A module that neither a requirement file pins nor this table knows is never guessed.
@@ -68,9 +71,9 @@ def bucket_divisor(script_path: Path) -> int | None:
     (flux_train_network.py: 32 and train_network.py's 64), so the result is the least common multiple.
     None when the script makes no such call."""
     try:
-        code = "\n".join(line for line in script_path.read_text(errors="replace").splitlines()
+        code = "\n".join(line for line in files.read_source(script_path).splitlines()
                          if not line.lstrip().startswith("#"))
-    except OSError:
+    except files.FileProblem:
         return None
     divisors = [int(n) for n in re.findall(r"verify_bucket_reso_steps\((\d+)\)", code)]
     parent = re.search(r"^class \w+\((\w+)\.\w+\)", code, re.MULTILINE)
@@ -84,3 +87,21 @@ def bucket_divisor(script_path: Path) -> int | None:
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(
     ext for base in (".png", ".jpg", ".jpeg", ".webp", ".bmp") for ext in (base, base.upper()))
 DEFAULT_CAPTION_EXTENSION = ".caption"  # library/config_util.py / train_util.py default
+
+# Argparse defaults of the training-loop options (library/train_util.py add_training_arguments,
+# add_sd_saving_arguments; train_network.py --save_model_as). The checkout's own defaults, read by
+# lorasetup.sd.argspec, win; this table answers only when they cannot be read.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "max_train_steps": 1600, "max_train_epochs": None, "gradient_accumulation_steps": 1,
+    "save_every_n_steps": None, "save_every_n_epochs": None, "save_n_epoch_ratio": None,
+    "output_name": None, "save_model_as": "safetensors", "seed": None,
+}
+# What networks/lora.py create_network uses when the option is None (its argparse default).
+NETWORK_DEFAULTS: dict[str, Any] = {"network_dim": 4, "network_alpha": 1.0}
+# Checkpoint and state names (library/train_util.py STEP_FILE_NAME, EPOCH_FILE_NAME, get_last_ckpt_name,
+# STEP_STATE_NAME, EPOCH_STATE_NAME, LAST_STATE_NAME; the default names when output_name is unset).
+STEP_FILE = re.compile(r"-step(?P<step>\d{8})$")
+EPOCH_FILE = re.compile(r"-(?P<epoch>\d{6})$")
+STATE_DIR = re.compile(r"^(?P<name>.*?)(?:-step(?P<step>\d{8})|-(?P<epoch>\d{6}))?-state$")
+DEFAULT_LAST_NAME = "last"
+DEFAULT_SAVE_MODEL_AS = "safetensors"

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import CheckFailed
@@ -151,8 +152,8 @@ def file_imports(path: Path, rel: str, module: str, is_entry: bool) -> tuple[lis
     try:
         with warnings.catch_warnings():  # the checkout's invalid escapes etc. are not ours to report
             warnings.simplefilter("ignore")
-            tree = ast.parse(path.read_bytes(), filename=str(path))
-    except (SyntaxError, ValueError, OSError) as exc:
+            tree = ast.parse(files.read_bytes(path), filename=str(path))
+    except (SyntaxError, ValueError, files.FileProblem) as exc:
         return [], f"{rel}: {exc}"
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     walker = _Walker(rel, package, is_entry)
@@ -255,9 +256,9 @@ class ScanCache:
         self.path = cache_dir() / f"imports-{digest}.json"
         self.dirty = False
         try:
-            raw = json.loads(self.path.read_text())
+            raw = files.read_json(self.path, files.DATA_LIMIT)
             self.entries: dict[str, Any] = raw["files"] if raw.get("version") == CACHE_VERSION else {}
-        except (OSError, ValueError, KeyError, TypeError):
+        except (files.FileProblem, KeyError, TypeError, AttributeError):
             self.entries = {}
 
     def imports(self, path: Path, rel: str, module: str, is_entry: bool) -> tuple[list[ImportUse], str | None]:
@@ -387,9 +388,9 @@ def arg_imports(ctx: Context, root: Path) -> tuple[list[str], list[ImportUse], l
         need("wandb", "log_with")
     if log_with in ("tensorboard", "all") or (log_with is None and args.get("logging_dir")):
         need("tensorboard", "log_with" if log_with else "logging_dir")
-    if args.flag("xformers"):  # library/train_util.py replace_unet_modules: `import xformers.ops`
+    if args.on("xformers"):  # library/train_util.py replace_unet_modules: `import xformers.ops`
         need("xformers.ops", "xformers")
-    if args.flag("deepspeed"):  # library/deepspeed_utils.py prepare_deepspeed_plugin
+    if args.on("deepspeed"):  # library/deepspeed_utils.py prepare_deepspeed_plugin
         need("deepspeed", "deepspeed")
     return first, uses, []
 

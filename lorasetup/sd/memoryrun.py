@@ -13,11 +13,12 @@ from lorasetup.engine.result import CheckFailed
 from lorasetup.sd import accelconfig
 from lorasetup.sd.dataset.largest import ImpossibleSteps, LargestBucket, largest_bucket
 from lorasetup.sd.dataset.schema import ConfigSyntaxError
+from lorasetup.sd.lora import network_kwargs
 from lorasetup.sd.memory import Estimate, Run, estimate
 from lorasetup.sd.modelfamily import classify, classify_folder
 from lorasetup.sd.modelparts import FLUX_FILES, ModelParts, component, model_parts
 from lorasetup.sd.safetensors_header import Header, HeaderError, TensorInfo, read_header
-from lorasetup.sd.trainargs import TrainArgs, network_kwargs, path_setting, train_args
+from lorasetup.sd.trainargs import TrainArgs, path_setting, train_args
 
 BASE_MODEL_ARG = "pretrained_model_name_or_path"
 # Entry scripts that train a LoRA, by the families they train (the estimate models these).
@@ -113,14 +114,14 @@ def attention(args: TrainArgs) -> str:
     """The U-Net attention sd-scripts installs (train_util.replace_unet_modules): xformers, mem_eff, sdpa or the
     plain softmax(QK^T)V."""
     for flag, kind in (("xformers", "xformers"), ("mem_eff_attn", "mem_eff"), ("sdpa", "sdpa")):
-        if args.flag(flag):
+        if args.on(flag):
             return kind
     return "plain"
 
 
 def optimizer(args: TrainArgs) -> str:
     """The optimizer get_optimizer builds (library/train_util.py): --use_8bit_adam wins over --optimizer_type."""
-    if args.flag("use_8bit_adam"):
+    if args.on("use_8bit_adam"):
         return "AdamW8bit"
     return str(args.get("optimizer_type") or "AdamW")
 
@@ -148,21 +149,21 @@ def run_settings(args: TrainArgs, family: str, notes: list[str]) -> dict[str, An
     kwargs = network_kwargs(args)
     mp, _ = accelconfig.effective_mixed_precision(args)
     return {
-        "mixed_precision": mp, "full_half": args.flag("full_fp16") or args.flag("full_bf16"),
-        "fp8_base": args.flag("fp8_base"), "fp8_base_unet": args.flag("fp8_base_unet"),
-        "no_half_vae": args.flag("no_half_vae"),
-        "train_unet": not args.flag("network_train_text_encoder_only"),
-        "train_te": not args.flag("network_train_unet_only"),
-        "cache_latents": args.flag("cache_latents") or args.flag("cache_latents_to_disk"),
-        "cache_to_disk": args.flag("cache_latents_to_disk"),
-        "cache_te": args.flag("cache_text_encoder_outputs") or args.flag("cache_text_encoder_outputs_to_disk"),
-        "gradient_checkpointing": args.flag("gradient_checkpointing"),
+        "mixed_precision": mp, "full_half": args.on("full_fp16") or args.on("full_bf16"),
+        "fp8_base": args.on("fp8_base"), "fp8_base_unet": args.on("fp8_base_unet"),
+        "no_half_vae": args.on("no_half_vae"),
+        "train_unet": not args.on("network_train_text_encoder_only"),
+        "train_te": not args.on("network_train_unet_only"),
+        "cache_latents": args.on("cache_latents") or args.on("cache_latents_to_disk"),
+        "cache_to_disk": args.on("cache_latents_to_disk"),
+        "cache_te": args.on("cache_text_encoder_outputs") or args.on("cache_text_encoder_outputs_to_disk"),
+        "gradient_checkpointing": args.on("gradient_checkpointing"),
         "attention": "sdpa" if family == "flux" else attention(args),
         "network_dim": _int(args, "network_dim", 4, notes),
         "conv_dim": int(float(kwargs["conv_dim"])) if kwargs.get("conv_dim", "").replace(".", "", 1).isdigit() else 0,
         "network_factor": network_factor(args, notes), "optimizer": optimizer(args),
         "blocks_to_swap": _int(args, "blocks_to_swap", 0, notes),
-        "lowram": args.flag("lowram"), "highvram": args.flag("highvram"),
+        "lowram": args.on("lowram"), "highvram": args.on("highvram"),
         "token_chunks": _token_chunks(args, notes),
         "t5_tokens": _int(args, "t5xxl_max_token_length", 512, notes),
     }

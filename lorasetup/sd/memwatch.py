@@ -9,7 +9,7 @@ Device memory: on CUDA, `nvidia-smi --query-compute-apps=pid,used_memory` lists 
 memory cannot be read from outside the process, so none is reported there.
 
 The sampled peaks can miss a spike shorter than the interval; the kernel's own high-water mark of the
-biggest process (wait4's ru_maxrss, lorasetup.sd.launch) cannot, and is reported beside them.
+biggest process (wait4's ru_maxrss, lorasetup.sd.run.stream) cannot, and is reported beside them.
 """
 
 from __future__ import annotations

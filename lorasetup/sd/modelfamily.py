@@ -4,11 +4,12 @@ the family fit the script?) and the memory estimate (which components, how big).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lorasetup.engine.files import FileProblem, read_json
 
 FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL base", "sdxl-refiner": "SDXL refiner",
                  "flux": "FLUX.1", "sd3": "SD3", "lora": "a LoRA (not a base model)"}
@@ -20,10 +21,11 @@ SD_UNET_ATTN_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.at
 SD_UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 
 
-def read_json(path: Path) -> dict[str, Any] | None:
+def json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON file's top-level object, or None when it is missing, unreadable or not an object."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        value = read_json(path)
+    except FileProblem:
         return None
     return value if isinstance(value, dict) else None
 
@@ -63,11 +65,11 @@ def classify(shapes: Mapping[str, tuple[int, ...]]) -> Family:
 
 def classify_folder(path: Path) -> Family:
     """The family of a diffusers folder from model_index.json and the component configs."""
-    index = read_json(path / "model_index.json") or {}
+    index = json_object(path / "model_index.json") or {}
     cls = str(index.get("_class_name", ""))
-    scheduler = read_json(path / "scheduler" / "scheduler_config.json") or {}
+    scheduler = json_object(path / "scheduler" / "scheduler_config.json") or {}
     v_pred = scheduler.get("prediction_type") == "v_prediction" if scheduler else None
-    unet = read_json(path / "unet" / "config.json") or {}
+    unet = json_object(path / "unet" / "config.json") or {}
     channels = unet.get("in_channels") if isinstance(unet.get("in_channels"), int) else None
     if cls in PIPELINE_FAMILY:
         return Family(PIPELINE_FAMILY[cls], f"model_index.json _class_name {cls}", v_pred, channels)

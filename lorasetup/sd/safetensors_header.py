@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import sys
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from lorasetup.engine.files import open_regular
 
 MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit (HeaderTooLarge above it)
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8,
@@ -85,8 +88,8 @@ def lfs_pointer_size(text: bytes) -> int | None:
 
 def read_header(path: Path) -> Header:
     """Parse and validate the header of `path`; raise HeaderError naming the problem."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:  # a pipe or device by the model's name is reported, never read
+        size = os.fstat(fh.fileno()).st_size
         length = _header_length(fh, size)
         fh.seek(8)
         raw = fh.read(length)
@@ -146,7 +149,7 @@ def _tensor(name: str, entry: Any, base: int, size: int) -> TensorInfo:
 
 
 def _raw(path: Path, info: TensorInfo) -> bytes:
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
         fh.seek(info.start)
         return fh.read(info.end - info.start)
 

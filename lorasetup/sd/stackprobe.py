@@ -47,7 +47,7 @@ def params(ctx: Context) -> dict[str, Any]:
     location = accelconfig.find_config(target)
     try:
         precision = accelconfig.effective_mixed_precision(train_args(ctx))[0]
-        compile_on = train_args(ctx).flag("torch_compile")
+        compile_on = train_args(ctx).on("torch_compile")
         dynamo = str(train_args(ctx).get("dynamo_backend", "inductor")) if compile_on else "NO"
     except Exception:  # noqa: BLE001 - an unreadable training config is reported by the args checks
         precision, dynamo = "no", "NO"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup import __version__
+from lorasetup.engine.files import DATA_LIMIT, FileProblem, read_json, read_source
 from lorasetup.engine.target import Target
 from lorasetup.sd import accelconfig
 from lorasetup.sd.argspec import cache_dir, git_head
@@ -57,7 +58,7 @@ def interpreter_part(python: Path) -> str:
     """The interpreter file (and what a venv's link points at) and the venv's pyvenv.cfg."""
     lines = [_stat_line(python), _stat_line(python.resolve())]
     cfg = python.parent.parent / "pyvenv.cfg"
-    lines.append(cfg.read_text(errors="replace") if cfg.is_file() else "no pyvenv.cfg")
+    lines.append(_text(cfg) if cfg.is_file() else "no pyvenv.cfg")
     return _sha(lines)
 
 
@@ -114,7 +115,7 @@ def gpu_part() -> str:
     for name in GPU_FILES:
         path = Path(name)
         if path.is_file():
-            lines.append(path.read_text(errors="replace"))
+            lines.append(_text(path))
         elif path.is_dir():
             lines += sorted(p.name for p in path.iterdir())
     try:
@@ -126,10 +127,16 @@ def gpu_part() -> str:
 
 def accelerate_part(target: Target, environ: Mapping[str, str]) -> str:
     path = accelconfig.find_config(target, environ).path
+    return _sha([str(path), _text(path)])
+
+
+def _text(path: Path) -> str:
+    """A file's text for a fingerprint; what cannot be read (absent, a pipe by that name) by its description,
+    so the fingerprint never waits on a pipe."""
     try:
-        return _sha([str(path), path.read_text(errors="replace")])
-    except OSError:
-        return _sha([str(path), "absent"])
+        return read_source(path)
+    except FileProblem as exc:
+        return exc.problem
 
 
 @dataclass(frozen=True)
@@ -151,8 +158,7 @@ def fingerprint(target: Target, program: Path, params: Mapping[str, Any],
     env = os.environ if environ is None else environ
     python = target.python_exe
     return Fingerprint({
-        "probe program": _sha([__version__, program.read_text(errors="replace"), json.dumps(params, sort_keys=True,
-                                                                                            default=str)]),
+        "probe program": _sha([__version__, _text(program), json.dumps(params, sort_keys=True, default=str)]),
         "interpreter": interpreter_part(python),
         "installed packages": packages_part(sys_path(python, env)),
         "accelerate config": accelerate_part(target, env),
@@ -171,8 +177,10 @@ def load(key: str, target: Target, fp: Fingerprint, now: float | None = None) ->
     """The cached answer and why it is used, or None and why a fresh probe is needed."""
     path = _entry_path(key, target)
     try:
-        entry = json.loads(path.read_text())
-    except (OSError, ValueError):
+        entry = read_json(path, DATA_LIMIT)
+    except FileProblem:
+        return None, "no cached answer"
+    if not isinstance(entry, dict):
         return None, "no cached answer"
     age = (now or time.time()) - float(entry.get("created", 0))
     if age > TTL_S or age < 0:

@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 from lorasetup.checks import by_id
 from lorasetup.engine.result import Status
 from lorasetup.engine.target import Target, tomllib
+from lorasetup.engine.tomledit import toml_value
 from lorasetup.sd.argspec import extract
 from tests.support.args_tree import TREE
 from tests.support.checks import run_checks
 from tests.support.git import write_tree
-from tests.support.tomlgen import toml_value
 
 SCRIPTS = ("train_network.py", "sdxl_train_network.py", "flux_train_network.py", "fine_tune.py")
 ROOT_HOLDER: dict[str, Path] = {}

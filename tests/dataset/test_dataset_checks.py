@@ -156,7 +156,7 @@ def test_fix_refuses_when_the_file_changed_after_the_check(checkout: Path, tmp_p
     dataset, train = seed(tmp_path, toml_ext=None)
     fix = run(checkout, dataset, train)["dataset.captions"].fix
     dataset.write_text(dataset.read_text() + "\n# edited\n")
-    with pytest.raises(FixError, match="changed since it was checked"):
+    with pytest.raises(FixError, match="changed since the check read it"):
         fix.apply()
     assert not list(tmp_path.glob("dataset.toml.bak-*"))
 
@@ -306,7 +306,7 @@ def test_caption_problems(checkout: Path, tmp_path: Path) -> None:
     assert result.status is Status.FAIL
     text = "\n".join(result.details)
     assert "a.caption: empty caption file" in text
-    assert "b.caption: not UTF-8 (byte 0xe9" in text
+    assert "b.caption: is not UTF-8 (byte 0xe9 at offset" in text
     assert "1 caption file with an empty first line" in text
     assert "UTF-8 BOM" in text
     assert "1 of 5 images have no .caption caption; each trains on an empty caption" in text

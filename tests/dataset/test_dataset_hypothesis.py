@@ -17,10 +17,10 @@ from PIL import Image
 
 from lorasetup.engine.result import Result, Status
 from lorasetup.engine.target import Target
+from lorasetup.engine.tomledit import toml_value
 from lorasetup.sd.dataset.schema import BUILTIN_SCHEMA
 from tests.support.checks import gate_checks, run_checks
 from tests.support.dataset_checkout import make_checkout
-from tests.support.tomlgen import toml_value
 
 KEYS = sorted({k for table in BUILTIN_SCHEMA.values() for k in table}) + [
     "general", "datasets", "subsets", "num_repeat", "learning_rate", "train_batch_size", ""]

@@ -70,7 +70,7 @@ def test_shared_min_bucket_reso_is_fixed_in_each_dataset_when_another_cannot_tak
     result.fix.apply()
     text = dataset.read_text()
     assert "[general]\nenable_bucket = true\nmin_bucket_reso = 32\n" in text
-    assert "[[datasets]]\nmin_bucket_reso = 64\nresolution = 96\n" in text
+    assert "[[datasets]]\nresolution = 96\nmin_bucket_reso = 64\n" in text  # added after the table's keys
     assert run(checkout, dataset)["dataset.steps"].status is Status.OK
 
 

@@ -92,9 +92,9 @@ def test_fp16_in_training_toml_is_fixed_only_with_consent(tmp_path: Path):
     result = run(cpu_target(train_config=toml), "device.precision")["device.precision"]
     assert result.status is Status.FAIL and "train.toml [training] mixed_precision" in result.summary
     assert result.fix is not None and not result.fix.safe
-    assert "set full_fp16 = false" in " ".join(result.fix.commands)
+    assert "full_fp16 = true -> false" in " ".join(result.fix.commands)
     result.fix.apply()
-    assert toml.read_text() == '[training]\nmixed_precision = "no"\nfull_fp16 = false\n'
+    assert toml.read_text() == '[training]\nmixed_precision = "no"  # GUI default\nfull_fp16 = false\n'
     backups = list(tmp_path.glob("train.toml.bak-*"))
     assert len(backups) == 1 and 'mixed_precision = "fp16"' in backups[0].read_text()
     assert run(cpu_target(train_config=toml), "device.precision")["device.precision"].status is Status.OK

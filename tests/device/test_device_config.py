@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lorasetup.checks.device.checks import edit_toml_text, edit_train_config
 from lorasetup.engine.result import FixError
 from lorasetup.engine.target import tomllib
-from lorasetup.sd import accelconfig
+from lorasetup.sd import accelconfig, argfix
+from lorasetup.sd.argfix import ArgChange
 from lorasetup.sd.trainargs import load_train_args
 
 
@@ -39,8 +39,8 @@ def test_machine_config_per_device():
 def test_rewrite_backs_up_and_never_overwrites_an_older_backup(tmp_path: Path):
     path = tmp_path / "default_config.yaml"
     path.write_text("use_cpu: true\n")
-    first = accelconfig.write_config(path, accelconfig.machine_config("mps"), accelconfig.digest(path))
-    second = accelconfig.write_config(path, accelconfig.machine_config("cpu"), accelconfig.digest(path))
+    first = accelconfig.write_config(path, accelconfig.machine_config("mps"), path.read_bytes())
+    second = accelconfig.write_config(path, accelconfig.machine_config("cpu"), path.read_bytes())
     assert first is not None and second is not None and first != second
     assert first.read_text() == "use_cpu: true\n"
     assert json.loads(second.read_text())["use_cpu"] is False
@@ -55,40 +55,50 @@ def test_write_refuses_a_file_that_appeared_after_the_check(tmp_path: Path):
     assert path.read_text() == "mine: 1\n"
 
 
-def test_toml_edit_keeps_everything_else_and_adds_missing_keys_in_the_same_section():
+def edit(tmp_path: Path, text: str, changes: list[ArgChange], extra: list[str] | None = None) -> Path:
+    toml = tmp_path / "train.toml"
+    toml.write_text(text)
+    fix, why = argfix.plan(load_train_args(toml, extra or []), changes).fix("edit", safe=False)
+    assert fix is not None, why
+    fix.apply()
+    return toml
+
+
+def test_toml_edit_keeps_everything_else_and_adds_missing_keys_in_the_same_section(tmp_path: Path):
     text = ('# my settings\n[model_arguments]\nv2 = false\n\n[optimizer_arguments]\n'
             'optimizer_type = "AdamW8bit"  # fast\nxformers = true\n\n[saving_arguments]\n'
             "save_every_n_epochs = 1")
-    out = edit_toml_text(text, {"optimizer_type": "AdamW", "xformers": False, "sdpa": True})
-    assert out == ('# my settings\n[model_arguments]\nv2 = false\n\n[optimizer_arguments]\n'
-                   'optimizer_type = "AdamW"\nxformers = false\nsdpa = true\n\n[saving_arguments]\n'
-                   'save_every_n_epochs = 1')
-    assert tomllib.loads(out)["optimizer_arguments"]["sdpa"] is True
+    toml = edit(tmp_path, text, [ArgChange("optimizer_type", "AdamW"), ArgChange("xformers", False),
+                                 ArgChange("sdpa", True, near="xformers")])
+    assert toml.read_text() == ('# my settings\n[model_arguments]\nv2 = false\n\n[optimizer_arguments]\n'
+                                'optimizer_type = "AdamW"  # fast\nxformers = false\nsdpa = true\n\n'
+                                '[saving_arguments]\nsave_every_n_epochs = 1')
+    assert tomllib.loads(toml.read_text())["optimizer_arguments"]["sdpa"] is True
 
 
-def test_toml_edit_appends_when_no_key_is_present():
-    assert edit_toml_text('mixed_precision = "fp16"', {"no_half_vae": True}) == \
-        'mixed_precision = "fp16"\nno_half_vae = true\n'
+def test_toml_edit_appends_when_no_key_is_present(tmp_path: Path):
+    toml = edit(tmp_path, 'mixed_precision = "fp16"', [ArgChange("no_half_vae", True)])
+    assert toml.read_text() == 'mixed_precision = "fp16"\nno_half_vae = true\n'
 
 
-def test_train_config_edit_refuses_changed_values_and_keeps_a_backup(tmp_path: Path):
+def test_train_config_edit_refuses_a_changed_file_and_keeps_a_backup(tmp_path: Path):
     toml = tmp_path / "train.toml"
     toml.write_text('[a]\nmixed_precision = "bf16"\n')
-    with pytest.raises(FixError, match=r"changed since the check read it \(mixed_precision\)"):
-        edit_train_config(toml, {"mixed_precision": "no"}, {"mixed_precision": "fp16"})
-    assert toml.read_text() == '[a]\nmixed_precision = "bf16"\n'
+    fix, _ = argfix.plan(load_train_args(toml, []), [ArgChange("mixed_precision", "no")]).fix("edit")
+    assert fix is not None
+    toml.write_text('[a]\nmixed_precision = "fp16"\n')
+    with pytest.raises(FixError, match="changed since the check read it"):
+        fix.apply()
+    assert toml.read_text() == '[a]\nmixed_precision = "fp16"\n'
     assert not list(tmp_path.glob("*.bak-*"))
-    saved = edit_train_config(toml, {"mixed_precision": "no"}, {"mixed_precision": "bf16"})
-    assert saved.read_text() == '[a]\nmixed_precision = "bf16"\n'
+    edit(tmp_path, toml.read_text(), [ArgChange("mixed_precision", "no")])
     assert toml.read_text() == '[a]\nmixed_precision = "no"\n'
+    assert [b.read_text() for b in tmp_path.glob("*.bak-*")] == ['[a]\nmixed_precision = "fp16"\n']
 
 
-def test_train_config_edit_refuses_what_it_cannot_set_safely(tmp_path: Path):
-    toml = tmp_path / "train.toml"
-    toml.write_text('"xformers" = true\n')  # a quoted key the line editor does not touch
-    with pytest.raises(FixError, match="edit it by hand"):
-        edit_train_config(toml, {"xformers": False}, {"xformers": True})
-    assert toml.read_text() == '"xformers" = true\n'
+def test_a_quoted_key_is_edited_in_place(tmp_path: Path):
+    assert edit(tmp_path, '"xformers" = true # keep\n', [ArgChange("xformers", False)]).read_text() == \
+        '"xformers" = false # keep\n'
 
 
 @pytest.mark.parametrize("toml_text, extra, expected", [

@@ -77,6 +77,19 @@ def test_list_checks_names_every_gate():
     assert "repo.submodule" in out and "(needs repo.git)" in out
 
 
+def test_list_checks_fixes_and_the_readme_say_the_same():
+    """Each check that repairs something says what in `list-checks --fixes`, and the README's gate table names it
+    in its gate's row."""
+    from lorasetup.checks import all_checks
+    out = lorasetup("list-checks", "--fixes").stdout
+    rows = {line.split("|")[1].strip(" `"): line for line in
+            (Path(__file__).resolve().parents[2] / "README.md").read_text().splitlines() if line.startswith("| `")}
+    for c in all_checks():
+        assert f"fix: {c.fixes or 'none: the hint says what to do'}" in out
+        if c.fixes:
+            assert f"`{c.id}`" in rows[c.gate], c.id
+
+
 def test_a_skip_hint_is_printed_once(tmp_path):
     from lorasetup.engine.report import render_result
     from lorasetup.engine.result import Result

@@ -14,8 +14,9 @@ from lorasetup.checks.smoke.checks import run_smoke
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target, tomllib
 from lorasetup.sd.dataset.largest import largest_bucket, largest_bucket_config
-from lorasetup.sd.launch import run_env, run_streaming
 from lorasetup.sd.memwatch import MemorySampler, process_gpu_memory
+from lorasetup.sd.run.command import run_env
+from lorasetup.sd.run.stream import run_streaming
 
 MIB = 1024 ** 2
 # A parent that starts a child holding 300 MiB of touched memory for 2 s (the tree's biggest process).

@@ -1,21 +1,17 @@
-"""The smoke command is the real command with only the smoke overrides; the LoRA checker on files written
-here (conv ranks, U-Net-only runs, alpha and metadata disagreements)."""
+"""The smoke command is the real command with only the smoke overrides; the failure catalog."""
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.numpy import save_file
 
-from lorasetup.checks.smoke.checks import check_lora, explain, smoke_pytest_timeout
+from lorasetup.checks.smoke.checks import smoke_pytest_timeout
 from lorasetup.engine.target import Target, tomllib
-from lorasetup.sd.launch import (
+from lorasetup.sd.run.command import (
     SMOKE_DROPPED,
     config_without,
     launcher,
@@ -25,7 +21,7 @@ from lorasetup.sd.launch import (
     toml_key,
     toml_value,
 )
-from lorasetup.sd.trainargs import load_train_args
+from lorasetup.sd.run.failures import explain
 
 GUI_CONFIG = '''
 # written by the kohya_ss GUI
@@ -143,69 +139,3 @@ def test_error_lines_match_the_failure_catalog(line, mode):
 def test_unknown_error_line_falls_back_to_the_output_tail():
     assert explain("RuntimeError: something new", ["OSError: [Errno 28] No space left on device"]).id == "G4"
     assert explain("RuntimeError: something new", ["all fine"]) is None
-
-
-# ---- the saved LoRA ----------------------------------------------------------------------------------------
-
-def lora(path: Path, rank: int = 4, alpha: float = 1.0, te: bool = True, conv_rank: int | None = None,
-         meta: dict[str, str] | None = None, dtype: type = np.float32, nan: bool = False) -> Path:
-    tensors = {}
-    names = ["lora_unet_down_blocks_0_attentions_0_proj_in", "lora_unet_mid_block_attentions_0_proj_out"]
-    names += ["lora_te_text_model_encoder_layers_0_mlp_fc1"] if te else []
-    for name in names:
-        tensors[f"{name}.lora_down.weight"] = np.full((rank, 8), 0.1, dtype=dtype)
-        tensors[f"{name}.lora_up.weight"] = np.zeros((8, rank), dtype=dtype)
-        tensors[f"{name}.alpha"] = np.array(alpha, dtype=dtype)
-    if conv_rank:
-        conv = "lora_unet_down_blocks_0_resnets_0_conv1"
-        tensors[f"{conv}.lora_down.weight"] = np.zeros((conv_rank, 8, 3, 3), dtype=dtype)
-        tensors[f"{conv}.lora_up.weight"] = np.zeros((8, conv_rank, 1, 1), dtype=dtype)
-        tensors[f"{conv}.alpha"] = np.array(1.0, dtype=dtype)
-    if nan:
-        tensors[f"{names[0]}.lora_up.weight"][0, 0] = math.nan
-    save_file(tensors, str(path), metadata=meta or {"ss_network_dim": str(rank), "ss_network_alpha": str(alpha)})
-    return path
-
-
-def args(*argv: str):
-    return load_train_args(None, list(argv))
-
-
-def test_good_lora_in_fp16(tmp_path):
-    problems, facts = check_lora(lora(tmp_path / "l.safetensors", alpha=0.3, dtype=np.float16),
-                                 args("--network_alpha=0.3", "--network_dim=4"))
-    assert problems == [] and "all finite" in facts[0] and "ranks [4]" in facts[1]
-
-
-def test_default_rank_and_alpha(tmp_path):
-    path = lora(tmp_path / "l.safetensors", meta={"ss_network_dim": "None", "ss_network_alpha": "1"})
-    assert check_lora(path, args())[0] == []
-
-
-def test_conv_modules_use_conv_dim(tmp_path):
-    path = lora(tmp_path / "l.safetensors", conv_rank=2)
-    assert check_lora(path, args("--network_dim=4", "--network_args", "conv_dim=2"))[0] == []
-    problems, _ = check_lora(path, args("--network_dim=4"))
-    assert len(problems) == 1 and "rank 2" in problems[0]
-
-
-def test_unet_only_needs_no_text_encoder_modules(tmp_path):
-    path = lora(tmp_path / "l.safetensors", te=False)
-    assert check_lora(path, args("--network_train_unet_only"))[0] == []
-    assert "no lora_te modules" in check_lora(path, args())[0][0]
-
-
-def test_wrong_alpha_metadata_and_nan(tmp_path):
-    path = lora(tmp_path / "l.safetensors", alpha=2.0, meta={"ss_network_dim": "8", "ss_network_alpha": "2.0"},
-                nan=True)
-    problems, _ = check_lora(path, args("--network_dim=4", "--network_alpha=1"))
-    assert "hold NaN/inf" in problems[0]
-    assert any("alpha other than network_alpha = 1" in p for p in problems)
-    assert any("ss_network_dim = 8" in p for p in problems)
-    assert any("ss_network_alpha = 2.0" in p for p in problems)
-
-
-def test_other_network_modules_skip_the_rank_comparison(tmp_path):
-    path = lora(tmp_path / "l.safetensors", rank=16)
-    problems, facts = check_lora(path, args("--network_module=lycoris.kohya", "--network_dim=4"))
-    assert problems == [] and "ranks not compared" in facts[-1]

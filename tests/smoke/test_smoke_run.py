@@ -7,7 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from lorasetup.sd.launch import TRACEBACK_SETTLE_S, RunOutcome, run_env, run_streaming
+from lorasetup.sd.run.command import run_env
+from lorasetup.sd.run.stream import RunOutcome, run_streaming
+from lorasetup.sd.run.watch import TRACEBACK_SETTLE_S
 from tests.support.smoke import FIXTURE, alive
 
 
@@ -39,9 +41,9 @@ def test_traceback_then_hang_is_stopped_right_after_the_traceback(dataset, tmp_p
 
 
 def test_hang_is_killed_at_the_timeout(dataset, tmp_path):
-    outcome, record = run("hang", dataset, tmp_path, timeout=7)
+    outcome, record = run("hang", dataset, tmp_path, timeout=10)  # room for a slow torch import on a busy machine
     assert outcome.stopped == "timeout" and outcome.watch.steps_done == 1
-    assert 7 <= outcome.wall_s < 9
+    assert 10 <= outcome.wall_s < 12
     assert not alive(record["pid"])
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lorasetup.sd.launch import TRACEBACK_MAX_S, TRACEBACK_SETTLE_S, Watch
+from lorasetup.sd.run.watch import TRACEBACK_MAX_S, TRACEBACK_SETTLE_S, Watch
 
 # Recorded from `accelerate launch train_network.py` (sd-scripts 48d368fa) on a random SD1.5 at 256 px, CPU.
 REAL_RUN = (

@@ -1,5 +1,5 @@
 """`lorasetup train`: refuses a target with a failing gate, launches a good one with the smoke run's command
-minus the overrides.
+minus the overrides, and watches it to its end (test_longrun.py tests each way the watched run stops).
 
 The registry is cut down to the repo, model and smoke gates here: the fixture tree is not an installed
 sd-scripts, so the deps gate (which wants sd-scripts' `library` installed from the checkout) cannot pass on it.
@@ -18,7 +18,7 @@ from safetensors.numpy import save_file
 from lorasetup import commands
 from lorasetup.checks import all_checks
 from lorasetup.engine.context import Context
-from lorasetup.sd import launch
+from lorasetup.sd.run import command as launch
 
 SD1 = {"cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": (77, 8),
        "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3)}
@@ -67,3 +67,7 @@ def test_launches_a_good_target_after_the_smoke_run(setup, capsys, tmp_path):
         [f"mychar-step{s:08d}.safetensors" for s in range(2, 19, 2)] + ["mychar.safetensors"]
     started = err.index("$ ")
     assert err[started:].splitlines()[0] == "$ " + shlex.join(launch.real_command(target))
+    summary = err[err.index("lorasetup train: "):]  # the real run was watched to its end
+    assert summary.startswith("lorasetup train: 18 of 18 steps done; every checkpoint verified, the final LoRA")
+    assert "the smoke run estimated" in summary and summary.count(" ok\n") == 10  # 9 step saves and the final
+    assert f"last good checkpoint: {person_out / 'mychar.safetensors'} (step 18)" in summary

@@ -67,19 +67,7 @@ def build_wheelhouse(work: Path) -> Path:
     per batch, since pip resolves a batch together and two versions of one package conflict."""
     batches: list[list[Path]] = [[], []]
     for dist, module, version, body in PACKAGES:
-        src = work / "src" / f"{dist}-{version}"
-        (src / module).mkdir(parents=True)
-        (src / module / "__init__.py").write_text(f"__version__ = {version!r}\n{body}")
-        (src / "pyproject.toml").write_text(textwrap.dedent(f"""\
-            [build-system]
-            requires = ["setuptools"]
-            build-backend = "setuptools.build_meta"
-            [project]
-            name = "{dist}"
-            version = "{version}"
-            [tool.setuptools]
-            packages = ["{module}"]
-            """) + SCRIPTS.get(dist, ""))
+        src = package_source(work / "src" / f"{dist}-{version}", dist, module, version, body, SCRIPTS.get(dist, ""))
         first = all(dist != other.name.rsplit("-", 1)[0] for other in batches[0])
         batches[0 if first else 1].append(src)
     wheels = work / "wheels"
@@ -88,6 +76,25 @@ def build_wheelhouse(work: Path) -> Path:
              "--disable-pip-version-check", "-w", wheels, *sources])
     record_only_wheel(wheels, *RECORD_ONLY)
     return wheels
+
+
+def package_source(src: Path, dist: str, module: str, version: str, body: str = "", extra: str = "",
+                   dependencies: tuple[str, ...] = ()) -> Path:
+    """The source tree of a one-module package setuptools builds offline; `extra` is appended to its pyproject."""
+    (src / module).mkdir(parents=True)
+    (src / module / "__init__.py").write_text(f"__version__ = {version!r}\n{body}")
+    (src / "pyproject.toml").write_text(textwrap.dedent(f"""\
+        [build-system]
+        requires = ["setuptools"]
+        build-backend = "setuptools.build_meta"
+        [project]
+        name = "{dist}"
+        version = "{version}"
+        dependencies = {list(dependencies)!r}
+        [tool.setuptools]
+        packages = ["{module}"]
+        """).replace("'", '"') + extra)
+    return src
 
 
 def record_only_wheel(wheels: Path, dist: str, module: str, version: str) -> Path:

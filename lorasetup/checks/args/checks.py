@@ -12,25 +12,34 @@ from __future__ import annotations
 
 import ast
 import difflib
-import hashlib
 import json
 import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lorasetup.checks import check
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
-from lorasetup.engine.fileedit import backup, flatten
-from lorasetup.engine.result import CheckFailed, Fix, FixError, Result
-from lorasetup.engine.target import tomllib
+from lorasetup.engine.result import Fix, Result
+from lorasetup.engine.tomledit import toml_value
+from lorasetup.sd import argfix
 from lorasetup.sd import facts as sdfacts
-from lorasetup.sd.argspec import ArgSpec, Option, load_argspec
-from lorasetup.sd.trainargs import path_setting, train_args
+from lorasetup.sd.argfix import ArgChange
+from lorasetup.sd.argspec import ArgSpec, Option
+from lorasetup.sd.trainargs import (
+    CliFlag,
+    TrainArgs,
+    argspec,
+    convert,
+    path_setting,
+    prefetch_spec,
+    train_args,
+)
 
 REQUIRES = ("repo.present",)
 NO_ARGS_HINT = ("pass the training config with `--train-config config.toml` (sd-scripts' --config_file) and "
@@ -39,167 +48,18 @@ NO_ARGS_HINT = ("pass the training config with `--train-config config.toml` (sd-
 
 # --- what sd-scripts will see --------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class TomlItem:
-    """One key of the `--config_file` TOML, sections flattened one level as sd-scripts does."""
-
-    key: str
-    value: Any
-    place: str
-
-
-@dataclass(frozen=True)
-class CliFlag:
-    """One option after `--`, as typed: `--network_dim 16`, `--flip_aug`, `--network_args a=1 b=2`."""
-
-    token: str
-    name: str
-    values: tuple[str, ...]
-    inline: bool  # `--name=value`
-
-
-@dataclass(frozen=True)
-class Setting:
-    value: Any
-    place: str
-    source: str  # "toml", "cli" or "default"
-
-
-@dataclass
-class Args:
-    """The namespace sd-scripts ends up with: command line over TOML over argparse defaults."""
-
-    spec: ArgSpec
-    toml: list[TomlItem]
-    cli: list[CliFlag]
-    stray: list[str]          # tokens after `--` before any flag
-    config_file: Path | None
-    values: dict[str, Setting] = field(default_factory=dict)
-
-    def setting(self, name: str) -> Setting | None:
-        return self.values.get(name)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        found = self.values.get(name)
-        return default if found is None or found.value is None else found.value
-
-    def given(self, name: str) -> bool:
-        found = self.values.get(name)
-        return found is not None and found.source != "default"
-
-    def place(self, name: str) -> str:
-        found = self.values.get(name)
-        return found.place if found and found.source != "default" else f"{name} (default)"
-
-    def on(self, name: str) -> bool:
-        """Truthiness as sd-scripts tests it (`if args.flag:`), whatever the value's type."""
-        return bool(self.get(name))
-
-
 def _spec(ctx: Context) -> ArgSpec:
-    return ctx.memo("args.spec", lambda: _load_spec(ctx))
+    return argspec(ctx)
 
 
-def _load_spec(ctx: Context) -> ArgSpec:
-    root = ctx.target.sd_scripts
-    if root is None:
-        raise CheckFailed("no sd-scripts checkout to read the script's options from",
-                          hint="point lorasetup at the checkout with --kohya-root")
-    return load_argspec(root, ctx.target.script)
+def _args(ctx: Context) -> TrainArgs:
+    """The namespace, with this checkout's options (raises a clear CheckFailed when they cannot be read)."""
+    _spec(ctx)
+    return train_args(ctx)
 
 
 def _prefetch(ctx: Context) -> None:
-    if ctx.target.sd_scripts is not None:
-        ctx.prefetch("args.spec", lambda: _load_spec(ctx))
-
-
-def scan_cli(tokens: Iterable[str]) -> tuple[list[CliFlag], list[str]]:
-    """Split extra arguments into flags with their values (and tokens before the first flag)."""
-    flags: list[CliFlag] = []
-    stray: list[str] = []
-    current: list[Any] | None = None
-    for token in tokens:
-        if token.startswith("-") and len(token) > 1 and not re.match(r"^-\.?\d", token):
-            if current is not None:
-                flags.append(CliFlag(*current[:2], tuple(current[2]), current[3]))
-            name, eq, value = token.partition("=")
-            current = [token, name, [value] if eq else [], bool(eq)]
-        elif current is None:
-            stray.append(token)
-        else:
-            current[2].append(token)
-    if current is not None:
-        flags.append(CliFlag(*current[:2], tuple(current[2]), current[3]))
-    return flags, stray
-
-
-def toml_items(path: Path) -> list[TomlItem]:
-    """Every key of the training TOML in file order, flattened like train_util.read_config_from_file."""
-    with path.open("rb") as fh:
-        data = tomllib.load(fh)
-    items: list[TomlItem] = []
-    for key, value in data.items():
-        if isinstance(value, dict):
-            items += [TomlItem(sub, subval, f"{path.name} [{key}] {sub}") for sub, subval in value.items()]
-        else:
-            items.append(TomlItem(key, value, f"{path.name} {key}"))
-    return items
-
-
-def convert(opt: Option, text: str) -> Any:
-    """What argparse's `type` makes of a command-line string; raises ValueError like argparse would."""
-    if opt.type == "int":
-        return int(text)
-    if opt.type == "float":
-        return float(text)
-    if opt.type == "bool":
-        return bool(text)
-    return text
-
-
-def _args(ctx: Context) -> Args:
-    return ctx.memo("args.namespace", lambda: build_args(ctx))
-
-
-def build_args(ctx: Context) -> Args:
-    spec = _spec(ctx)
-    config_file = train_args(ctx).config_file  # raises a clear TrainArgsError for a missing or broken file
-    items = toml_items(config_file) if config_file is not None else []
-    cli, stray = scan_cli(ctx.target.train_args)
-    args = Args(spec, items, cli, stray, config_file)
-    for opt in spec.options.values():
-        default = opt.default
-        if isinstance(default, str) and opt.type in ("int", "float") and opt.takes_value:
-            try:  # argparse runs `type` over a string default
-                default = convert(opt, default)
-            except ValueError:
-                pass
-        args.values[opt.dest] = Setting(default, f"{opt.dest} (default)", "default")
-    for item in items:
-        args.values[item.key] = Setting(item.value, item.place, "toml")
-    for flag in cli:
-        matches = spec.match_flag(flag.name)
-        if len(matches) != 1 or flag.name == "--config_file":
-            continue
-        opt = matches[0]
-        args.values[opt.dest] = Setting(_cli_value(opt, flag), flag.token, "cli")
-    return args
-
-
-def _cli_value(opt: Option, flag: CliFlag) -> Any:
-    if opt.action == "store_true":
-        return True
-    if opt.action == "store_false":
-        return False
-    if not opt.takes_value:
-        return True
-    try:
-        converted = [convert(opt, v) for v in flag.values]
-    except ValueError:
-        converted = list(flag.values)
-    if opt.is_list:
-        return converted
-    return converted[0] if converted else None
+    prefetch_spec(ctx)
 
 
 # --- args.known ------------------------------------------------------------------------------------------
@@ -220,20 +80,8 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _toml_repr(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_repr(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_repr(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
 def _short(value: Any, limit: int = 60) -> str:
-    text = _toml_repr(value)
+    text = argfix.render(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -259,7 +107,7 @@ def _scalar_problem(opt: Option, value: Any) -> str | None:
         if opt.dest == "resolution":
             return (f"is {_kind(value)}; sd-scripts expects the string \"W,H\": it stops with "
                     f"\"'{type(value).__name__}' object has no attribute 'split'\". Write resolution = \"512,512\"")
-        return f"is {_kind(value)}; expected a string: write {opt.dest} = {json.dumps(_toml_repr(value))}"
+        return f"is {_kind(value)}; expected a string: write {opt.dest} = {json.dumps(argfix.render(value))}"
     if kind == "bool" and not isinstance(value, bool):
         return f"is {_kind(value)}; expected true or false"
     if opt.choices is not None and value not in opt.choices:
@@ -292,7 +140,7 @@ def toml_value_problem(opt: Option, value: Any) -> str | None:
                     return f"item {i} ({_short(item)}) {problem}"
             return None
         if isinstance(value, str) and opt.type in (None, "str", "path"):
-            example = _toml_repr(value.split())
+            example = argfix.render(value.split())
             return (f"is a single string; expected a list of strings: sd-scripts walks it one character at a "
                     f"time (for {opt.dest} that fails with \"not enough values to unpack\"). "
                     f"Write {opt.dest} = {example}")
@@ -342,81 +190,178 @@ def cli_problem(opt: Option, flag: CliFlag) -> str | None:
     return None
 
 
+@dataclass
+class Known:
+    """What args.known found: failures, kohya_ss GUI notes, and the corrections it can make."""
+
+    problems: list[str] = field(default_factory=list)
+    unknown: int = 0
+    gui_only: list[str] = field(default_factory=list)
+    gui_values: list[str] = field(default_factory=list)
+    changes: list[ArgChange] = field(default_factory=list)
+    meant: list[str] = field(default_factory=list)  # what each value correction changes, for the fix
+
+
 @check("args.known", "every training argument is an option of this checkout's script, with a valid value",
-       requires=REQUIRES, prefetch=_prefetch)
+       requires=REQUIRES, prefetch=_prefetch,
+       fixes="renames a misspelt option with one clear did-you-mean and rewrites a TOML value of the wrong type as "
+             "meant, in the file that sets it (--yes); for arguments after -- it prints the corrected command")
 def known(ctx: Context) -> Result:
     args = _args(ctx)
-    spec = args.spec
-    script = ctx.target.script
     if args.config_file is None and not args.cli and not args.stray:
         return Result.skip("no training arguments given", hint=NO_ARGS_HINT)
-    problems: list[str] = []
-    gui_only: list[str] = []
-    gui_values: list[str] = []
-    unknown = 0
+    found = Known()
+    _known_toml(ctx, args, found)
+    _known_cli(args, found)
+    return _known_result(ctx, args, found)
+
+
+def _root(ctx: Context) -> Path:
+    """The sd-scripts tree (the args checks require repo.present, so there is one)."""
+    root = ctx.target.sd_scripts
+    assert root is not None
+    return root
+
+
+def _opts(args: TrainArgs) -> ArgSpec:
+    assert args.spec is not None  # _args() loaded it
+    return args.spec
+
+
+def _known_toml(ctx: Context, args: TrainArgs, found: Known) -> None:
+    spec, script = _opts(args), ctx.target.script
     for item in args.toml:
         opt = spec.get(item.key)
         if opt is None and item.key in gui_keys(ctx):
-            gui_only.append(item.key)
-            continue
-        if opt is None:
-            unknown += 1
+            found.gui_only.append(item.key)
+        elif opt is None:
+            found.unknown += 1
             suggestion = spec.suggest(item.key)
             mean = f" Did you mean `{suggestion}`?" if suggestion else ""
-            problems.append(f"{item.place}: `{item.key}` is not an option of {script}; sd-scripts drops it "
-                            f"silently.{mean}")
+            found.problems.append(f"{item.place}: `{item.key}` is not an option of {script}; sd-scripts drops it "
+                                  f"silently.{mean}")
+            _rename(args, item.key, found)
             continue
-        problem = toml_value_problem(opt, item.value)
-        if problem and item.key in gui_keys(ctx) and _outside_choices_only(opt, item.value):
-            gui_values.append(f"{item.place}: `{item.key} = {_short(item.value)}` {problem}; the kohya_ss GUI "
-                              f"writes this key itself, and sd-scripts uses the value as is")
-        elif problem:
-            problems.append(f"{item.place}: `{item.key} = {_short(item.value)}` {problem}")
+        problem = toml_value_problem(opt, item.value) if opt is not None else None
+        if problem and item.key in gui_keys(ctx) and opt is not None and _outside_choices_only(opt, item.value):
+            found.gui_values.append(f"{item.place}: `{item.key} = {_short(item.value)}` {problem}; the kohya_ss GUI "
+                                    f"writes this key itself, and sd-scripts uses the value as is")
+        elif problem and opt is not None:
+            found.problems.append(f"{item.place}: `{item.key} = {_short(item.value)}` {problem}")
+            _correct(opt, item.value, item.place, found)
+
+
+def _rename(args: TrainArgs, wrong: str, found: Known) -> None:
+    """A rename, when the misspelling has one clear match that is not set already."""
+    right = _opts(args).clear_suggestion(wrong)
+    if right is not None and not args.given(right):
+        found.changes.append(ArgChange(right, rename_from=wrong))
+
+
+def _correct(opt: Option, value: Any, place: str, found: Known) -> None:
+    correction = meant(opt, value)
+    if correction is not None:
+        new, difference = correction
+        found.changes.append(ArgChange(opt.dest, new))
+        found.meant.append(f"{place}: {_short(value)} -> {toml_value(new)} ({difference})")
+
+
+def _known_cli(args: TrainArgs, found: Known) -> None:
+    spec = _opts(args)
     for token in args.stray:
-        problems.append(f"`{token}` (after --, before any flag): argparse stops with \"unrecognized arguments: "
-                        f"{token}\"")
+        found.problems.append(f"`{token}` (after --, before any flag): argparse stops with \"unrecognized "
+                              f"arguments: {token}\"")
     for flag in args.cli:
         if flag.name in ("-h", "--help"):
-            problems.append(f"{flag.token}: prints the options and exits without training")
+            found.problems.append(f"{flag.token}: prints the options and exits without training")
             continue
         matches = spec.match_flag(flag.name)
         if not matches:
-            unknown += 1
+            found.unknown += 1
             suggestion = spec.suggest(flag.name)
             mean = f" Did you mean `--{suggestion}`?" if suggestion else ""
             dashes = " (sd-scripts' options use underscores)" if "-" in flag.name.lstrip("-") else ""
-            problems.append(f"{flag.token}: argparse stops at start with \"unrecognized arguments: "
-                            f"{flag.name}\"{dashes}.{mean}")
+            found.problems.append(f"{flag.typed}: argparse stops at start with \"unrecognized arguments: "
+                                  f"{flag.name}\"{dashes}.{mean}")
+            _rename(args, flag.name, found)
         elif len(matches) > 1:
             names = ", ".join(m.flags[0] for m in matches[:6]) + (", ..." if len(matches) > 6 else "")
-            problems.append(f"{flag.token}: argparse stops with \"ambiguous option: {flag.name} could match "
-                            f"{names}\"; spell the option out")
+            found.problems.append(f"{flag.typed}: argparse stops with \"ambiguous option: {flag.name} could match "
+                                  f"{names}\"; spell the option out")
         else:
             problem = cli_problem(matches[0], flag)
             if problem:
-                problems.append(f"{flag.token}: argparse stops with \"{problem}\"")
+                found.problems.append(f"{flag.typed}: argparse stops with \"{problem}\"")
+                if len(flag.values) == 1:
+                    _correct(matches[0], flag.values[0], flag.place, found)
+
+
+def _known_result(ctx: Context, args: TrainArgs, found: Known) -> Result:
+    spec, script = _opts(args), ctx.target.script
+    data = {"options": len(spec), "cached": spec.from_cache}
     where = f"{len(spec)} options of {script}" + (f" at {spec.commit[:8]}" if spec.commit else "")
     checked = f"{len(args.toml)} config key(s) and {len(args.cli)} flag(s)"
-    notes = [f"written by the kohya_ss GUI for its own use, ignored by sd-scripts: {', '.join(gui_only)}"] \
-        if gui_only else []
-    if not problems and gui_values:
-        return Result.warn(f"{len(gui_values)} value(s) outside the choices of {script}, as the kohya_ss GUI "
-                           f"wrote them", gui_values + notes,
-                           hint="usually harmless GUI defaults; check that each still means what you want",
-                           data={"options": len(spec), "cached": spec.from_cache})
-    if not problems:
-        return Result.ok(f"{checked}: all known options with valid values ({where})", notes,
-                         data={"options": len(spec), "cached": spec.from_cache})
-    bad = len(problems) - unknown
-    parts = [f"{unknown} unknown" if unknown else "", f"{bad} with a bad value" if bad else ""]
+    notes = [f"written by the kohya_ss GUI for its own use, ignored by sd-scripts: {', '.join(found.gui_only)}"] \
+        if found.gui_only else []
+    if not found.problems and found.gui_values:
+        return Result.warn(f"{len(found.gui_values)} value(s) outside the choices of {script}, as the kohya_ss GUI "
+                           f"wrote them", found.gui_values + notes,
+                           hint="usually harmless GUI defaults; check that each still means what you want", data=data)
+    if not found.problems:
+        return Result.ok(f"{checked}: all known options with valid values ({where})", notes, data=data)
+    bad = len(found.problems) - found.unknown
+    parts = [f"{found.unknown} unknown" if found.unknown else "", f"{bad} with a bad value" if bad else ""]
     target = f" in {args.config_file}" if args.config_file else ""
-    return Result.fail(
-        f"{' and '.join(p for p in parts if p)} training argument(s){target}",
-        problems + [f"warning: {w}" for w in gui_values] + notes + [f"checked against the {where}"],
-        hint=f"fix the keys and values listed (TOML keys are option names without `--`); the run otherwise "
-             f"trains with settings you did not ask for or dies mid-run. All options: "
-             f"`{ctx.target.python_exe} {ctx.target.sd_scripts / script} --help`",
-        data={"options": len(spec), "cached": spec.from_cache})
+    hint = (f"fix the keys and values listed (TOML keys are option names without `--`); the run otherwise "
+            f"trains with settings you did not ask for or dies mid-run. All options: "
+            f"`{ctx.target.python_exe} {_root(ctx) / script} --help`")
+    fix, extra = argfix.fix_and_hint(ctx, found.changes, "correct the misspelt options and mistyped values: "
+                                     + "; ".join(found.meant or ["rename as listed"]))
+    return Result.fail(f"{' and '.join(p for p in parts if p)} training argument(s){target}",
+                       found.problems + [f"warning: {w}" for w in found.gui_values] + notes
+                       + [f"checked against the {where}"], hint=hint + extra, fix=fix, data=data)
+
+
+def meant(opt: Option, value: Any) -> tuple[Any, str] | None:
+    """What a mistyped value plainly means, and how sd-scripts would read it as written; None when unclear."""
+    if opt.action in ("store_true", "store_false") or opt.type == "bool":
+        if isinstance(value, str) and value.strip().lower() in TRUTHY + FALSY:
+            wanted = value.strip().lower() in TRUTHY
+            return wanted, (f"sd-scripts takes any non-empty string as ON, so {_short(value)} was "
+                            f"{'ON as meant' if wanted else 'ON, not OFF'}")
+        return None
+    if opt.is_list and isinstance(value, str):
+        return value.split(), "sd-scripts would walk the string one character at a time"
+    if isinstance(value, list) and opt.dest == "resolution" and all(isinstance(v, int) for v in value):
+        return ",".join(str(v) for v in value), "sd-scripts stops on a list here ('list' has no 'split')"
+    return _meant_scalar(opt, value)
+
+
+TRUTHY = ("true", "yes", "on", "1")
+FALSY = ("false", "no", "off", "0")
+
+
+def _meant_scalar(opt: Option, value: Any) -> tuple[Any, str] | None:
+    kind = opt.type or "str"
+    as_is = "sd-scripts uses TOML values as they are, and arithmetic on a string fails mid-run"
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value), "sd-scripts would use the float where it needs an integer"
+    if kind == "int" and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return int(value), as_is
+    if kind == "float" and isinstance(value, str):
+        try:
+            return float(value), as_is
+        except ValueError:
+            return None
+    if kind in ("str", "path") and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value), f"sd-scripts would stop on the {type(value).__name__} ('has no attribute')"
+    if opt.choices is not None and isinstance(value, str) and value not in opt.choices:
+        names = [c for c in opt.choices if isinstance(c, str)]
+        same = [c for c in names if c.lower() == value.lower()]
+        close = same or difflib.get_close_matches(value, names, n=2, cutoff=0.8)
+        if len(close) == 1:
+            return close[0], f"sd-scripts would pass {_short(value)} on, which is not one of its choices"
+    return None
 
 
 def gui_keys(ctx: Context) -> frozenset[str]:
@@ -430,13 +375,13 @@ def gui_keys(ctx: Context) -> frozenset[str]:
         keys: set[str] = set()
         for path in sorted((root / "kohya_gui").glob("*.py")):
             try:
-                text = path.read_text(errors="replace")
+                text = files.read_source(path)
                 if "config_toml_data" not in text:
                     continue
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     tree = ast.parse(text)
-            except (OSError, SyntaxError, ValueError):
+            except (files.FileProblem, SyntaxError, ValueError):
                 continue
             for node in ast.walk(tree):
                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Dict) and any(
@@ -477,12 +422,13 @@ COMMENT_LINE = re.compile(r"^[ \t]*#.*$", re.MULTILINE)
 
 def _script_text(ctx: Context) -> ScriptText:
     def read() -> ScriptText:
-        root = ctx.target.sd_scripts
-        chain, library = [], []
+        root = _root(ctx)
+        chain: list[str] = []
+        library: list[str] = []
         for rel in sorted(_spec(ctx).files):
             try:
-                text = (root / rel).read_text(errors="replace")
-            except OSError:
+                text = files.read_source(root / rel)
+            except files.FileProblem:
                 continue
             (library if "/" in rel else chain).append(COMMENT_LINE.sub("", text))
         return ScriptText("\n".join(chain), "\n".join(library))
@@ -493,7 +439,7 @@ class Scope:
     """A value lookup as config_util's BlueprintGenerator does it: subset, dataset, [general], then the
     training arguments."""
 
-    def __init__(self, layers: list[tuple[Mapping[str, Any], str]], args: Args) -> None:
+    def __init__(self, layers: list[tuple[Mapping[str, Any], str]], args: TrainArgs) -> None:
         self.layers, self.args = layers, args
 
     def lookup(self, key: str) -> tuple[Any, str, bool]:
@@ -515,24 +461,21 @@ def _dataset_config(ctx: Context) -> tuple[Path, Mapping[str, Any]] | None:
         if path is None:
             return None
         try:
-            if path.suffix == ".json":
-                data = json.loads(path.read_text(encoding="utf-8"))
-            else:
-                with path.open("rb") as fh:
-                    data = tomllib.load(fh)
-        except (OSError, ValueError, tomllib.TOMLDecodeError):
+            data = files.read_json(path) if path.suffix == ".json" else files.read_toml(path)
+        except files.FileProblem:
             return None
         return (path, data) if isinstance(data, dict) else None
     return ctx.memo("args.dataset_config", read)
 
 
-def _scopes(ctx: Context, args: Args) -> tuple[list[Scope], list[Scope]]:
+def _scopes(ctx: Context, args: TrainArgs) -> tuple[list[Scope], list[Scope]]:
     """(dataset scopes, subset scopes); one of each from the training arguments alone without a config."""
     found = _dataset_config(ctx)
     if found is None:
         return [Scope([], args)], [Scope([], args)]
     path, data = found
-    general = data.get("general") if isinstance(data.get("general"), dict) else {}
+    raw_general = data.get("general")
+    general: Mapping[str, Any] = raw_general if isinstance(raw_general, dict) else {}
     general_layer = (general, f"{path.name} [general]")
     datasets, subsets = [], []
     for i, dataset in enumerate(d for d in data.get("datasets", []) or [] if isinstance(d, dict)):
@@ -547,7 +490,7 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _rule_caching(ctx: Context, args: Args, text: ScriptText) -> list[Finding]:
+def _rule_caching(ctx: Context, args: TrainArgs, text: ScriptText) -> list[Finding]:
     out: list[Finding] = []
     _, subsets = _scopes(ctx, args)
     latents_msg = "when caching latents, either color_aug or random_crop cannot be used"
@@ -565,17 +508,17 @@ def _rule_caching(ctx: Context, args: Args, text: ScriptText) -> list[Finding]:
     # the SDXL/SD3/FLUX trainers turn cache_text_encoder_outputs on when ..._to_disk is set
     te_caching = [n for n in ("cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk") if args.on(n)]
     if te_caching and text.asserts(te_msg):
-        offenders = set()
+        te_offenders: set[str] = set()
         for s in subsets:
             for key in ("caption_dropout_rate", "token_warmup_step", "caption_tag_dropout_rate"):
                 value, place, _ = s.lookup(key)
                 if (_number(value) or 0) > 0:
-                    offenders.add(place)
+                    te_offenders.add(place)
             value, place, _ = s.lookup("shuffle_caption")
             if value:
-                offenders.add(place)
-        if offenders:
-            out.append(Finding(True, f"{args.place(te_caching[0])} with {', '.join(sorted(offenders))}: sd-scripts "
+                te_offenders.add(place)
+        if te_offenders:
+            out.append(Finding(True, f"{args.place(te_caching[0])} with {', '.join(sorted(te_offenders))}: sd-scripts "
                                      f"stops with \"{te_msg}\". Turn those off, or stop caching Text Encoder "
                                      f"outputs"))
     train_te_msg = "network for Text Encoder cannot be trained with caching Text Encoder outputs"
@@ -585,7 +528,7 @@ def _rule_caching(ctx: Context, args: Args, text: ScriptText) -> list[Finding]:
     return out
 
 
-def _rule_precision(args: Args, text: ScriptText) -> list[Finding]:
+def _rule_precision(args: TrainArgs, text: ScriptText) -> list[Finding]:
     out: list[Finding] = []
     precision = args.get("mixed_precision", "no")
     where = args.place("mixed_precision")
@@ -606,7 +549,7 @@ def _rule_precision(args: Args, text: ScriptText) -> list[Finding]:
     return out
 
 
-def _rule_verify(args: Args, text: ScriptText) -> list[Finding]:
+def _rule_verify(args: TrainArgs, text: ScriptText) -> list[Finding]:
     """library/train_util.py verify_training_args, sdxl_train_util.verify_sdxl_training_args and the option
     conflicts get_optimizer asserts, in their own words."""
     out: list[Finding] = []
@@ -646,7 +589,7 @@ def _rule_verify(args: Args, text: ScriptText) -> list[Finding]:
     return out
 
 
-def _optimizer(args: Args) -> str:
+def _optimizer(args: TrainArgs) -> str:
     """The optimizer name get_optimizer ends up with, lower-cased (library/train_util.py)."""
     if args.on("use_8bit_adam"):
         return "adamw8bit"
@@ -675,14 +618,14 @@ def _kv_problem(token: Any, literal: bool) -> str | None:
     return None
 
 
-def _rule_kv(args: Args) -> list[Finding]:
+def _rule_kv(args: TrainArgs) -> list[Finding]:
     out: list[Finding] = []
     # train_network.py: `key, value = net_arg.split("=", 1)` (values stay strings);
     # library/train_util.py get_optimizer / get_scheduler_fix: `key, value = arg.split("=")` then
     # `ast.literal_eval(value)`.
     for name, literal in (("network_args", False), ("optimizer_args", True), ("lr_scheduler_args", True)):
         value = args.get(name)
-        if name not in args.spec or not isinstance(value, list):
+        if name not in _opts(args) or not isinstance(value, list):
             continue  # a plain string here is reported by args.known
         for token in value:
             problem = _kv_problem(token, literal)
@@ -691,14 +634,15 @@ def _rule_kv(args: Args) -> list[Finding]:
     return out
 
 
-def _rule_buckets(ctx: Context, args: Args) -> list[Finding]:
+def _rule_buckets(ctx: Context, args: TrainArgs) -> list[Finding]:
     out: list[Finding] = []
     datasets, _ = _scopes(ctx, args)
     steps_setting = args.setting("bucket_reso_steps")
-    divisor = sdfacts.bucket_divisor(ctx.target.sd_scripts / ctx.target.script)
+    divisor = sdfacts.bucket_divisor(_root(ctx) / ctx.target.script)
     steps_value = steps_setting.value if steps_setting else None
     used = [s for s in datasets if s.lookup("bucket_reso_steps")[2]]
-    if (divisor and args.given("bucket_reso_steps") and used and isinstance(steps_value, int)
+    if (divisor and steps_setting is not None and args.given("bucket_reso_steps") and used
+            and isinstance(steps_value, int)
             and not isinstance(steps_value, bool) and (steps_value < 1 or steps_value % divisor)):
         message = f"bucket_reso_steps is {steps_value}. it must be divisible by {divisor}."
         fix = _bucket_fix(args, steps_value, divisor) if steps_setting.source == "toml" else None
@@ -762,11 +706,11 @@ def _bucket_range(scope: Scope) -> list[Finding]:
     return out
 
 
-def _rule_network(ctx: Context, args: Args) -> list[Finding]:
+def _rule_network(ctx: Context, args: TrainArgs) -> list[Finding]:
     out: list[Finding] = []
-    if "network_module" not in args.spec:
+    if "network_module" not in _opts(args):
         return out
-    root = ctx.target.sd_scripts
+    root = _root(ctx)
     module = args.get("network_module")
     if not module:
         family = ctx.target.script.split("_train_network")[0] if "_train_network" in ctx.target.script else ""
@@ -781,9 +725,8 @@ def _rule_network(ctx: Context, args: Args) -> list[Finding]:
         mean = f" Did you mean \"networks.{close[0]}\"?" if close else ""
         out.append(Finding(True, f"{args.place('network_module')} = \"{module}\": no such file in {root / 'networks'}; "
                                  f"sd-scripts stops with \"No module named '{module}'\".{mean}"))
-    dim, alpha = args.get("network_dim"), args.get("network_alpha")
-    dim = 4 if dim is None else dim  # networks/lora.py create_network: network_dim None -> 4
-    alpha = 1.0 if alpha is None else alpha  # ... and network_alpha None -> 1.0
+    dim = args.get("network_dim", sdfacts.NETWORK_DEFAULTS["network_dim"])
+    alpha = args.get("network_alpha", sdfacts.NETWORK_DEFAULTS["network_alpha"])
     if _number(dim) and _number(alpha) is not None and alpha > dim:
         out.append(Finding(False, f"{args.place('network_alpha')} = {alpha} > {args.place('network_dim')} = {dim}: "
                                   f"LoRA updates are scaled by alpha/dim = {alpha / dim:g}, so the effective learning "
@@ -791,7 +734,7 @@ def _rule_network(ctx: Context, args: Args) -> list[Finding]:
     return out
 
 
-def _rule_adaptive(args: Args) -> list[Finding]:
+def _rule_adaptive(args: TrainArgs) -> list[Finding]:
     """library/train_util.py get_optimizer warns for D-Adaptation and Prodigy with lr <= 0.1."""
     optimizer = _optimizer(args)
     if not (optimizer.startswith("dadapt") or optimizer == "prodigy"):
@@ -827,58 +770,18 @@ def _module_file(root: Path, dotted: str) -> Path | None:
     return None
 
 
-def _bucket_fix(args: Args, old: int, new: int) -> Fix | None:
+def _bucket_fix(args: TrainArgs, old: int, new: int) -> Fix | None:
     path = args.config_file
     if path is None:
         return None
-    return toml_value_fix(path, "bucket_reso_steps", old, new,
-                          f"set bucket_reso_steps = {new} in {path} (the divisor the script demands)")
-
-
-def replace_toml_value(text: str, key: str, new: str) -> str | None:
-    """Replace the value of every `key = ...` line, keeping indentation, spacing and trailing comments."""
-    quoted = re.escape(key)
-    pattern = re.compile(rf"^(?P<pre>[ \t]*(?:{quoted}|\"{quoted}\"|'{quoted}')[ \t]*=[ \t]*)"
-                         rf"(?P<value>[^#\r\n]*?)(?P<post>[ \t]*(?:#[^\r\n]*)?)(?=\r?$)", re.MULTILINE)
-    if not pattern.search(text):
-        return None
-    return pattern.sub(lambda m: m.group("pre") + new + m.group("post"), text)
-
-
-def toml_value_fix(path: Path, key: str, old: Any, new: int, description: str) -> Fix:
-    """A safe, targeted edit of one value in a TOML file: backup next to it, refused if the file changed."""
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        digest = ""
-
-    def apply() -> None:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise FixError(f"cannot read {path}: {exc.strerror}") from None
-        if hashlib.sha256(raw).hexdigest() != digest:
-            raise FixError(f"{path} changed since it was checked; run lorasetup again before fixing")
-        text = raw.decode("utf-8", errors="replace")
-        edited = replace_toml_value(text, key, str(new))
-        try:
-            same_otherwise = edited is not None and \
-                flatten(tomllib.loads(edited)) == {**flatten(tomllib.loads(text)), key: new}
-        except tomllib.TOMLDecodeError:
-            same_otherwise = False
-        if not same_otherwise:
-            raise FixError(f"could not edit `{key}` in {path} safely (it is not a plain `{key} = ...` line); "
-                           f"set {key} = {new} there by hand")
-        backup(path)
-        tmp = path.with_name(f".{path.name}.lorasetup-tmp")
-        tmp.write_bytes(edited.encode("utf-8"))
-        os.replace(tmp, path)
-    return Fix(description, [f"edit {path}: {key} = {_toml_repr(old)} -> {new} (backup {path.name}.bak-<time>)"],
-               apply, safe=True)
+    fix, _ = argfix.plan(args, [ArgChange("bucket_reso_steps", new)]).fix(
+        f"set bucket_reso_steps = {new} in {path} (the divisor the script demands)", safe=True)
+    return fix
 
 
 @check("args.rules", "the argument combinations pass the checks sd-scripts makes only after loading the model",
-       requires=REQUIRES, prefetch=_prefetch)
+       requires=REQUIRES, prefetch=_prefetch,
+       fixes="sets bucket_reso_steps to the script's divisor in the training TOML (safe)")
 def rules(ctx: Context) -> Result:
     args = _args(ctx)
     if args.config_file is None and not args.cli:
@@ -919,7 +822,7 @@ PARAMS_PER_RANK: dict[str, tuple[int, int]] = {
 STATE_BYTES_PER_PARAM = 12  # a saved state: fp32 weights + two fp32 AdamW moments (estimate)
 
 
-def _family(script: str, args: Args) -> str | None:
+def _family(script: str, args: TrainArgs) -> str | None:
     if script.startswith("sdxl_"):
         return "sdxl"
     if script.startswith("flux_"):
@@ -933,7 +836,7 @@ def _positive_int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
-def save_counts(args: Args) -> tuple[int, int, list[str]]:
+def save_counts(args: TrainArgs) -> tuple[int, int, list[str]]:
     """(model files kept, state folders kept, what cannot be counted before the dataset is), following
     train_network.py's save schedule and library/train_util.py get_remove_*_no / save_and_remove_state_*."""
     epochs = _positive_int(args.get("max_train_epochs"))
@@ -941,10 +844,11 @@ def save_counts(args: Args) -> tuple[int, int, list[str]]:
     save_state = args.on("save_state")
     files, states = 1, 1 if (save_state or args.on("save_state_on_train_end")) else 0
     unknown: list[str] = []
-    schedules = []
+    schedules: list[tuple[int | None, Callable[[int], int], str, str, str]] = []
     every_steps = _positive_int(args.get("save_every_n_steps"))
     if every_steps:
-        schedules.append((steps // every_steps if steps else None, lambda last, n=every_steps: last // n + 1,
+        per = every_steps
+        schedules.append((steps // every_steps if steps else None, lambda last: last // per + 1,
                           "save_last_n_steps", f"every {every_steps} steps", "step"))
     every_epochs = _positive_int(args.get("save_every_n_epochs"))
     ratio = _positive_int(args.get("save_n_epoch_ratio"))
@@ -1010,7 +914,7 @@ def _mb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
 
-def _arg_path(args: Args, name: str) -> Path | None:
+def _arg_path(args: TrainArgs, name: str) -> Path | None:
     value = args.get(name)
     if not isinstance(value, str) or not value:
         return None
@@ -1052,13 +956,12 @@ def output(ctx: Context) -> Result:
     return Result.ok(info[0] if info else "outputs are writable", info[1:])
 
 
-def _disk(ctx: Context, args: Args, out_dir: Path, info: list[str]) -> list[str]:
+def _disk(ctx: Context, args: TrainArgs, out_dir: Path, info: list[str]) -> list[str]:
     family = _family(ctx.target.script, args)
     if family is None:
         info.append(f"checkpoint size not estimated for {ctx.target.script}")
         return []
-    dim = args.get("network_dim")
-    dim = 4 if dim is None else dim  # networks/lora.py create_network
+    dim = args.get("network_dim", sdfacts.NETWORK_DEFAULTS["network_dim"])
     if not _positive_int(dim):
         return []
     unet, te = PARAMS_PER_RANK[family]
@@ -1081,7 +984,7 @@ def _disk(ctx: Context, args: Args, out_dir: Path, info: list[str]) -> list[str]
     return []
 
 
-def _logging(args: Args, ctx: Context, info: list[str]) -> list[str]:
+def _logging(args: TrainArgs, ctx: Context, info: list[str]) -> list[str]:
     log_with = args.get("log_with")
     logging_dir = _arg_path(args, "logging_dir")
     required = "logging_dir is required when log_with is tensorboard"
@@ -1096,12 +999,12 @@ def _logging(args: Args, ctx: Context, info: list[str]) -> list[str]:
     return []
 
 
-def _prompts(args: Args) -> tuple[list[str], list[str]]:
+def _prompts(args: TrainArgs) -> tuple[list[str], list[str]]:
     """library/train_util.py sample_images_common: a schedule without a prompt file crashes (os.path.isfile(None));
     a missing file only logs "No prompt file"; an extension other than .txt/.toml/.json crashes."""
     schedule = [n for n in ("sample_every_n_steps", "sample_every_n_epochs") if _positive_int(args.get(n))]
     schedule += ["sample_at_first"] if args.on("sample_at_first") else []
-    if "sample_prompts" not in args.spec:
+    if "sample_prompts" not in _opts(args):
         return [], []
     prompts = _arg_path(args, "sample_prompts")
     if not schedule:
@@ -1117,6 +1020,26 @@ def _prompts(args: Args) -> tuple[list[str], list[str]]:
         return [(f"{args.place('sample_prompts')} = {prompts}: sd-scripts reads only .txt, .toml or .json prompt "
                  f"files; any other name crashes at the first sample (UnboundLocalError: 'prompts')")], []
     if not prompts.is_file():
-        return [], [(f"{args.place('sample_prompts')}: {prompts} does not exist: sd-scripts logs \"No prompt file\" "
-                     f"and trains without sample images")]
+        what = files.describe(prompts) + (", not a file" if prompts.exists() else "")
+        return [], [(f"{args.place('sample_prompts')}: {prompts} {what}: sd-scripts logs \"No prompt file\" "
+                     "and trains without sample images")]
+    problem = _prompt_file_problem(prompts)
+    if problem:
+        return [f"{args.place('sample_prompts')}: {problem}; the run crashes when it reads the prompts, at the first "
+                f"sample ({when})"], []
     return [], []
+
+
+def _prompt_file_problem(prompts: Path) -> str | None:
+    """What makes sd-scripts' load_prompts crash on an existing prompt file (open as UTF-8, then toml.load or
+    json.load by suffix), or None."""
+    try:
+        if prompts.suffix == ".toml":
+            files.read_toml(prompts)
+        elif prompts.suffix == ".json":
+            files.read_json(prompts)
+        else:
+            files.read_text(prompts)
+    except files.FileProblem as exc:
+        return None if exc.kind == "too-large" else exc.summary
+    return None

@@ -17,20 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.checks import check
-from lorasetup.checks.dataset.edits import (
-    Edit,
-    edit_fix,
-    expect_changes,
-    set_key,
-    table_of,
-    toml_str,
-    train_config_fix,
-    value_edit,
-)
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
-from lorasetup.engine.result import Fix, Result
-from lorasetup.engine.target import tomllib
+from lorasetup.engine.result import Fix, FixError, Result
+from lorasetup.engine.tomledit import Change, TextRepair, edit_fix, try_edit_fix
+from lorasetup.sd import argfix
 from lorasetup.sd import facts as sdfacts
+from lorasetup.sd.argfix import ArgChange
 from lorasetup.sd.dataset.blueprint import DatasetPlan, Plan, SubsetPlan, Value, finetune_entries, subset_images
 from lorasetup.sd.dataset.buckets import adjust_min_max, unusable
 from lorasetup.sd.dataset.layout import REG_NAME
@@ -62,7 +55,9 @@ from lorasetup.sd.dataset.scan import (
 from lorasetup.sd.dataset.schema import (
     PATH_KEYS,
     ConfigSyntaxError,
+    LoadedConfig,
     SchemaChecker,
+    SchemaError,
     parse_place,
 )
 from lorasetup.sd.dataset.steps import ImpossibleSteps, SettingChange, StepPlan, no_upscale_buckets
@@ -111,9 +106,23 @@ def _file_label(plan: Plan) -> str:
     return plan.config.path.name if plan.config else "folder mode"
 
 
+# ----------------------------------------------------------------------------- edits (lorasetup.engine.tomledit)
+
+
+def _file_fix(path: Path, changes: list[Change], description: str, safe: bool = True) -> Fix | None:
+    """The guarded edit of the dataset config as one fix; None when it cannot be made safely."""
+    if not changes:
+        return None
+    fix, _ = try_edit_fix(description, [(path, changes)], safe)
+    return fix
+
+
 # ----------------------------------------------------------------------------- dataset.schema
 
-@check("dataset.schema", "the dataset config is what sd-scripts' ConfigSanitizer accepts for this script")
+@check("dataset.schema", "the dataset config is what sd-scripts' ConfigSanitizer accepts for this script",
+       fixes="renames an unknown key with one clear did-you-mean (--yes) and sets bucket_reso_steps to the script's "
+             "divisor (safe), in the dataset TOML; a Windows path that breaks the TOML is rewritten as a literal "
+             "string (safe)")
 def schema(ctx: Context) -> Result:
     path = config_path(ctx)
     checker = schema_checker(ctx)
@@ -138,7 +147,8 @@ def schema(ctx: Context) -> Result:
     label = loaded.path.name
     details = [e.render(label) for e in errors]
     plan = dataset_plan(ctx)
-    rule_problems, fixes = _dataset_rules(ctx, plan, checker)
+    rule_problems, bucket = _dataset_rules(ctx, plan, checker)
+    fixes = _schema_fix(loaded, errors, bucket)
     details += rule_problems
     info = [(f"schema: {checker.support.origin} ({checker.support.describe()}); tables from "
              f"{checker.origin}")]
@@ -166,25 +176,55 @@ def schema(ctx: Context) -> Result:
 _RULES_HINT = "sd-scripts stops after loading the model with an assertion; set the values named above"
 
 
+def _schema_fix(loaded: LoadedConfig, errors: list[SchemaError], bucket: list[Change]) -> Fix | None:
+    """Rename each unknown key that has one clear right name (value and comments kept; --yes, since the value
+    then takes effect) and set bucket_reso_steps to the script's divisor (safe)."""
+    if loaded.fmt != "toml":
+        return None
+    renames = []
+    for error in errors:
+        if error.rename_to is not None:
+            where = parse_place(error.place)
+            table = _data_at(loaded.data, where[:-1])
+            if isinstance(table, dict) and error.rename_to not in table:
+                renames.append(Change(where[:-1], str(where[-1]), rename_to=error.rename_to))
+    parts = [f"set bucket_reso_steps to {bucket[0].value}, the divisor the script demands"] if bucket else []
+    if renames:
+        parts.append("rename " + ", ".join(f"{c.place()} to `{c.rename_to}`" for c in renames)
+                     + " (the value then takes effect)")
+    return _file_fix(loaded.path, bucket + renames, "; ".join(parts), safe=not renames)
+
+
+def _data_at(data: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
+
+
 def _syntax_failure(path: Path | None, exc: ConfigSyntaxError) -> Result:
     where = f"{path}" + (f":{exc.line}" if exc.line else "") + (f":{exc.column}" if exc.column else "")
     fmt = "JSON" if path and path.suffix.lower() == ".json" else "TOML"
-    if exc.line is None and "not found" in exc.message:
-        return Result.fail(exc.message, hint="point --dataset-config (or dataset_config) at the existing file; "
-                           "sd-scripts stops with 'file not found'")
+    if exc.hint:  # the file cannot be read at all (not there, a pipe, not UTF-8, too large, nested too deep)
+        return Result.fail(exc.message, hint=exc.hint)
     details, fix, hint = [], None, f"fix the syntax at {where}; sd-scripts cannot start without a readable config"
     if path is not None and fmt == "TOML" and exc.line:
         try:
-            text = path.read_bytes().decode("utf-8")
-        except (OSError, UnicodeDecodeError):
+            text = files.read_text(path)
+        except files.FileProblem:
             text = ""
-        edits = _literal_edits_for_syntax(text)
-        if edits:
-            details = [e.label for e in edits]
+        repairs = _literal_edits_for_syntax(text)
+        try:
+            repair = TextRepair(path, repairs, text.encode("utf-8")) if repairs else None
+        except FixError:
+            repair = None  # the paths are not the only problem: the generic hint says where
+        if repair is not None:
+            details = [r[4] for r in repairs]
             hint = ("a Windows path in double quotes: backslashes start escapes there (\\U, \\x, \\t); write paths "
                     "in single quotes (TOML literal strings): image_dir = 'C:\\Users\\me\\img'")
-            fix = edit_fix(path, text, edits, lambda data: True,
-                            "rewrite backslash paths as TOML literal (single-quoted) strings")
+            fix = edit_fix("rewrite backslash paths as TOML literal (single-quoted) strings", [repair])
     return Result.fail(f"{where}: not valid {fmt}: {exc.message}", details, hint=hint, fix=fix)
 
 
@@ -192,35 +232,25 @@ _BASIC_PATH_LINE = re.compile(
     r"""^([ \t]*([A-Za-z0-9_.-]+)[ \t]*=[ \t]*)"([^"'\n\r]*\\[^"'\n\r]*)"(?=[ \t]*(#|\r?$))""", re.MULTILINE)
 
 
-def _literal_edits_for_syntax(text: str) -> list[Edit]:
+def _literal_edits_for_syntax(text: str) -> list[tuple[int, int, str, Any, str]]:
     """Backslash paths in double quotes that break parsing (`\\U` needs hex digits), as literal strings."""
-    edits = []
+    repairs = []
     for m in _BASIC_PATH_LINE.finditer(text):
         if m.group(2).split(".")[-1] not in PATH_KEYS and m.group(2) not in PATH_KEYS:
             continue
         content = m.group(3).replace("\\\\", "\\")
-        start = m.start(3) - 1
         line = text.count("\n", 0, m.start()) + 1
-        edits.append(Edit(start, m.end(3) + 1, f"'{content}'", f"line {line}: {m.group(2)} = '{content}'"))
-    if not edits:
-        return []
-    new = text
-    for e in sorted(edits, key=lambda e: e.start, reverse=True):
-        new = new[:e.start] + e.text + new[e.end:]
-    try:
-        tomllib.loads(new)
-    except tomllib.TOMLDecodeError:
-        return []
-    return edits
+        repairs.append((m.start(3) - 1, m.end(3) + 1, f"'{content}'", content,
+                        f"line {line}: {m.group(2)} = '{content}'"))
+    return repairs
 
 
-def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[list[str], Fix | None]:
+def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[list[str], list[Change]]:
     """What DreamBoothDataset / BaseDataset assert after the schema passes: resolution set, bucket_reso_steps
     divisible by the script's divisor, min/max bucket reso around the resolution. Values that come from the
     training arguments are the args gate's to report (args.rules), so they are left out here."""
     problems: list[str] = []
-    fix_edits: list[Edit] = []
-    changes: list[tuple[tuple, str, Any]] = []
+    changes: list[Change] = []
     seen: set[str] = set()
     script = entry_script(ctx)
     divisor = sdfacts.bucket_divisor(script) if script is not None else None
@@ -242,16 +272,9 @@ def _dataset_rules(ctx: Context, plan: Plan, checker: SchemaChecker) -> tuple[li
             problems.append(f"{label} {steps.place} = {steps.value}: {ctx.target.script} needs bucket_reso_steps "
                             f"divisible by {divisor} (sd-scripts: 'bucket_reso_steps is {steps.value}. it must be "
                             f"divisible by {divisor}')")
-            edit = value_edit(plan, steps, str(divisor))
-            if edit:
-                fix_edits.append(edit)
-                changes.append((table_of(steps.place), "bucket_reso_steps", divisor))
+            changes.append(Change(_table_of(steps.place), "bucket_reso_steps", divisor))
         problems += _bucket_range_problems(label, dataset, steps.value)
-    fix = None
-    if fix_edits and plan.config is not None and plan.config.layout is not None:
-        fix = edit_fix(plan.config.path, plan.config.text, fix_edits, expect_changes(plan.config.data, changes),
-                       f"set bucket_reso_steps to {divisor}, the divisor {ctx.target.script} demands")
-    return problems, fix
+    return problems, changes
 
 
 def _bucket_range_problems(label: str, dataset: DatasetPlan, steps: int) -> list[str]:
@@ -276,6 +299,10 @@ def _bucket_range_problems(label: str, dataset: DatasetPlan, steps: int) -> list
     return problems
 
 
+def _table_of(place: str) -> tuple:
+    return parse_place(place)[:-1]
+
+
 # ----------------------------------------------------------------------------- dataset.paths
 
 # The path settings each kind of subset opens, and what each must be.
@@ -288,11 +315,11 @@ SUBSET_PATHS = {"dreambooth": (("image_dir", "dir"),),
 class _PathFindings:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    edits: list[Edit] = field(default_factory=list)  # control-character paths rewritten as literal strings
-    changes: list[tuple[tuple, str, Any]] = field(default_factory=list)
+    edits: list[Change] = field(default_factory=list)  # control-character paths rewritten as literal strings
 
 
-@check("dataset.paths", "every image_dir, metadata_file and conditioning_data_dir exists and is the right kind")
+@check("dataset.paths", "every image_dir, metadata_file and conditioning_data_dir exists and is the right kind",
+       fixes="rewrites a double-quoted path whose backslashes became control characters as a literal string (safe)")
 def paths(ctx: Context) -> Result:
     plan = _usable_plan(ctx)
     if isinstance(plan, Result):
@@ -330,8 +357,7 @@ def _path_finding(plan: Plan, where: str, key: str, kind: str, value: Value, fou
                               "quotes turned \\t, \\n or \\b into one, so sd-scripts finds nothing there")
         edit = _literal_edit(plan, value)
         if edit:
-            found.edits.append(edit[0])
-            found.changes.append((table_of(value.place), key, edit[1]))
+            found.edits.append(edit)
         return
     path = Path(raw)
     if raw.startswith("~"):
@@ -344,19 +370,19 @@ def _path_finding(plan: Plan, where: str, key: str, kind: str, value: Value, fou
     if not path.exists():
         cost = ("sd-scripts stops with 'no metadata'" if key == "metadata_file" else
                 "sd-scripts logs 'not directory', skips this subset and trains on the rest (or on nothing)")
-        found.problems.append(f"{where} = {raw!r}: does not exist; {cost}")
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}; {cost}")
     elif kind == "dir" and not path.is_dir():
-        found.problems.append(f"{where} = {raw!r}: is a file, not a folder")
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a folder")
     elif kind == "file" and not path.is_file():
-        found.problems.append(f"{where} = {raw!r}: is a folder, not a file")
+        then = "waits on it forever" if files.kind_of(path) == "a named pipe (FIFO)" else "crashes opening it"
+        found.problems.append(f"{where} = {raw!r}: {files.describe(path)}, not a file; sd-scripts {then}")
 
 
 def _paths_failure(plan: Plan, label: str, found: _PathFindings) -> Result:
     fix = None
     if found.edits and plan.config is not None:
-        fix = edit_fix(plan.config.path, plan.config.text, found.edits,
-                       expect_changes(plan.config.data, found.changes),
-                       "rewrite control-character paths as TOML literal (single-quoted) strings")
+        fix = _file_fix(plan.config.path, found.edits,
+                        "rewrite control-character paths as TOML literal (single-quoted) strings")
     hint = ("write Windows paths in single quotes (TOML literal strings), e.g. image_dir = 'C:\\train\\img'"
             if found.edits or any("control character" in p for p in found.problems) else
             f"correct the paths in {plan.config.path if plan.config else label}")
@@ -364,11 +390,11 @@ def _paths_failure(plan: Plan, label: str, found: _PathFindings) -> Result:
                        hint=hint, fix=fix)
 
 
-def _literal_edit(plan: Plan, value: Value) -> tuple[Edit, str] | None:
+def _literal_edit(plan: Plan, value: Value) -> Change | None:
     """Rewrite a double-quoted path whose escapes made control characters as a literal string."""
     if plan.config is None or plan.config.layout is None:
         return None
-    table = table_of(value.place)
+    table = _table_of(value.place)
     key = value.place.rsplit(".", 1)[-1]
     span = plan.config.layout.tables.get(table)
     if span is None or key not in span.keys:
@@ -380,7 +406,7 @@ def _literal_edit(plan: Plan, value: Value) -> tuple[Edit, str] | None:
     content = raw[1:-1].replace("\\\\", "\\")
     if "'" in content or '"' in content or CONTROL.search(content):
         return None
-    return Edit(k.start, k.end, f"'{content}'", f"line {k.line + 1}: {key} = '{content}'"), content
+    return Change(table, key, content, literal=f"'{content}'")
 
 
 def _folder_paths(ctx: Context, plan: Plan) -> Result:
@@ -475,8 +501,11 @@ def _folder_images(where: str, plan: Plan, subset: SubsetPlan, probes: dict[str,
     if not isinstance(image_dir, str) or CONTROL.search(image_dir):
         return
     scan = plan.scan(Path(image_dir))
-    if scan.error:
-        return  # dataset.paths reports it
+    if scan.error:  # dataset.paths reports a missing folder; one it cannot list is reported here
+        if os.path.isdir(image_dir):
+            found.failures.append(f"{where}: {image_dir} {scan.error}: sd-scripts' glob finds nothing there, "
+                                  "silently, and skips this subset")
+        return
     images_ = subset_images(plan, subset) or []
     _listing_findings(where, scan, found)
     if not images_:
@@ -609,7 +638,8 @@ class _CaptionFindings(_Findings):
     reading: list[SubsetPlan] = field(default_factory=list)  # subsets that find caption files with their extension
 
 
-@check("dataset.captions", "each training image has the caption sd-scripts will read, readable and non-empty")
+@check("dataset.captions", "each training image has the caption sd-scripts will read, readable and non-empty",
+       fixes="sets caption_extension to the extension the caption files use, where it is decided (safe)")
 def captions(ctx: Context) -> Result:
     plan = _usable_plan(ctx)
     if isinstance(plan, Result):
@@ -659,6 +689,7 @@ def _subset_captions(where: str, plan: Plan, subset: SubsetPlan, paths_: list[st
         found.warnings.append(f"{where}: {len(bom)} caption file{'s' if len(bom) > 1 else ''} start with a UTF-8 "
                               f"BOM, so the first tag reads '\\ufeff...' (e.g. "
                               f"{os.path.basename(reads[bom[0]].path or bom[0])}); save them as UTF-8 without BOM")
+    found.warnings.extend(f"{where}: {r.note}" for r in reads.values() if r.note)
     found.warnings.extend(_trigger_findings(where, subset, reads))
     found.warnings.extend(_reg_findings(where, subset, plan))
     if not missing and not broken:
@@ -750,10 +781,9 @@ def _caption_fix(ctx: Context, plan: Plan, mismatched: list[tuple[SubsetPlan, Va
     if plan.mode == "folder":
         return _train_config_caption_fix(ctx, mismatched)
     config = plan.config
-    if config is None or config.layout is None:
+    if config is None or config.fmt != "toml":
         return None
-    edits: list[Edit] = []
-    changes: list[tuple[tuple, str, Any]] = []
+    changes: list[Change] = []
     done: set[tuple] = set()
     for subset, value, ext in mismatched:
         table = subset.table_path
@@ -762,28 +792,25 @@ def _caption_fix(ctx: Context, plan: Plan, mismatched: list[tuple[SubsetPlan, Va
             wants = {e for s, v, e in mismatched if v.place == value.place}
             if len(wants) == 1 and all(any(s is m[0] for m in mismatched) or all(s is not r for r in reading)
                                        for s in heirs):
-                table = table_of(value.place)
+                table = _table_of(value.place)
         if table in done:
             continue
         done.add(table)
-        edit = set_key(config.text, config.layout, table, "caption_extension", toml_str(ext))
-        if edit is None:
-            return None
-        edits.append(edit)
-        changes.append((table, "caption_extension", ext))
-    return edit_fix(config.path, config.text, edits, expect_changes(config.data, changes),
-                     f"set caption_extension to {', '.join(sorted({m[2] for m in mismatched}))}, the extension the "
-                     "caption files use")
+        changes.append(Change(table, "caption_extension", ext))
+    return _file_fix(config.path, changes, f"set caption_extension to {', '.join(sorted({m[2] for m in mismatched}))}"
+                     ", the extension the caption files use")
 
 
 def _train_config_caption_fix(ctx: Context, mismatched: list[tuple[SubsetPlan, Value, str]]) -> Fix | None:
+    """Folder mode: caption_extension is a training argument; set it where it is set (or add it)."""
     exts = {m[2] for m in mismatched}
-    if len(exts) != 1 or mismatched[0][1].place.startswith("--"):
+    args = train_args_or_none(ctx)
+    if len(exts) != 1 or args is None:
         return None
     ext = exts.pop()
-    return train_config_fix(train_args_or_none(ctx), "caption_extension", toml_str(ext), ext,
-                            f"set caption_extension = {ext} in the training config, the extension the caption "
-                            "files use")
+    fix, _ = argfix.plan(args, [ArgChange("caption_extension", ext)]).fix(
+        f"set caption_extension = {ext} in the training arguments, the extension the caption files use", safe=True)
+    return fix
 
 
 # ----------------------------------------------------------------------------- dataset.steps
@@ -855,20 +882,20 @@ def _setting_fix(ctx: Context, plan: Plan, changes: list[SettingChange]) -> Fix 
     in_train_config = all(c.current.source == "args" and not c.current.place.startswith("--")
                           and _all_heirs_take(plan, c) for c in changes)
     if plan.mode == "folder" or in_train_config:
-        return train_config_fix(train_args_or_none(ctx), key, str(wanted), wanted, description)
+        args = train_args_or_none(ctx)
+        if args is None:
+            return None
+        fix, _ = argfix.plan(args, [ArgChange(key, wanted)]).fix(description, safe=True)
+        return fix
     config = plan.config
     if config is None or config.layout is None:
         return None
     tables: dict[tuple, int] = {}
     for c in changes:
         own = c.current.source == "dataset" or c.current.source == "general" and _all_heirs_take(plan, c)
-        table = table_of(c.current.place) if own else parse_place(c.dataset.place)
+        table = _table_of(c.current.place) if own else parse_place(c.dataset.place)
         tables[table] = max(tables.get(table, 0), c.wanted or 0)
-    edits = [set_key(config.text, config.layout, t, key, str(v)) for t, v in tables.items()]
-    if any(e is None for e in edits):
-        return None
-    return edit_fix(config.path, config.text, [e for e in edits if e is not None],
-                    expect_changes(config.data, [(t, key, v) for t, v in tables.items()]), description)
+    return _file_fix(config.path, [Change(t, key, v) for t, v in tables.items()], description)
 
 
 def _all_heirs_take(plan: Plan, change: SettingChange) -> bool:

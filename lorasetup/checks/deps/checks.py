@@ -31,9 +31,9 @@ from lorasetup.checks.deps.plan import failing_pins, library_problem, missing_mo
 from lorasetup.checks.deps.requirements import RequirementSet
 from lorasetup.checks.deps.venv import env, python_cmd, read_cfg, venv_config
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import FileProblem, open_regular, read_toml
 from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import CheckFailed, Result
-from lorasetup.engine.target import tomllib
 from lorasetup.sd.imports import ImportUse, closure, deep_targets, dist_for, resolve
 
 DEFAULT_PYTHONS = ">=3.10,<3.13"  # sd-scripts README: Python 3.10; 3.11 and 3.12 "will work but not tested"
@@ -60,9 +60,8 @@ def supported_pythons(ctx: Context) -> tuple[SpecifierSet, str]:
     for root in dict.fromkeys(p for p in (ctx.target.kohya_root, ctx.target.sd_scripts) if p):
         pyproject = root / "pyproject.toml"
         try:
-            with pyproject.open("rb") as fh:
-                declared = tomllib.load(fh).get("project", {}).get("requires-python")
-        except (OSError, tomllib.TOMLDecodeError):
+            declared = read_toml(pyproject).get("project", {}).get("requires-python")
+        except FileProblem:
             continue
         if declared:
             try:
@@ -121,7 +120,9 @@ def where(uses: list[ImportUse]) -> str:
 
 
 @check("deps.imports", "every module the run imports resolves in the training interpreter",
-       requires=("repo.present", "deps.interpreter"), prefetch=prefetch)
+       requires=("repo.present", "deps.interpreter"), prefetch=prefetch,
+       fixes="one `pip install` of the checkout's pinned versions for the missing modules (safe); torch is never "
+             "reinstalled: its command is printed")
 def imports(ctx: Context) -> Result:
     required, optional, found = missing_modules(ctx)
     if found is None:
@@ -159,7 +160,9 @@ def imports(ctx: Context) -> Result:
 
 
 @check("deps.versions", "installed packages match the checkout's requirement files",
-       requires=("repo.present", "deps.interpreter"), prefetch=prefetch)
+       requires=("repo.present", "deps.interpreter"), prefetch=prefetch,
+       fixes="one `pip install` of the versions the checkout's requirement files pin (safe); torch is never "
+             "reinstalled: its command is printed")
 def versions(ctx: Context) -> Result:
     reqs = requirement_set(ctx)
     if reqs is None:
@@ -188,6 +191,10 @@ def versions(ctx: Context) -> Result:
         return Result.warn(_grouped(ctx, others), notes,
                            hint="nothing this run imports is affected; the GUI and sd-scripts' other scripts and "
                                 "options need them: `lorasetup bootstrap --fix --all-pins`")
+    if reqs.unreadable:  # the run itself never reads requirement files: worth a warning, not a failure
+        return Result.warn(f"{reqs.unreadable[0]}: its pins are not compared", reqs.unreadable[1:] + notes,
+                           hint="`pip install -r` cannot read it either; replace it with the checkout's own file "
+                                "(`git checkout -- requirements.txt` in a git checkout)")
     deviated = sum(v.state != MET for v in verdicts)
     kept = f" ({deviated} by an accepted deviation or another device's build, see details)" if deviated else ""
     return Result.ok(f"all {len(reqs.pins)} requirements of {files} met{kept}", notes)
@@ -228,7 +235,8 @@ def _file_notes(reqs: RequirementSet) -> list[str]:
 
 
 @check("deps.library", "sd-scripts' own `library` package is installed from this checkout",
-       requires=("repo.present", "deps.interpreter"), prefetch=prefetch)
+       requires=("repo.present", "deps.interpreter"), prefetch=prefetch,
+       fixes="`pip install --no-deps -e` of this checkout, sd-scripts' own `library` package (safe)")
 def library(ctx: Context) -> Result:
     problem = library_problem(ctx)
     tree = ctx.target.sd_scripts
@@ -260,9 +268,9 @@ def classify(path: str, prefix: Path, base: Path, user_site: str | None) -> str 
 def script_interpreter(script: Path) -> str | None:
     """The interpreter a console script runs (its shebang, or pip's /bin/sh trampoline for long paths)."""
     try:
-        with script.open("rb") as fh:
+        with open_regular(script) as fh:
             head = fh.read(512).decode("utf-8", "replace").splitlines()
-    except OSError:
+    except FileProblem:
         return None
     if not head or not head[0].startswith("#!"):
         return None

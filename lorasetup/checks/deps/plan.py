@@ -16,6 +16,7 @@ from typing import Any
 
 from packaging.utils import canonicalize_name
 
+from lorasetup.checks.deps.installed import installed_now
 from lorasetup.checks.deps.pins import RUN, UNMET, Verdict, judge, requirement_set
 from lorasetup.checks.deps.requirements import BUILD_SPECIFIC
 from lorasetup.checks.deps.venv import env, python_cmd
@@ -197,8 +198,8 @@ def pip_fix(ctx: Context, plan: Plan, commands: list[list[str]]) -> Fix:
         for args in commands:
             error = run_pip(python, args)
             if error:
-                state["done"] = error
-                raise FixError(error)
+                state["done"] = "\n".join(filter(None, [error, installed_now(python, plan.specs.values())]))
+                raise FixError(state["done"])
 
     shown = [" ".join([python_cmd(ctx), "-m", "pip", *map(shlex.quote, args)]) for args in commands]
     return Fix(describe(plan), shown, apply, safe=True)

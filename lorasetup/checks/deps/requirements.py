@@ -9,6 +9,7 @@ check.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -19,6 +20,8 @@ from packaging.markers import UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+
+from lorasetup.engine.files import FileProblem, read_text, resolved
 
 INCLUDE = ("-r", "--requirement")
 CONSTRAINT = ("-c", "--constraint")
@@ -146,6 +149,7 @@ class RequirementSet:
     unchecked: list[Unchecked] = field(default_factory=list)
     editables: list[Unchecked] = field(default_factory=list)
     index_options: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # files pip could not read either, with the reason
     indexes: dict[Path, list[str]] = field(default_factory=dict)  # the index URLs each file names
     platform_note: str = ""  # which platform file was read and why (kohya_ss)
 
@@ -200,7 +204,7 @@ def parse_files(paths: list[Path], env: Mapping[str, str]) -> RequirementSet:
     result = RequirementSet()
     seen: set[Path] = set()
     for path in paths:
-        _parse(path.resolve(), env, result, seen)
+        _parse(resolved(path), env, result, seen)
     return result
 
 
@@ -208,8 +212,13 @@ def _parse(path: Path, env: Mapping[str, str], result: RequirementSet, seen: set
     if path in seen:
         return
     seen.add(path)
+    try:
+        content = read_text(path, boms=True)  # pip's auto_decode: a BOM picks UTF-8/16/32, else UTF-8
+    except FileProblem as exc:
+        result.unreadable.append(exc.summary)
+        return
     result.files.append(path)
-    for number, line in logical_lines(path.read_text(encoding="utf-8", errors="replace")):
+    for number, line in logical_lines(content):
         try:
             tokens = shlex.split(line, posix=True)
         except ValueError:
@@ -247,8 +256,8 @@ def _option_line(path: Path, number: int, line: str, tokens: list[str], env: Map
     while i < len(tokens):
         opt, value, used = split_option(tokens[i:])
         if opt in INCLUDE and value:
-            included = (path.parent / value).resolve()
-            if included.is_file():
+            included = resolved(path.parent / value)
+            if os.path.lexists(included):
                 _parse(included, env, result, seen)
             else:
                 result.unchecked.append(Unchecked(path, number, line, f"included file {included} not found"))
@@ -267,7 +276,7 @@ def checkout_files(root: Path, layout: str | None, machine: Machine) -> tuple[li
     requirements.txt; for kohya_ss its requirements.txt plus the platform file its setup picks here."""
     files = [root / "requirements.txt"]
     if layout != "kohya_ss":
-        return [f for f in files if f.is_file()], ""
+        return [f for f in files if os.path.lexists(f)], ""  # a pipe or folder by that name is reported, not skipped
     name, why = kohya_platform_file(machine)
     if name is None:
         note = why
@@ -276,4 +285,4 @@ def checkout_files(root: Path, layout: str | None, machine: Machine) -> tuple[li
         note = f"platform file {name}: {why}"
     else:
         note = f"platform file {name} ({why}) is not in this checkout: only requirements.txt was read"
-    return [f for f in files if f.is_file()], note
+    return [f for f in files if os.path.lexists(f)], note

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import FileProblem, read_source
 from lorasetup.sd.programs import program
 
 
@@ -31,8 +32,12 @@ def venv_config(python: Path) -> Path | None:
 
 
 def read_cfg(path: Path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text(errors="replace").splitlines():
+    out: dict[str, str] = {}
+    try:
+        text = read_source(path)
+    except FileProblem:  # a pyvenv.cfg that cannot be read: deps.interpreter's probe reports the venv
+        return out
+    for line in text.splitlines():
         key, eq, value = line.partition("=")
         if eq:
             out[key.strip().lower()] = value.strip()

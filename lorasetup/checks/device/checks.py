@@ -18,12 +18,14 @@ from typing import Any
 from packaging.version import Version
 
 from lorasetup.checks import check
+from lorasetup.engine import files
 from lorasetup.engine.context import Context
-from lorasetup.engine.fileedit import backup, flatten
+from lorasetup.engine.fileedit import read_bytes
 from lorasetup.engine.probe import ProbeError, run_program
 from lorasetup.engine.result import Fix, FixError, Result, Status
-from lorasetup.engine.target import tomllib
-from lorasetup.sd import accelconfig, stackprobe, warm
+from lorasetup.engine.tomledit import toml_value
+from lorasetup.sd import accelconfig, argfix, stackprobe, warm
+from lorasetup.sd.argfix import ArgChange
 from lorasetup.sd.devices import available, device_lines, machine_offers, rosetta, smi_gpus, torch_facts, version
 from lorasetup.sd.facts import needs_bitsandbytes
 from lorasetup.sd.programs import program
@@ -184,21 +186,24 @@ def torch_device(ctx: Context) -> Result:
 def accelerate_fix(device: str, location: accelconfig.ConfigLocation) -> Fix:
     """Write a config for one process on `device`; an existing file is backed up and needs --yes."""
     values = accelconfig.machine_config(device)
-    seen = accelconfig.digest(location.path)
+    try:
+        seen = read_bytes(location.path)
+    except FixError:  # a pipe or folder by that name: the guarded write refuses it, saying why, if applied
+        seen = None
     path = location.path
     compact = json.dumps(values, sort_keys=True)
-    commands = ([f"cp {path} {path}.bak-<timestamp>"] if seen else []) + [f"write {path}: {compact}"]
+    commands = ([f"cp {path} {path}.bak-<timestamp>"] if seen is not None else []) + [f"write {path}: {compact}"]
 
     def apply() -> None:
         accelconfig.write_config(path, values, seen)
-    what = "rewrite" if seen else "write"
+    what = "rewrite" if seen is not None else "write"
     return Fix(f"{what} the accelerate config for one process on {device}", commands, apply,
                safe=seen is None)
 
 
 def accelerate_details(acc: AccelerateFacts, location: accelconfig.ConfigLocation) -> list[str]:
     """The config, what launch decided and what Accelerator() reported, one line each."""
-    state = "exists" if location.exists else "does not exist"
+    state = "exists" if location.exists else files.describe(location.path)
     details = [f"accelerate {acc.version}; config {location.path} ({location.origin}) {state}"]
     if acc.config:
         details.append("config: " + ", ".join(f"{k}={v}" for k, v in sorted(acc.config.items())
@@ -243,7 +248,9 @@ def launch_problem(found: StackFacts, launch: LaunchFacts, device: str, location
 
 
 @check("device.accelerate", "accelerate launch puts training on the expected device", tags=PROBED,
-       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
+       requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10,
+       fixes="writes an accelerate config for one process on the expected device (safe when none exists; an "
+             "existing one is backed up and rewritten with --yes)")
 def accelerate_device(ctx: Context) -> Result:
     found = facts(ctx)
     acc, location = found.accelerate, accelconfig.find_config(ctx.target)
@@ -258,7 +265,7 @@ def accelerate_device(ctx: Context) -> Result:
     details = accelerate_details(acc, location)
     fix = accelerate_fix(device, location)
     if location.explicit and not location.exists:
-        return Result.fail(f"the accelerate config {location.path} does not exist", details,
+        return Result.fail(f"the accelerate config {location.path} {files.describe(location.path)}", details,
                            hint="accelerate launch --config_file stops at once on a missing file; fix the "
                                 "path or let lorasetup write one", fix=fix)
     if acc.config_error or acc.launch_error:
@@ -288,96 +295,44 @@ def accelerate_device(ctx: Context) -> Result:
 
 # --- training-args edits ----------------------------------------------------------------------------------
 
-def toml_literal(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)
-
-
-def edit_toml_text(text: str, edits: dict[str, Any]) -> str:
-    """Set each key's value where it is (every occurrence; sd-scripts flattens sections, the last wins);
-    keys that are absent go right after the last edited line, so they land in the same section."""
-    lines = text.splitlines(keepends=True)
-    pattern = {key: re.compile(rf"^(\s*){re.escape(key)}\s*=") for key in edits}
-    last_edit: int | None = None
-    present = set()
-    for i, line in enumerate(lines):
-        for key, rx in pattern.items():
-            found = rx.match(line)
-            if found:
-                newline = "\n" if line.endswith("\n") else ""
-                lines[i] = f"{found.group(1)}{key} = {toml_literal(edits[key])}{newline}"
-                present.add(key)
-                last_edit = i
-    added = [f"{key} = {toml_literal(value)}\n" for key, value in edits.items() if key not in present]
-    if added:
-        at = len(lines) if last_edit is None else last_edit + 1
-        if at == len(lines) and lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        lines[at:at] = added
-    return "".join(lines)
-
-
-def edit_train_config(path: Path, edits: dict[str, Any], seen: dict[str, Any]) -> Path:
-    """Apply `edits` to the training TOML after checking the keys still hold what the check saw; back it up
-    first. Returns the backup's path."""
-    try:
-        text = path.read_text(encoding="utf-8")
-        current = flatten(tomllib.loads(text))
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise FixError(f"cannot read {path}: {exc}") from None
-    changed = [k for k in seen if current.get(k) != seen[k]]
-    if changed:
-        raise FixError(f"{path} changed since the check read it ({', '.join(changed)}); not touching it. "
-                       "Run the check again.")
-    new_text = edit_toml_text(text, edits)
-    try:
-        result = flatten(tomllib.loads(new_text))
-    except tomllib.TOMLDecodeError as exc:
-        raise FixError(f"editing {path} would break its TOML ({exc}); edit it by hand: "
-                       + ", ".join(f"{k} = {toml_literal(v)}" for k, v in edits.items())) from None
-    wrong = [k for k, v in edits.items() if result.get(k) != v]
-    if wrong:
-        raise FixError(f"could not set {', '.join(wrong)} in {path} safely; edit it by hand")
-    saved = backup(path)
-    try:
-        path.write_text(new_text, encoding="utf-8")
-    except OSError as exc:
-        raise FixError(f"cannot write {path}: {exc.strerror} (backup at {saved})") from None
-    return saved
-
-
-def args_fix(ctx: Context, edits: dict[str, Any], description: str) -> Fix | None:
-    """A --yes fix that edits the `--config_file` TOML; None when a value comes from the command line (the
-    person changes their command) or there is no TOML."""
-    args = train_args(ctx)
-    path = args.config_file
-    if path is None or any(k in args and args.place(k).startswith("--") for k in edits):
-        return None
-    seen = {k: args.get(k) for k in edits if k in args}
-    commands = [f"cp {path} {path}.bak-<timestamp>"] + [f"set {k} = {toml_literal(v)} in {path}"
-                                                         for k, v in edits.items()]
-
-    def apply() -> None:
-        edit_train_config(path, edits, seen)
-    return Fix(description, commands, apply, safe=False)
+def args_fix(ctx: Context, edits: dict[str, Any], description: str) -> tuple[Fix | None, str]:
+    """A --yes fix that changes the options where they are set (training TOML, lorasetup.toml's train_args),
+    and what is left to the person (the corrected arguments after --)."""
+    near = next(iter(edits))
+    changes = [ArgChange(name, value, near=None if name == near else near) for name, value in edits.items()]
+    return argfix.fix_and_hint(ctx, changes, description, safe=False)
 
 
 def change_hint(ctx: Context, edits: dict[str, Any]) -> str:
-    """How to make the change by hand: in the TOML unless the value comes from the command line."""
+    """How to make the change by hand, where each value is set."""
     args = train_args(ctx)
     parts = []
     for key, value in edits.items():
-        on_cli = key in args and args.place(key).startswith("--")
-        if args.config_file is not None and not on_cli:
-            parts.append(f"{key} = {toml_literal(value)} in {args.config_file}")
-        elif value is True:
-            parts.append(f"add --{key} to the training command")
-        elif value is False:
-            parts.append(f"remove --{key} from the training command")
+        setting = args.setting(key)
+        source = setting.source if setting is not None else "default"
+        flag = args.flag_of(key)
+        if source == "toml" or (source == "default" and args.config_file is not None):
+            parts.append(f"{key} = {toml_value(value)} in {args.config_file}")
+        elif flag is not None and flag.origin is not None and flag.origin.file is not None:
+            parts.append(f"{_cli_words(key, value)} in {flag.origin.file} (train_args)")
         else:
-            parts.append(f"--{key}={value} in the training command")
+            parts.append(f"{_cli_words(key, value)} in the training command")
     return "; ".join(parts)
+
+
+def _cli_words(key: str, value: Any) -> str:
+    if value is True:
+        return f"add --{key}"
+    if value is False:
+        return f"remove --{key}"
+    return f"--{key}={value}"
+
+
+def fixed_result(ctx: Context, status: Status, summary: str, hint: str, edits: dict[str, Any],
+                 description: str) -> Result:
+    """A failing result with the fix that makes `edits` where the values live, and the rest in the hint."""
+    fix, extra = args_fix(ctx, edits, description)
+    return Result(status, summary, hint=hint + extra, fix=fix)
 
 
 # --- device.precision -------------------------------------------------------------------------------------
@@ -437,11 +392,25 @@ def cuda_precision(mp: str, t: TorchFacts) -> tuple[Status, str] | None:
     return None
 
 
-def precision_edits(ctx: Context) -> dict[str, Any]:
-    """mixed_precision -> no, and the flags that need a mixed precision turned off with it."""
-    edits: dict[str, Any] = {"mixed_precision": "no"}
-    edits.update({flag: False for flag in ("full_fp16", "full_bf16", "fp8_base")
-                  if train_args(ctx).flag(flag)})
+NEEDS_PRECISION = {"full_fp16": ("fp16",), "full_bf16": ("bf16",), "fp8_base": ("fp16", "bf16")}
+
+
+def supported_precision(mp: str, device: str, found: StackFacts | None) -> str:
+    """The best mixed precision this device runs, other than `mp`: bf16, else fp16, else no (always `no` on the
+    CPU, and without the probe's facts)."""
+    if device == "cpu" or found is None:
+        return "no"
+    for candidate in ("bf16", "fp16"):
+        if candidate != mp and precision_rules(candidate, device, found) is None:
+            return candidate
+    return "no"
+
+
+def precision_edits(ctx: Context, new: str = "no") -> dict[str, Any]:
+    """mixed_precision -> `new`, and the flags that need another mixed precision turned off with it."""
+    edits: dict[str, Any] = {"mixed_precision": new}
+    edits.update({flag: False for flag, needs in NEEDS_PRECISION.items()
+                  if train_args(ctx).on(flag) and new not in needs})
     return edits
 
 
@@ -450,13 +419,14 @@ def skipped(exc: ProbeError) -> Result:
                        hint="see device.torch")
 
 
-def device_verdict(ctx: Context, mp: str) -> tuple[str, tuple[Status, str] | None]:
-    """The device, and what `mp` does there; the probe is asked only when the answer depends on it."""
+def device_verdict(ctx: Context, mp: str) -> tuple[str, StackFacts | None, tuple[Status, str] | None]:
+    """The device, the probe's facts when they were needed, and what `mp` does there; the probe is asked only
+    when the answer depends on it."""
     device = ctx.target.device
     try:
         if device == "auto" and mp != "no":
             raise NeedsFacts(device)
-        return device, precision_rules(mp, device, None)
+        return device, None, precision_rules(mp, device, None)
     except NeedsFacts:
         pass
     found = facts(ctx)
@@ -466,45 +436,47 @@ def device_verdict(ctx: Context, mp: str) -> tuple[str, tuple[Status, str] | Non
     ran_on = acc.accelerator.device.split(":")[0] if acc and acc.accelerator else ""
     if acc and acc.accelerator_error and ran_on == device:
         verdict = Status.FAIL, f"accelerate {acc.version} refuses it: {acc.accelerator_error}"
-    return device, verdict
+    return device, found, verdict
 
 
 @check("device.precision", "the mixed precision fits the device and the installed versions", tags=PROBED,
-       timeout_s=stackprobe.TIMEOUT_S + 10)
+       timeout_s=stackprobe.TIMEOUT_S + 10,
+       fixes="sets mixed_precision to what the device runs (no on the CPU; on MPS/CUDA the best the installed "
+             "torch and accelerate allow) and turns off full_fp16/full_bf16/fp8_base that need another, where the "
+             "value is set (--yes); for arguments after -- it prints the corrected command")
 def precision(ctx: Context) -> Result:
     args = train_args(ctx)
     mp, place = accelconfig.effective_mixed_precision(args)
     if mp not in accelconfig.PRECISIONS:
-        edits = precision_edits(ctx)
-        return Result.fail(f"mixed_precision = {mp!r} ({place}) is not one of no, fp16, bf16",
-                           hint='Accelerator() stops at start with "Unknown mixed_precision mode"; change: '
-                                + change_hint(ctx, edits),
-                           fix=args_fix(ctx, edits, 'set mixed_precision = "no"'))
+        return fixed_result(ctx, Status.FAIL, f"mixed_precision = {mp!r} ({place}) is not one of no, fp16, bf16",
+                            'Accelerator() stops at start with "Unknown mixed_precision mode"; change: '
+                            + change_hint(ctx, precision_edits(ctx)), precision_edits(ctx),
+                            'set mixed_precision = "no"')
     pairs_owned_by_args = ctx.planned is not None and "args.rules" in ctx.planned  # one mistake, one result
-    for flag, needs in (("full_fp16", ("fp16",)), ("full_bf16", ("bf16",)), ("fp8_base", ("fp16", "bf16"))):
-        if args.flag(flag) and mp not in needs and not pairs_owned_by_args:
-            return Result.fail(f"{flag} ({args.place(flag)}) requires mixed precision {' or '.join(needs)}, "
-                               f"but it is {mp} ({place})",
-                               hint=f'sd-scripts stops with "{flag} requires mixed precision=..." after '
-                                    f"loading the model; change: {change_hint(ctx, {flag: False})}",
-                               fix=args_fix(ctx, {flag: False}, f"turn off {flag}"))
+    for flag, needs in NEEDS_PRECISION.items():
+        if args.on(flag) and mp not in needs and not pairs_owned_by_args:
+            return fixed_result(ctx, Status.FAIL, f"{flag} ({args.place(flag)}) requires mixed precision "
+                                f"{' or '.join(needs)}, but it is {mp} ({place})",
+                                f'sd-scripts stops with "{flag} requires mixed precision=..." after loading the '
+                                f"model; change: {change_hint(ctx, {flag: False})}", {flag: False},
+                                f"turn off {flag}")
     try:
-        device, verdict = device_verdict(ctx, mp)
+        device, found, verdict = device_verdict(ctx, mp)
     except ProbeError as exc:
         return skipped(exc)
     if verdict is None:
         where = "runs on any device" if device == "auto" else f"fits {device}"
         return Result.ok(f"mixed precision {mp} ({place}) {where}")
     status, why = verdict
-    edits = precision_edits(ctx)
+    edits = precision_edits(ctx, supported_precision(mp, device, found))
     hint = (f"change: {change_hint(ctx, edits)}; sd-scripts passes its own --mixed_precision to "
             "Accelerator(), so a value in the accelerate config does not help")
     if status is Status.WARN:
         return Result.warn(f"mixed precision {mp} ({place}) on {device}: {why}", hint=hint)
     also = [k for k in edits if k != "mixed_precision"]
     turn_off = f" and turn off {', '.join(also)}" if also else ""
-    fix = args_fix(ctx, edits, f'set mixed_precision = "no"{turn_off}')
-    return Result.fail(f"mixed precision {mp} ({place}) on {device}: {why}", hint=hint, fix=fix)
+    return fixed_result(ctx, status, f"mixed precision {mp} ({place}) on {device}: {why}", hint, edits,
+                        f"set mixed_precision = {toml_value(edits['mixed_precision'])}{turn_off}")
 
 
 # --- device.features --------------------------------------------------------------------------------------
@@ -512,7 +484,7 @@ def precision(ctx: Context) -> Result:
 def optimizer_name(ctx: Context) -> tuple[str, str]:
     """The optimizer sd-scripts will build (library/train_util.py get_optimizer) and where it is set."""
     args = train_args(ctx)
-    if args.flag("use_8bit_adam"):
+    if args.on("use_8bit_adam"):
         return "AdamW8bit", args.place("use_8bit_adam")
     name = str(args.get("optimizer_type") or "")
     return (name or "AdamW"), (args.place("optimizer_type") if name else "sd-scripts' default")
@@ -557,7 +529,7 @@ def optimizer_problem(ctx: Context, device: str) -> tuple[str | None, str | None
                       f"(bitsandbytes {step.get('bitsandbytes')})"), {}
     why = step.get("error") or "the step produced NaN or inf"
     version_note = f" (bitsandbytes {step['bitsandbytes']})" if step.get("bitsandbytes") else ""
-    edits: dict[str, Any] = {"use_8bit_adam": False} if train_args(ctx).flag("use_8bit_adam") else \
+    edits: dict[str, Any] = {"use_8bit_adam": False} if train_args(ctx).on("use_8bit_adam") else \
         {"optimizer_type": "AdamW"}
     return (f"optimizer {optimizer} ({where}) needs bitsandbytes, and one step of it on "
             f"{step.get('device') or device} fails{version_note}: {why}"), None, edits
@@ -567,14 +539,16 @@ def sdxl_vae_warning(ctx: Context) -> str | None:
     """SDXL's VAE overflows in fp16 unless --no_half_vae."""
     args = train_args(ctx)
     mp, mp_place = accelconfig.effective_mixed_precision(args)
-    if Path(ctx.target.script).name.startswith("sdxl_") and mp == "fp16" and not args.flag("no_half_vae"):
+    if Path(ctx.target.script).name.startswith("sdxl_") and mp == "fp16" and not args.on("no_half_vae"):
         return (f"SDXL with fp16 ({mp_place}) and no --no_half_vae: the SDXL VAE overflows in fp16 "
                 "(\"NaN detected in latents\", black images)")
     return None
 
 
 @check("device.features", "the training args ask nothing the device cannot do", tags=PROBED,
-       prefetch=features_prefetch, timeout_s=max(stackprobe.TIMEOUT_S, OPTIMIZER_TIMEOUT_S) + 10)
+       prefetch=features_prefetch, timeout_s=max(stackprobe.TIMEOUT_S, OPTIMIZER_TIMEOUT_S) + 10,
+       fixes="an 8-bit optimizer bitsandbytes cannot run here -> AdamW, xformers off CUDA -> sdpa, where the value "
+             "is set (--yes); for arguments after -- it prints the corrected command")
 def features(ctx: Context) -> Result:
     args = train_args(ctx)
     try:
@@ -584,7 +558,7 @@ def features(ctx: Context) -> Result:
     assert device is not None
     problem, detail, edits = optimizer_problem(ctx, device)
     problems, details = [problem] if problem else [], [detail] if detail else []
-    if args.flag("xformers") and device != "cuda":
+    if args.on("xformers") and device != "cuda":
         problems.append(f"--xformers ({args.place('xformers')}) on {device}: xformers has kernels only for "
                         "CUDA; the run dies at the first attention call (\"No operator found for "
                         "memory_efficient_attention_forward\")")
@@ -595,11 +569,11 @@ def features(ctx: Context) -> Result:
         hint = ("change: " + change_hint(ctx, edits) +
                 ("; with bitsandbytes gone, AdamW uses about 3x the optimizer memory" if "optimizer_type" in
                  edits or "use_8bit_adam" in edits else ""))
-        fix = args_fix(ctx, edits, "edit the training args: " + ", ".join(
-            f"{k} = {toml_literal(v)}" for k, v in edits.items()))
         summary = problems[0] if len(problems) == 1 else f"{len(problems)} training args do not fit {device}"
-        shown = (problems if len(problems) > 1 else []) + warnings + details
-        return Result.fail(summary, shown, hint=hint, fix=fix)
+        result = fixed_result(ctx, Status.FAIL, summary, hint, edits, "edit the training args: " + ", ".join(
+            f"{k} = {toml_value(v)}" for k, v in edits.items()))
+        result.details = (problems if len(problems) > 1 else []) + warnings + details
+        return result
     if warnings:
         return Result.warn(warnings[0], details, hint=f"change: {change_hint(ctx, {'no_half_vae': True})}")
     return Result.ok(f"optimizer {optimizer_name(ctx)[0]}, attention and precision settings fit {device}", details)

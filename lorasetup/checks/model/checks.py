@@ -19,8 +19,10 @@ from typing import Any
 
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
+from lorasetup.engine.files import FileProblem, open_regular, read_source
 from lorasetup.engine.result import Fix, FixError, Result
-from lorasetup.sd.modelfamily import FAMILY_LABELS, Family, classify, classify_folder, read_json
+from lorasetup.engine.tomledit import Change, try_edit_fix
+from lorasetup.sd.modelfamily import FAMILY_LABELS, Family, classify, classify_folder, json_object
 from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
 from lorasetup.sd.trainargs import path_setting, train_args
 
@@ -88,7 +90,7 @@ def model_file(ctx: Context) -> Result:
     if path.is_dir():
         return _diffusers_folder(ctx, path)
     if path.suffix.lower() in PICKLE_SUFFIXES:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             kind = sniff(fh.read(64))
         if kind == "lfs-pointer":
             return Result.fail(f"{path.name} is a git-lfs pointer, not the model", hint=HEADER_HINTS["lfs-pointer"])
@@ -107,7 +109,7 @@ def model_file(ctx: Context) -> Result:
 
 def _diffusers_folder(ctx: Context, path: Path) -> Result:
     """A diffusers folder: model_index.json and, for each component it lists, a config and weights."""
-    index = read_json(path / "model_index.json")
+    index = json_object(path / "model_index.json")
     if index is None:
         return Result.fail(f"{path} is a folder without model_index.json: not a diffusers model",
                            hint=f"point {BASE_MODEL_ARG} at the .safetensors file, or at the diffusers folder itself")
@@ -162,28 +164,50 @@ def _family_of(ctx: Context, path: Path) -> Family | Result:
 
 
 def _wrong_script(ctx: Context, family: Family, label: str, details: list[str]) -> Result:
-    """A family the entry script does not train: name the script that does, if the checkout has it."""
-    script = ctx.target.script
-    right = FAMILY_SCRIPT.get(family.name or "")
-    sd_scripts = ctx.target.sd_scripts
-    exists = right and (sd_scripts is None or (sd_scripts / right).is_file())
-    hint = (f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`" if exists
-            else f"this sd-scripts checkout has no script for {label}; use a base model that {script} trains")
-    return Result.fail(f"{label} model with {script}: the run dies after loading the model "
-                       "(Missing key(s) in state_dict)", details=details, hint=hint, data={"family": family.name})
+    """A family the entry script does not train: the script that does, set where the Target's `script` lives
+    (lorasetup.toml or [tool.lorasetup], --yes); a hint when the checkout has no such script or the value comes
+    from a flag."""
+    script, right = ctx.target.script, FAMILY_SCRIPT.get(family.name or "")
+    sd_scripts, data = ctx.target.sd_scripts, {"family": family.name}
+    summary = f"{label} model with {script}: the run dies after loading the model (Missing key(s) in state_dict)"
+    if not right or (sd_scripts is not None and not (sd_scripts / right).is_file()):
+        return Result.fail(summary, details=details, data=data,
+                           hint=f"this sd-scripts checkout has no script for {label}; use a base model that {script} "
+                                "trains")
+    hint = f"train it with {right}: `script = \"{right}\"` in lorasetup.toml or `--script {right}`"
+    config = _config_file(ctx)
+    source = ctx.target.sources.get("script")
+    if config is None or source not in (None, str(config)):
+        return Result.fail(summary, details=details, data=data,
+                           hint=f"{hint} (script comes from {source or 'the default'}, which lorasetup cannot edit: "
+                                f"run again with --script {right})")
+    table = ("tool", "lorasetup") if config.name == "pyproject.toml" else ()
+    fix, why = try_edit_fix(f'set script = "{right}" in {config} (the run then trains with {right})',
+                            [(config, [Change(table, "script", right)])], safe=False)
+    return Result.fail(summary, details=details, data=data, fix=fix,
+                       hint=hint + (f". Not fixed automatically: {why}" if why else ""))
+
+
+def _config_file(ctx: Context) -> Path | None:
+    """The lorasetup.toml or pyproject.toml this Target was read from, if any."""
+    for origin in ctx.target.sources.values():
+        path = Path(origin)
+        if path.name in ("lorasetup.toml", "pyproject.toml") and path.is_absolute() and path.is_file():
+            return path
+    return None
 
 
 def _prediction_mismatch(ctx: Context, family: Family, label: str, details: list[str]) -> Result | None:
     """--v2 and --v_parameterization against what the model is (SD2, v-prediction)."""
     args, script, data = train_args(ctx), ctx.target.script, {"family": family.name}
-    if family.name == "sd2" and not args.flag("v2"):
+    if family.name == "sd2" and not args.on("v2"):
         return Result.fail(f"SD2.x model without --v2: {script} builds an SD1 model and dies loading the weights",
                            details=details, hint="add `v2 = true` to the training config (and "
                                                  "`v_parameterization = true` for 768-v models)", data=data)
-    if family.name == "sd1" and args.flag("v2"):
+    if family.name == "sd1" and args.on("v2"):
         return Result.fail(f"SD1.x model with --v2 ({args.place('v2')}): the run dies loading the weights",
                            details=details, hint=f"remove v2 from {args.place('v2')}", data=data)
-    if family.v_prediction is not None and family.v_prediction != args.flag("v_parameterization"):
+    if family.v_prediction is not None and family.v_prediction != args.on("v_parameterization"):
         want = "needs" if family.v_prediction else "must not have"
         return Result.fail(f"{label} {'v-prediction' if family.v_prediction else 'epsilon'} model {want} "
                            "--v_parameterization: the run trains but the LoRA learns the wrong target",
@@ -194,7 +218,9 @@ def _prediction_mismatch(ctx: Context, family: Family, label: str, details: list
 
 
 @check("model.family", "the model family fits the entry script", tags=("preflight",),
-       requires=("model.file",))
+       requires=("model.file",),
+       fixes="sets `script` to the family's entry script in lorasetup.toml / [tool.lorasetup] (--yes); for --script "
+             "on the command line it prints the corrected command")
 def model_family(ctx: Context) -> Result:
     path, hub_id = base_model(ctx)
     if path is None or hub_id or not path.exists():
@@ -250,8 +276,8 @@ class TokenizerSpec:
 def _strategy_call(sd_scripts: Path, script: str) -> tuple[str, str] | None:
     """The `strategy_<x>.<Y>TokenizeStrategy(...)` the entry script builds: (module, class)."""
     try:
-        tree = ast.parse((sd_scripts / script).read_text(encoding="utf-8", errors="replace"))
-    except (OSError, SyntaxError):
+        tree = ast.parse(read_source(sd_scripts / script))
+    except (FileProblem, SyntaxError, ValueError):
         return None
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
@@ -264,8 +290,8 @@ def _strategy_call(sd_scripts: Path, script: str) -> tuple[str, str] | None:
 def _strategy_init(sd_scripts: Path, module: str, cls: str) -> tuple[ast.FunctionDef, dict[str, str]] | None:
     """The strategy class's `__init__` in library/<module>.py, and that module's string constants."""
     try:
-        tree = ast.parse((sd_scripts / "library" / f"{module}.py").read_text(encoding="utf-8"))
-    except (OSError, SyntaxError):
+        tree = ast.parse(read_source(sd_scripts / "library" / f"{module}.py"))
+    except (FileProblem, SyntaxError, ValueError):
         return None
     consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
               and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
@@ -330,8 +356,8 @@ def cached_snapshot(cache: Path, model_id: str) -> Path | None:
     """The snapshot folder of `model_id`'s `main` revision in the Hub cache, if there is one."""
     repo = cache / ("models--" + model_id.replace("/", "--"))
     try:
-        revision = (repo / "refs" / "main").read_text().strip()
-    except OSError:
+        revision = read_source(repo / "refs" / "main").strip()
+    except FileProblem:
         return None
     snapshot = repo / "snapshots" / revision
     return snapshot if snapshot.is_dir() else None
@@ -343,7 +369,7 @@ def tokenizer_problem(folder: Path, cls: str, max_token_length: Any) -> str | No
     if not any(all((folder / f).is_file() for f in files) for files in alternatives):
         return f"{folder} lacks {' or '.join(' + '.join(files) for files in alternatives)}"
     if cls == "CLIPTokenizer" and max_token_length in (None, ""):
-        config = read_json(folder / "tokenizer_config.json") or {}
+        config = json_object(folder / "tokenizer_config.json") or {}
         if not isinstance(config.get("model_max_length"), int) or config["model_max_length"] > 10_000:
             # library/strategy_sd.py: max_length = tokenizer.model_max_length when --max_token_length is unset
             return (f"{folder}/tokenizer_config.json has no model_max_length (77): sd-scripts then pads every "
@@ -379,12 +405,13 @@ def _locate_tokenizers(specs: list[TokenizerSpec], cache_dir: Path | None, hub: 
 
 
 @check("model.tokenizer", "the tokenizer(s) load at start, also with the network off", tags=("preflight",),
-       requires=("repo.present",))
+       requires=("repo.present",),
+       fixes="downloads the tokenizer once with the training interpreter, into tokenizer_cache_dir when set (safe)")
 def model_tokenizer(ctx: Context) -> Result:
     sd_scripts = ctx.target.sd_scripts
     if sd_scripts is None:
         return Result.skip("no sd-scripts checkout")
-    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).flag("v2")})
+    specs = tokenizer_specs(sd_scripts, ctx.target.script, {"v2": train_args(ctx).on("v2")})
     if specs is None:
         return Result.skip(f"{ctx.target.script} does not load its tokenizers through a strategy_* "
                            "_load_tokenizer call; not checked")

@@ -101,7 +101,9 @@ def is_git(ctx: Context) -> Result:
                             "version checks work")
 
 
-@check("repo.submodule", "the sd-scripts submodule is populated at the pinned commit", requires=("repo.git",))
+@check("repo.submodule", "the sd-scripts submodule is populated at the pinned commit", requires=("repo.git",),
+       fixes="`git submodule update --init --recursive sd-scripts` to the pinned commit (safe; refused over local "
+             "changes in the submodule)")
 def submodule(ctx: Context) -> Result:
     root_dir = ctx.target.kohya_root
     assert root_dir is not None

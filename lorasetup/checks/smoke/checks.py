@@ -10,13 +10,10 @@ worse than a noisy one (under pytest it is captured and shown with a failure).
 
 from __future__ import annotations
 
-import math
-import re
 import shlex
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -25,221 +22,20 @@ from lorasetup.checks.smoke import memory
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result
 from lorasetup.engine.target import Target
-from lorasetup.sd.dataset.plan import dataset_step_plan
-from lorasetup.sd.launch import RunOutcome, SmokePlan, run_env, run_streaming, smoke_plan
-from lorasetup.sd.safetensors_header import HeaderError, nonfinite_count, read_header, tensor_values
-from lorasetup.sd.trainargs import TrainArgs, network_kwargs, train_args
+from lorasetup.sd.lora import expect_from_args, verify_lora
+from lorasetup.sd.run.command import SmokePlan, run_env, smoke_plan
+from lorasetup.sd.run.failures import explain
+from lorasetup.sd.run.plan import planned_steps
+from lorasetup.sd.run.stream import RunOutcome, run_streaming
+from lorasetup.sd.run.units import duration
+from lorasetup.sd.trainargs import train_args
 
 PYTEST_MARGIN_S = 120.0  # the pytest timeout of the smoke gate: the run's own timeout plus this
-DEFAULT_MAX_TRAIN_STEPS = 1600  # library/train_util.py add_training_arguments: --max_train_steps default
-DEFAULT_NETWORK_DIM = 4  # networks/lora.py create_network: network_dim None -> 4
-DEFAULT_NETWORK_ALPHA = 1.0  # train_network.py: --network_alpha default 1
-LORA_SUFFIXES = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
-# network_args that give modules other ranks than network_dim (networks/lora.py create_network)
-PER_BLOCK_ARGS = ("block_dims", "conv_block_dims", "block_alphas", "conv_block_alphas")
-
-
-@dataclass(frozen=True)
-class FailureMode:
-    """One row of reference/failure-modes.md: how its error line reads and what to do."""
-
-    id: str
-    pattern: re.Pattern[str]
-    hint: str
-
-
-def _mode(mode_id: str, pattern: str, hint: str) -> FailureMode:
-    return FailureMode(mode_id, re.compile(pattern, re.IGNORECASE), hint)
-
-
-# First match wins: specific messages before generic ones.
-CATALOG = (
-    _mode("G2", r"out of memory|OutOfMemoryError",
-          "the GPU ran out of memory at this batch size and resolution: lower train_batch_size or the "
-          "resolution, add --gradient_checkpointing and --cache_latents"),
-    _mode("G3", r"died with <Signals\.SIGKILL|^Killed$",
-          "the system killed the run, most likely out of RAM: close other programs, add --cache_latents "
-          "and --lowram, or add swap"),
-    _mode("G4", r"No space left on device", "the disk is full: free space under output_dir and the temp folder"),
-    _mode("E2", r"HeaderTooLarge|MetadataIncompleteBuffer|InvalidHeaderDeserialization",
-          "the model file is truncated or a git-lfs pointer: see lorasetup doctor --only model.file"),
-    _mode("E3", r"Can't load tokenizer",
-          "the tokenizer could not be loaded (offline?): see lorasetup doctor --only model.tokenizer"),
-    _mode("E4", r"NaN detected in latents", "the SDXL VAE overflows in fp16: add --no_half_vae"),
-    _mode("E1", r"Missing key\(s\) in state_dict|Unexpected key\(s\) in state_dict|size mismatch for|"
-                r"'NoneType' object has no attribute 'dtype'",
-          "the model family does not fit the script: see lorasetup doctor --only model.family"),
-    _mode("B3", r"bitsandbytes|libcudart|compiled without GPU support",
-          "the 8-bit optimizer needs a working bitsandbytes (there is none on Macs or CPUs): "
-          "--optimizer_type=AdamW"),
-    _mode("B8", r"xFormers|memory_efficient_attention", "xformers does not work here: use --sdpa instead of "
-                                                        "--xformers"),
-    _mode("C2", r"bf16 mixed precision requires", "this device cannot do bf16: --mixed_precision=fp16 on a GPU, "
-                                                  "else --mixed_precision=no"),
-    _mode("C3", r"fp16 mixed precision requires a GPU",
-          "fp16 needs a CUDA GPU (or accelerate >= 1.11 on MPS): --mixed_precision=no"),
-    _mode("C7", r"Torch not compiled with CUDA enabled",
-          "CUDA-only code ran on a machine without CUDA (sampling or validation on MPS): remove the sample_* "
-          "and validation_split options"),
-    _mode("C5", r"NCCL|gpu_ids", "the multi-GPU settings do not fit this machine: num_processes: 1 in the "
-                                 "accelerate config (see lorasetup doctor --only device.accelerate)"),
-    _mode("A2", r"No module named 'library'",
-          "sd-scripts itself is not installed in the venv: pip install --no-deps -e <sd-scripts folder>"),
-    _mode("B4", r"cannot import name 'cached_download'",
-          "huggingface_hub is too new for this diffusers: lorasetup bootstrap --fix reinstalls the pins"),
-    _mode("B5", r"unexpected keyword argument 'logging_dir'",
-          "accelerate does not match the code: lorasetup bootstrap --fix reinstalls the pins"),
-    _mode("B6", r"compiled using NumPy 1\.x|_ARRAY_API not found",
-          "NumPy 2 with modules built for NumPy 1: lorasetup bootstrap --fix reinstalls the pins"),
-    _mode("imports", r"No module named '[\w.]+'",
-          "a module the run imports is missing: lorasetup doctor --only deps.imports, then lorasetup bootstrap --fix"),
-    _mode("A3", r"unrecognized arguments", "an option this sd-scripts checkout does not have: "
-                                           "lorasetup doctor --only args.known"),
-    _mode("D1", r"No data found", "sd-scripts found no images: with train_data_dir its subfolders must be "
-                                  "named <repeats>_<name> (e.g. 10_mychar); see lorasetup doctor --only dataset"),
-    _mode("D3", r"extra keys not allowed|Invalid user config|required key not provided|expected \w+ for "
-                r"dictionary value", "the dataset config fails sd-scripts' schema: lorasetup doctor --only "
-                                     "dataset.schema"),
-    _mode("D5", r"bucket_reso_steps|resolution is required",
-          "bucket settings: lorasetup doctor --only dataset.schema args.rules"),
-    _mode("D6", r"Unrecognized data stream|cannot identify image file|image file is truncated",
-          "a damaged or mislabelled image: lorasetup doctor --only dataset.images"),
-    _mode("F1-F4", r"when caching|cannot be trained with caching|full_fp16 requires|full_bf16 requires|"
-                   r"fp8_base requires|adaptive_noise_scale requires|min_bucket_reso must be",
-          "an argument combination sd-scripts refuses: lorasetup doctor --only args.rules"),
-    _mode("F5", r"not enough values to unpack",
-          "a network_args / optimizer_args / lr_scheduler_args entry is not key=value"),
-    _mode("F7", r"Permission denied", "a folder the run writes to is not writable: lorasetup doctor --only "
-                                      "args.output"),
-    _mode("resolution", r"'int' object has no attribute 'split'",
-          "resolution = 512 in the training config must be a string: resolution = \"512,512\""),
-)
-
-
-def explain(error_line: str | None, tail: list[str]) -> FailureMode | None:
-    """The known failure mode of the error line, else of the last lines of output."""
-    for line in ([error_line] if error_line else []) + list(reversed(tail)):
-        for mode in CATALOG:
-            if mode.pattern.search(line):
-                return mode
-    return None
 
 
 def smoke_pytest_timeout(target: Target) -> float:
     """The pytest timeout of the smoke gate for a Target: its own run timeout plus a margin."""
     return float(target.smoke_timeout) + PYTEST_MARGIN_S
-
-
-def planned_steps(ctx: Context) -> tuple[int | None, str]:
-    """The full run's total steps and where the number comes from."""
-    try:
-        plan = dataset_step_plan(ctx)
-    except Exception as exc:  # noqa: BLE001 - the ETA is a by-product; the dataset gate reports the cause
-        plan, note = None, f" (dataset step plan failed: {exc})"
-    else:
-        note = ""
-    if plan and isinstance(plan.get("total_steps"), int):
-        return plan["total_steps"], "dataset.steps"
-    args = train_args(ctx)
-    if args.get("max_train_epochs") not in (None, ""):
-        return None, f"max_train_epochs needs the dataset's step count{note}"
-    if args.get("max_train_steps") not in (None, ""):
-        return int(args.get("max_train_steps")), args.place("max_train_steps")
-    return DEFAULT_MAX_TRAIN_STEPS, "sd-scripts' default max_train_steps"
-
-
-def duration(seconds: float) -> str:
-    """`42 s`, `7 min`, `1 h 05 min`."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    minutes = round(seconds / 60)
-    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-# ---- the saved LoRA --------------------------------------------------------------------------------------
-
-def _number(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def check_lora(path: Path, args: TrainArgs) -> tuple[list[str], list[str]]:
-    """Problems with the saved LoRA, and what was verified. Reads tensors one at a time, no torch."""
-    try:
-        header = read_header(path)
-    except HeaderError as exc:
-        return [f"{path.name}: {exc}"], []
-    problems: list[str] = []
-    modules: dict[str, dict[str, Any]] = {}
-    for name, info in header.tensors.items():
-        for suffix, part in LORA_SUFFIXES.items():
-            if name.endswith(suffix):
-                modules.setdefault(name[:-len(suffix)], {})[part] = info
-    bad = {name: n for name, info in header.tensors.items() if (n := nonfinite_count(path, info))}
-    if bad:
-        worst = sorted(bad.items(), key=lambda kv: -kv[1])[:3]
-        problems.append(f"{len(bad)} of {len(header.tensors)} tensors hold NaN/inf ("
-                        + ", ".join(f"{k}: {n}" for k, n in worst) + "): the LoRA would render black or noise")
-    unet = [m for m in modules if m.startswith("lora_unet_")]
-    te = [m for m in modules if m.startswith("lora_te")]
-    if not args.flag("network_train_text_encoder_only") and not unet:
-        problems.append("no lora_unet_ modules: the U-Net was not trained")
-    if not args.flag("network_train_unet_only") and not te:
-        problems.append("no lora_te modules although the text encoder is trained (network_train_unet_only is off)")
-    facts = [f"{path.name}: {len(header.tensors)} tensors, {len(unet)} U-Net and {len(te)} text-encoder modules, "
-             f"all finite" if not bad else f"{path.name}: {len(header.tensors)} tensors"]
-    module_name = args.get("network_module") or "networks.lora"
-    kwargs = network_kwargs(args)
-    if module_name != "networks.lora" or args.flag("dim_from_weights") or any(k in kwargs for k in PER_BLOCK_ARGS):
-        facts.append(f"ranks not compared: {module_name} with these network_args sets them per module")
-        return problems, facts
-    dim = int(_number(args.get("network_dim")) or DEFAULT_NETWORK_DIM)
-    alpha = _number(args.get("network_alpha"))
-    alpha = DEFAULT_NETWORK_ALPHA if alpha is None else alpha
-    conv_dim = int(_number(kwargs.get("conv_dim")) or 0) or None
-    conv_alpha = _number(kwargs.get("conv_alpha")) or 1.0
-    wrong_rank: list[str] = []
-    wrong_alpha: list[str] = []
-    ranks: set[int] = set()
-    alphas: set[float] = set()
-    for name, parts in sorted(modules.items()):
-        down, up, alpha_info = parts.get("down"), parts.get("up"), parts.get("alpha")
-        if down is None or up is None:
-            problems.append(f"{name}: lora_down/lora_up pair incomplete")
-            continue
-        conv3 = len(down.shape) == 4 and tuple(down.shape[2:]) != (1, 1)
-        want_rank, want_alpha = (conv_dim, conv_alpha) if conv3 else (dim, alpha)
-        rank = down.shape[0]
-        ranks.add(rank)
-        if len(up.shape) < 2 or up.shape[1] != rank:
-            problems.append(f"{name}: lora_up {list(up.shape)} does not match lora_down {list(down.shape)}")
-        elif rank != want_rank:
-            wrong_rank.append(f"{name}: rank {rank}")
-        if alpha_info is not None and alpha_info.dtype in ("F32", "F16", "BF16", "F64"):
-            value = tensor_values(path, alpha_info)[0]
-            alphas.add(value)
-            tolerance = 1e-6 if alpha_info.dtype in ("F32", "F64") else 1e-2
-            if not math.isclose(value, want_alpha, rel_tol=tolerance, abs_tol=tolerance):
-                wrong_alpha.append(f"{name}: alpha {value:g}")
-    if wrong_rank:
-        problems.append(f"{len(wrong_rank)} modules have a rank other than network_dim = {dim}"
-                        f"{f' / conv_dim = {conv_dim}' if conv_dim else ''} ({args.place('network_dim')}): "
-                        + ", ".join(wrong_rank[:3]))
-    if wrong_alpha:
-        problems.append(f"{len(wrong_alpha)} modules have an alpha other than network_alpha = {alpha:g} "
-                        f"({args.place('network_alpha')}): " + ", ".join(wrong_alpha[:3]))
-    meta_dim, meta_alpha = header.metadata.get("ss_network_dim"), header.metadata.get("ss_network_alpha")
-    if meta_dim not in (None, "None") and _number(meta_dim) != dim:
-        problems.append(f"metadata ss_network_dim = {meta_dim} but the tensors have rank "
-                        f"{dim if not wrong_rank else sorted(ranks)}")
-    if meta_alpha not in (None, "None") and _number(meta_alpha) is not None \
-            and not math.isclose(_number(meta_alpha), alpha, rel_tol=1e-6):
-        problems.append(f"metadata ss_network_alpha = {meta_alpha} but network_alpha = {alpha:g}")
-    facts.append(f"ranks {sorted(ranks)}, alphas {sorted(alphas)}; ss_network_dim {meta_dim}, "
-                 f"ss_network_alpha {meta_alpha}")
-    return problems, facts
 
 
 # ---- the check -------------------------------------------------------------------------------------------
@@ -294,14 +90,13 @@ def _report(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> tuple[dict[st
     return data, lines
 
 
-def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
-    """The verdict on one smoke run."""
+def _judge_stop(ctx: Context, outcome: RunOutcome, lines: list[str], data: dict[str, Any]) -> Result | None:
+    """The verdict when the run was stopped, crashed or ended early; None when it ran its steps."""
     watch = outcome.watch
-    data, lines = _report(ctx, plan, outcome)
     steps = ctx.target.smoke_steps
     elapsed = f"after {outcome.wall_s:.0f} s"
     error = watch.real_error()
-    tail = list(watch.tail)[-12:]
+    tail = ["last output:"] + [f"  {t}" for t in list(watch.tail)[-12:]]
     if outcome.stopped == "nonfinite" and watch.nonfinite:
         step, value = watch.nonfinite
         lr = train_args(ctx).get("learning_rate")
@@ -313,11 +108,10 @@ def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
     if outcome.stopped == "timeout":
         phase = f"at step {watch.steps_done} of {steps}" if watch.steps_done else \
             ("before the first step (still loading?)" if watch.bar_zero_at is None else "in the first step")
-        return Result.fail(f"no result within {ctx.target.smoke_timeout:.0f} s, {phase}: killed",
-                           lines + ["last output:"] + [f"  {t}" for t in tail],
+        return Result.fail(f"no result within {ctx.target.smoke_timeout:.0f} s, {phase}: killed", lines + tail,
                            hint="if the run is just slow, raise the smoke timeout ([smoke] timeout = 1800 in "
                                 "lorasetup.toml); if it hangs, the last output shows where", data=data)
-    mode = explain(error, tail) if outcome.stopped or outcome.returncode != 0 else None
+    mode = explain(error, list(watch.tail)[-12:]) if outcome.stopped or outcome.returncode != 0 else None
     if mode:
         data["failure_mode"] = mode.id
     if outcome.stopped == "no-data":
@@ -327,29 +121,40 @@ def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
         at = f"at step {watch.steps_done + 1} of {steps}" if watch.bar_zero_at is not None else "before training"
         how = "crashed" if outcome.stopped == "traceback" or (outcome.returncode or 0) > 0 else \
             f"was killed by signal {-(outcome.returncode or 0)}"
-        return Result.fail(f"the run {how} {at}: {error or 'exit status ' + str(outcome.returncode)}",
-                           lines + ["last output:"] + [f"  {t}" for t in tail],
+        return Result.fail(f"the run {how} {at}: {error or 'exit status ' + str(outcome.returncode)}", lines + tail,
                            hint=(f"[{mode.id}] {mode.hint}" if mode else
                                  "the line above is sd-scripts' own error; run lorasetup doctor for the static checks"),
                            data=data)
     if watch.steps_done < steps:
         return Result.fail(f"the run exited 0 after {watch.steps_done} of {steps} steps: it did not train",
-                           lines + ["last output:"] + [f"  {t}" for t in tail],
+                           lines + tail,
                            hint=f"{error}" if error else "read the output above for why sd-scripts stopped", data=data)
+    return None
+
+
+def _judge_lora(ctx: Context, plan: SmokePlan, outcome: RunOutcome, lines: list[str], data: dict[str, Any]) -> Result:
+    """The verdict on a run that ran its steps: the LoRA it saved."""
     if not plan.output.is_file():
         return Result.fail(f"the run exited 0 but saved no LoRA ({plan.output.name})", lines,
                            hint="read the output above for why sd-scripts did not save", data=data)
-    problems, facts = check_lora(plan.output, train_args(ctx))
-    data["output"] = str(plan.output)
-    if problems:
-        return Result.fail(f"the saved LoRA is broken: {problems[0]}", problems[1:] + facts + lines,
+    lora = verify_lora(plan.output, expect_from_args(train_args(ctx)))
+    data["output"], data["output_bytes"] = str(plan.output), lora.size
+    if lora.problems:
+        return Result.fail(f"the saved LoRA is broken: {lora.problems[0]}", lora.problems[1:] + lora.facts + lines,
                            hint="the full run would save the same kind of file; fix the cause before the long run",
                            data=data)
+    watch = outcome.watch
     losses = [watch.loss[n] for n in sorted(watch.loss)]
-    per_step = data["s_per_step"]
     eta = f"; full run ≈ {duration(data['eta_s'])}" if data["eta_s"] else ""
     return Result.ok(f"{watch.steps_done} steps, avr_loss {losses[0]:.4g} → {losses[-1]:.4g} (finite), "
-                     f"{per_step:.1f} s/step, load {data['load_s']:.0f} s{eta}", facts + lines, data=data)
+                     f"{data['s_per_step']:.1f} s/step, load {data['load_s']:.0f} s{eta}", lora.facts + lines,
+                     data=data)
+
+
+def judge(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> Result:
+    """The verdict on one smoke run."""
+    data, lines = _report(ctx, plan, outcome)
+    return _judge_stop(ctx, outcome, lines, data) or _judge_lora(ctx, plan, outcome, lines, data)
 
 
 def run_smoke(ctx: Context, echo: IO[str] | None, keep: bool = False) -> Result:
@@ -380,6 +185,6 @@ def run_smoke(ctx: Context, echo: IO[str] | None, keep: bool = False) -> Result:
 
 
 @check("smoke.run", "a real short training run: finite loss at every step, a sane LoRA saved", tags=("smoke",),
-       requires=("repo.present",), timeout_s=smoke_pytest_timeout(Target()))
+       requires=("repo.present",), timeout_s=smoke_pytest_timeout(Target()), timeout_from=smoke_pytest_timeout)
 def smoke_run(ctx: Context) -> Result:
     return run_smoke(ctx, echo=sys.stderr)

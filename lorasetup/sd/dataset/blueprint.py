@@ -9,12 +9,13 @@ DreamBoothDataset.load_dreambooth_dir, a fine-tuning subset's FineTuningDataset'
 
 from __future__ import annotations
 
-import json
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lorasetup.engine import files
 from lorasetup.sd import facts as sdfacts
 from lorasetup.sd.dataset.scan import DirScan, scan_dir
 from lorasetup.sd.dataset.schema import (
@@ -31,6 +32,7 @@ from lorasetup.sd.dataset.schema import (
     accepts,
     format_place,
 )
+from lorasetup.sd.trainargs import Setting as Value  # the one resolved-value class (subset ... default)
 from lorasetup.sd.trainargs import TrainArgs
 
 # argparse defaults of the dataset options (library/train_util.py add_dataset_arguments, train_network.py
@@ -64,22 +66,13 @@ KINDS: dict[str, str] = {
 
 
 
-@dataclass(frozen=True)
-class Value:
-    """A resolved setting and where it came from (`datasets[0].subsets[1].num_repeats`, `--resolution`, ...)."""
-
-    value: Any
-    place: str
-    source: str  # subset | dataset | general | args | default | folder
-
-
 def _from_arg(name: str, kind: str, raw: Any) -> Any:
     """A training-argument value (typed from --config_file TOML, or a string from the command line) as the
     dataset layer will see it; None when it cannot be read as that kind (the args gate reports those)."""
     if raw is None:
         return None
-    if kind == BOOL:
-        return raw is True or (isinstance(raw, str) and raw.lower() in ("true", "1", "yes"))
+    if kind == BOOL:  # argparse stores a real bool; a TOML string here stops sd-scripts' argparse sanitizer
+        return raw if isinstance(raw, bool) else None
     if kind == INT and not isinstance(raw, (bool, float)):
         try:
             return int(raw)
@@ -314,9 +307,8 @@ def _cached_listing(plan: Plan, cache: str) -> list[str] | None:
     """metadata_cache.json ({image path: {"caption", "resolution": [w, h]}}): its paths, in its order, and its
     sizes, which sd-scripts uses instead of reading the images (DreamBoothDataset.load_dreambooth_dir)."""
     try:
-        with open(cache, encoding="utf-8") as fh:
-            metas = json.load(fh)
-    except (OSError, ValueError):
+        metas = files.read_json(cache, files.DATA_LIMIT)
+    except files.FileProblem:
         return None
     if not isinstance(metas, dict):
         return None
@@ -332,18 +324,14 @@ def finetune_entries(subset: SubsetPlan) -> tuple[dict[str, dict], str | None]:
     meta = subset.get.get("metadata_file")
     image_dir = subset.get.get("image_dir")
     try:
-        with open(meta, encoding="utf-8") as fh:
-            if str(meta).endswith(".jsonl"):
-                raw = {}
-                for line in fh:
-                    item = json.loads(line)
-                    raw[item["image_path"]] = {"image_size": item.get("image_size")}
-            else:
-                raw = json.load(fh)
-    except FileNotFoundError:
-        return {}, "metadata_file not found (sd-scripts stops with 'no metadata')"
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return {}, f"metadata_file unreadable: {exc}"
+        text = files.read_text(meta, files.DATA_LIMIT)
+        raw = _json_lines(meta, text) if str(meta).endswith(".jsonl") else files.parse_json(meta, text)
+    except files.FileProblem as exc:
+        if exc.kind == "missing":
+            return {}, "metadata_file not found (sd-scripts stops with 'no metadata')"
+        return {}, f"metadata_file unreadable: {exc.summary}"
+    except (KeyError, TypeError, AttributeError) as exc:
+        return {}, f"metadata_file unreadable: an entry without image_path ({type(exc).__name__}: {exc})"
     if not isinstance(raw, dict):
         return {}, "metadata_file is not a JSON object of image entries"
     out: dict[str, dict] = {}
@@ -354,4 +342,16 @@ def finetune_entries(subset: SubsetPlan) -> tuple[dict[str, dict], str | None]:
         out[key] = {"abs_path": key if os.path.isabs(key) else os.path.join(image_dir, key),
                     "image_size": entry.get("image_size")}
     return out, None
+
+
+def _json_lines(meta: str, text: str) -> dict[str, dict]:
+    """FineTuningDataset's .jsonl reading: one JSON object per line, keyed by its image_path."""
+    raw = {}
+    for number, line in enumerate(io.StringIO(text), 1):
+        try:
+            item = files.parse_json(meta, line)
+        except files.FileProblem as exc:
+            raise files.FileProblem(meta, exc.problem, exc.hint, kind=exc.kind, line=number) from None
+        raw[item["image_path"]] = {"image_size": item.get("image_size")}
+    return raw
 

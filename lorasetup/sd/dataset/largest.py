@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.engine.context import Context
+from lorasetup.engine.tomledit import toml_key, toml_value
 from lorasetup.sd.dataset.blueprint import DatasetPlan, Plan, finetune_entries, subset_images
 from lorasetup.sd.dataset.buckets import unusable
 from lorasetup.sd.dataset.plan import dataset_plan, image_probes, loaded_config
 from lorasetup.sd.dataset.steps import ImpossibleSteps, Shape, dataset_shapes
-from lorasetup.sd.launch import toml_key, toml_value
 
 
 @dataclass

@@ -53,7 +53,7 @@ def config_path(ctx: Context) -> Path | None:
 def schema_checker(ctx: Context) -> SchemaChecker:
     def build() -> SchemaChecker:
         args = train_args_or_none(ctx)
-        support = sanitizer_support(entry_script(ctx), lambda name: bool(args and args.flag(name)))
+        support = sanitizer_support(entry_script(ctx), lambda name: bool(args and args.on(name)))
         root = ctx.target.sd_scripts
         tables, origin = read_schema(root / "library" / "config_util.py" if root else None)
         return SchemaChecker(support, tables, train_arg_names(root, entry_script(ctx)), origin)

@@ -9,10 +9,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import imagesize
 
+from lorasetup.engine import files
 from lorasetup.sd import facts as sdfacts
 
 # Pillow's decompression-bomb limit (PIL.Image.MAX_IMAGE_PIXELS); sd-scripts does not change it, so
@@ -69,13 +70,14 @@ def scan_dir(directory: Path) -> DirScan:
     lower_exts = {e.lower() for e in sdfacts.IMAGE_EXTENSIONS}
     for entry in entries:
         name = entry.name
-        try:
+        try:  # both follow symlinks: a symlink loop raises OSError (ELOOP) and is neither
             is_file = entry.is_file()
+            is_dir = not is_file and entry.is_dir()
         except OSError:
-            is_file = False
+            is_file = is_dir = False
         stem, ext = os.path.splitext(name)
         if _picked_up(name):
-            (scan.images if is_file or not entry.is_dir() else scan.image_named_dirs).append(name)
+            (scan.images if not is_dir else scan.image_named_dirs).append(name)
             continue
         if not is_file or name.startswith("."):
             continue
@@ -108,6 +110,19 @@ EXTENSION_FORMAT = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "we
                     ".avif": "avif", ".jxl": "jxl"}
 # imagesize >= 2 rotates by EXIF unless told not to; sd-scripts pins imagesize 1.4.1, which reports the stored size.
 _IMAGESIZE_OPTIONS = {"exif_rotation": False} if "exif_rotation" in inspect.signature(imagesize.get).parameters else {}
+# imagesize 2 also reads an open file (so the file checked is the file measured); 1.x only takes a path.
+_IMAGESIZE_READS_FILES = bool(_IMAGESIZE_OPTIONS)
+# What sd-scripts does with an entry glob_images picks up that lorasetup does not read: make_buckets ->
+# get_image_size -> imagesize.get opens it (checked against the real sd-scripts with each kind of entry).
+_SD_SCRIPTS_ON = {"a named pipe (FIFO)": "sd-scripts waits on it forever (imagesize opens it to read the size)",
+                  "a folder": "sd-scripts crashes opening it (IsADirectoryError)",
+                  "a socket": "sd-scripts crashes opening it (OSError: No such device or address)",
+                  "a character device": "sd-scripts reads no size from it and crashes (ZeroDivisionError in "
+                                        "make_buckets)",
+                  "loop": "sd-scripts crashes opening it (OSError: Too many levels of symbolic links)",
+                  "missing": "sd-scripts lists it and crashes opening it (FileNotFoundError)",
+                  "vanished": "something is changing the folder: a run started now crashes on it (FileNotFoundError)",
+                  "permission": "sd-scripts crashes opening it (PermissionError)"}
 
 
 @dataclass(frozen=True)
@@ -121,29 +136,23 @@ class ImageProbe:
 
 
 def probe_image(path: str) -> ImageProbe:
-    """Header size (imagesize, as sd-scripts' get_image_size), content signature, and cheap truncation tests."""
+    """Header size (imagesize, as sd-scripts' get_image_size), content signature, and cheap truncation tests.
+    Only a regular file is opened (lorasetup.engine.files): a pipe named like an image never blocks the check."""
     try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the `with fh:` below; open errors become results
-    except IsADirectoryError:
-        return ImageProbe(None, None, "is a folder named like an image")
-    except OSError as exc:
-        return ImageProbe(None, None, f"cannot be opened: {exc.strerror}")
-    with fh:
-        length = os.fstat(fh.fileno()).st_size
-        if length == 0:
-            return ImageProbe(None, None, "empty file (0 bytes)")
-        head = fh.read(32)
-        fmt = next((name for name, test in SIGNATURES if test(head)), None)
-        if fmt is None:
-            return ImageProbe(None, None, f"not an image Pillow can open (starts with {head[:8]!r})")
-        tail = b""
-        if fmt in ("png", "jpeg"):
-            fh.seek(max(0, length - 1024))
-            tail = fh.read()
-    try:  # by path: imagesize's check for a file object costs more than a second open
-        width, height = imagesize.get(path, **_IMAGESIZE_OPTIONS)
-    except Exception:  # noqa: BLE001 - imagesize 1.x raises ValueError on a bad header
-        width, height = -1, -1
+        with files.open_regular(path) as fh:
+            head, tail, length, size = _read_image(path, fh)
+    except files.FileProblem as found:
+        exc = _since_listed(found)
+        if exc.file_kind == "a folder":
+            return ImageProbe(None, None, "is a folder named like an image")
+        then = _SD_SCRIPTS_ON.get(exc.file_kind or exc.kind, "sd-scripts crashes on it")
+        return ImageProbe(None, None, f"{exc.problem}; {then}")
+    if length == 0:
+        return ImageProbe(None, None, "empty file (0 bytes)")
+    fmt = next((name for name, test in SIGNATURES if test(head)), None)
+    if fmt is None:
+        return ImageProbe(None, None, f"not an image Pillow can open (starts with {head[:8]!r})")
+    width, height = size
     if fmt in ("heic",):
         return ImageProbe(None, fmt, "HEIC content: Pillow cannot open it without a plugin; convert it to JPEG/PNG")
     if width <= 0 or height <= 0:
@@ -170,6 +179,28 @@ def _whole_file(width: int, height: int, fmt: str, head: bytes, tail: bytes, len
     return ImageProbe((width, height), fmt, None, warning)
 
 
+def _since_listed(exc: files.FileProblem) -> files.FileProblem:
+    """A file of a folder listing that is not there now (and is no dead link) vanished since the listing."""
+    if exc.kind != "missing" or os.path.lexists(exc.path):
+        return exc
+    return files.FileProblem(exc.path, "vanished since lorasetup listed its folder (moved or deleted meanwhile?)",
+                             "run lorasetup again once nothing is changing the dataset", kind="vanished")
+
+
+def _read_image(path: str, fh: BinaryIO) -> tuple[bytes, bytes, int, tuple[int, int]]:
+    """(first 32 bytes, last 1024 bytes, length, imagesize's (width, height)) of an open image file."""
+    length = os.fstat(fh.fileno()).st_size
+    head = fh.read(32)
+    fh.seek(max(0, length - 1024))
+    tail = fh.read()
+    fh.seek(0)
+    try:
+        size = imagesize.get(fh if _IMAGESIZE_READS_FILES else path, **_IMAGESIZE_OPTIONS)
+    except Exception:  # noqa: BLE001 - imagesize 1.x raises ValueError on a bad header
+        size = (-1, -1)
+    return head, tail, length, size
+
+
 # ----------------------------------------------------------------------------- captions
 
 @dataclass(frozen=True)
@@ -180,6 +211,7 @@ class CaptionRead:
     text: str | None           # first line (or all lines with enable_wildcard), stripped; None = no file
     problem: str | None = None  # sd-scripts stops on it (empty file, not UTF-8)
     bom: bool = False
+    note: str | None = None  # worth a warning: a caption-named entry sd-scripts skips, one too large to read
 
 
 def caption_candidates(image_path: str, extension: str) -> list[str]:
@@ -203,22 +235,25 @@ def read_caption(image_path: str, extension: str, wildcard: bool, scan: DirScan 
             exists = os.path.isfile(candidate)
         if exists:
             return _caption_file(candidate, wildcard)
+    if os.path.lexists(first) and not os.path.isfile(first):  # a pipe, folder, device or dead link by its name
+        return CaptionRead(None, None, note=f"{os.path.basename(first)} {files.describe(first)}, not a file: "
+                           "sd-scripts skips it (os.path.isfile is false) and trains this image without that caption")
     return CaptionRead(None, None)
 
 
 def _caption_file(path: str, wildcard: bool) -> CaptionRead:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        return CaptionRead(path, None, f"cannot be read: {exc.strerror}")
-    if not raw:
+        text = files.read_text(path)
+    except files.FileProblem as found:
+        exc = _since_listed(found)
+        if exc.kind == "too-large":
+            return CaptionRead(path, None, note=f"{os.path.basename(path)} {exc.problem}; sd-scripts reads all of "
+                               "it into memory and trains on its first line")
+        if exc.kind == "encoding":
+            return CaptionRead(path, None, f"{exc.problem}: sd-scripts stops with 'illegal char in file (not UTF-8)'")
+        return CaptionRead(path, None, f"{exc.problem}: sd-scripts crashes reading it")
+    if not text:
         return CaptionRead(path, None, "empty caption file: sd-scripts stops with 'caption file is empty'")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return CaptionRead(path, None, f"not UTF-8 (byte 0x{raw[exc.start]:02x} at {exc.start}): "
-                           "sd-scripts stops with 'illegal char in file (not UTF-8)'")
     # text-mode readlines(): universal newlines, split on "\n" only
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     if len(lines) > 1 and lines[-1] == "":

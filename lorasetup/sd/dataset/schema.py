@@ -17,11 +17,12 @@ import difflib
 import json
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorasetup.engine.target import tomllib
+from lorasetup.engine import files
+from lorasetup.engine.tomledit import TomlLayout
 
 # Value kinds, one per validator that ConfigSanitizer uses (library/config_util.py).
 BOOL, INT, FLOAT, STR, TABLE = "bool", "int", "float", "str", "table"
@@ -94,6 +95,7 @@ class SchemaError:
     found: str | None = None
     hint: str | None = None
     line: int | None = None  # 1-based, when the place could be located in the TOML text
+    rename_to: str | None = None  # an unknown key's one clear right name, for a fix that renames it
 
     def render(self, file_name: str = "") -> str:
         where = f"{file_name}:{self.line} " if file_name and self.line else (f"{file_name} " if file_name else "")
@@ -108,11 +110,13 @@ class SchemaError:
 
 
 class ConfigSyntaxError(Exception):
-    """The dataset config cannot be parsed; `line`/`column` are 1-based when known."""
+    """The dataset config cannot be parsed; `line`/`column` are 1-based when known; `hint` for a file that cannot
+    be read at all (a pipe, a folder, not UTF-8, too large)."""
 
-    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+    def __init__(self, message: str, line: int | None = None, column: int | None = None,
+                 hint: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.line, self.column = message, line, column
+        self.message, self.line, self.column, self.hint = message, line, column, hint
 
 
 # ----------------------------------------------------------------------------- schema tables from the checkout
@@ -126,9 +130,9 @@ def read_schema(config_util: Path | None) -> tuple[dict[str, dict[str, tuple[str
     try:
         key = (str(config_util), config_util.stat().st_mtime_ns)
         if key not in _SCHEMA_CACHE:
-            _SCHEMA_CACHE[key] = _parse_schema(config_util.read_text(encoding="utf-8", errors="replace"))
+            _SCHEMA_CACHE[key] = _parse_schema(files.read_source(config_util))
         return _SCHEMA_CACHE[key], str(config_util)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, files.FileProblem, SyntaxError, ValueError) as exc:
         return BUILTIN_SCHEMA, f"built-in copy of sd-scripts 48d368fa ({config_util}: {exc})"
 
 
@@ -191,8 +195,8 @@ def sanitizer_support(script: Path | None, flag: Callable[[str], bool]) -> Suppo
     (sdxl_train_network.py imports train_network). `args.X` arguments are looked up with `flag("X")`."""
     for path in _script_and_bases(script):
         try:
-            found = _SANITIZER_CALL.search(path.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
+            found = _SANITIZER_CALL.search(files.read_source(path))
+        except files.FileProblem:
             continue
         if not found:
             continue
@@ -217,8 +221,8 @@ def _script_and_bases(script: Path | None) -> Iterable[Path]:
         return []
     found = [script]
     try:
-        text = script.read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        text = files.read_source(script)
+    except files.FileProblem:
         return found
     for match in _IMPORT.finditer(text):
         sibling = script.parent / f"{match.group(1) or match.group(2)}.py"
@@ -247,35 +251,27 @@ def load_config(path: Path) -> LoadedConfig:
         raise ConfigSyntaxError(f"{path.name}: sd-scripts reads only .toml or .json dataset configs "
                                 "(it stops with 'not supported config file format')")
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigSyntaxError(f"{path}: dataset config not found") from None
-    except OSError as exc:
-        raise ConfigSyntaxError(f"{path}: cannot read it: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ConfigSyntaxError(f"not UTF-8 (byte 0x{raw[exc.start]:02x})", line) from None
-    if fmt == "json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigSyntaxError(exc.msg, exc.lineno, exc.colno) from None
-        return LoadedConfig(path, data, text, fmt)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        found = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
-        raise ConfigSyntaxError(message, int(found.group(1)) if found else None,
-                                int(found.group(2)) if found else None) from None
-    return LoadedConfig(path, data, text, fmt, TomlLayout(text))
+        text = files.read_text(path)
+        data = files.parse_json(path, text) if fmt == "json" else files.parse_toml(path, text)
+    except files.FileProblem as exc:
+        raise _syntax_error(exc) from None
+    return LoadedConfig(path, data, text, fmt, TomlLayout(text) if fmt == "toml" else None)
+
+
+def _syntax_error(exc: files.FileProblem) -> ConfigSyntaxError:
+    """A file problem in sd-scripts' words: load_user_config tests `Path.is_file()` first ('file not found'
+    for anything else) and parses with `toml.load`/`json.load`, which raise on the rest."""
+    if exc.kind in ("missing", "loop", "not-regular"):
+        return ConfigSyntaxError(f"{exc.path}: dataset config not found: it {exc.problem}", hint=(
+            f"{exc.hint}; sd-scripts stops at start with 'file not found'"))
+    if exc.kind == "syntax":
+        message = exc.problem.split(": ", 1)[-1]
+        return ConfigSyntaxError(message, exc.line, exc.column)
+    return ConfigSyntaxError(exc.summary, hint=f"{exc.hint}; sd-scripts stops at start when it cannot read it")
 
 
 # ----------------------------------------------------------------------------- where things are in a TOML file
 
-TablePath = tuple  # ("datasets", 0, "subsets", 1); () is the root table
 
 
 def format_place(path: Iterable[Any]) -> str:
@@ -288,179 +284,6 @@ def format_place(path: Iterable[Any]) -> str:
         name = str(part) if re.fullmatch(r"[A-Za-z0-9_-]+", str(part)) else json.dumps(str(part), ensure_ascii=False)
         out += f".{name}" if out else name
     return out
-
-
-@dataclass
-class KeySpan:
-    """One `key = value` line: its 0-based line and the character span of the value in the text."""
-
-    line: int
-    start: int
-    end: int
-
-
-@dataclass
-class TableSpan:
-    header_line: int | None  # 0-based; None for the root table
-    header_end: int          # text offset just after the header line (0 for the root)
-    keys: dict[str, KeySpan] = field(default_factory=dict)
-
-
-class TomlLayout:
-    """Where each table (by place) and each of its keys sits in a TOML text that tomllib accepted.
-
-    Handles headers, arrays of tables, strings of all four kinds, comments, and multi-line arrays and
-    inline tables (whose insides are not mapped)."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.tables: dict[TablePath, TableSpan] = {(): TableSpan(None, 0)}
-        self._scan()
-
-    def line_of(self, path: Iterable[Any]) -> int | None:
-        """1-based line of a key (path ends with a key name) or a table header; None if unmapped."""
-        path = tuple(path)
-        table = self.tables.get(path)
-        if table is not None:
-            return None if table.header_line is None else table.header_line + 1
-        if path and path[:-1] in self.tables:
-            span = self.tables[path[:-1]].keys.get(str(path[-1]))
-            return span.line + 1 if span else None
-        return None
-
-    def _scan(self) -> None:
-        text, i, n = self.text, 0, len(self.text)
-        current: TablePath = ()
-        aot: dict[TablePath, int] = {}
-        while i < n:
-            i = self._skip_blank(i)
-            if i >= n:
-                break
-            if text[i] == "\n":
-                i += 1
-                continue
-            if text[i] == "#":
-                i = self._line_end(i)
-                continue
-            if text[i] == "[":
-                double = text.startswith("[[", i)
-                j = i + (2 if double else 1)
-                parts, j = self._key(j)
-                close = text.find("]]" if double else "]", j)
-                end = self._line_end(close)
-                current = self._resolve(parts, double, aot)
-                self.tables[current] = TableSpan(text.count("\n", 0, i), min(end + 1, n))
-                i = end
-                continue
-            line = text.count("\n", 0, i)
-            parts, j = self._key(i)
-            j = self._skip_blank(j)
-            if j < n and text[j] == "=":
-                start = self._skip_blank(j + 1)
-                end = self._value_end(start)
-                self.tables.setdefault(current, TableSpan(None, 0)).keys[".".join(parts)] = KeySpan(line, start, end)
-                i = self._line_end(end)
-            else:
-                i = self._line_end(i)
-
-    def _resolve(self, parts: list[str], double: bool, aot: dict[TablePath, int]) -> TablePath:
-        path: TablePath = ()
-        for part in parts[:-1]:
-            path += (part,)
-            if path in aot:
-                path += (aot[path],)
-        path += (parts[-1],)
-        if double:
-            aot[path] = aot.get(path, -1) + 1
-            path += (aot[path],)
-        return path
-
-    def _skip_blank(self, i: int) -> int:
-        while i < len(self.text) and self.text[i] in " \t\r":
-            i += 1
-        return i
-
-    def _line_end(self, i: int) -> int:
-        end = self.text.find("\n", max(i, 0))
-        return len(self.text) if end < 0 else end
-
-    def _key(self, i: int) -> tuple[list[str], int]:
-        parts: list[str] = []
-        text = self.text
-        while i < len(text):
-            i = self._skip_blank(i)
-            if i < len(text) and text[i] in "\"'":
-                end = self._string_end(i)
-                raw = text[i:end]
-                parts.append(tomllib.loads(f"k = {raw}")["k"] if raw else "")
-                i = end
-            else:
-                m = re.compile(r"[A-Za-z0-9_-]+").match(text, i)
-                if not m:
-                    break
-                parts.append(m.group(0))
-                i = m.end()
-            i = self._skip_blank(i)
-            if i < len(text) and text[i] == ".":
-                i += 1
-                continue
-            break
-        return parts, i
-
-    def _string_end(self, i: int) -> int:
-        text = self.text
-        quote = text[i]
-        if text.startswith(quote * 3, i):
-            j = i + 3
-            while True:
-                k = text.find(quote * 3, j)
-                if k < 0:
-                    return len(text)
-                if quote == '"' and _escaped(text, k):
-                    j = k + 1
-                    continue
-                while text.startswith(quote, k + 3):  # up to two quotes may close a multi-line string
-                    k += 1
-                return k + 3
-        j = i + 1
-        while j < len(text) and text[j] != "\n":
-            if quote == '"' and text[j] == "\\":
-                j += 2
-                continue
-            if text[j] == quote:
-                return j + 1
-            j += 1
-        return j
-
-    def _value_end(self, i: int) -> int:
-        text, depth, j = self.text, 0, i
-        while j < len(text):
-            c = text[j]
-            if c in "\"'":
-                j = self._string_end(j)
-                if depth == 0:
-                    return j
-                continue
-            if c in "[{":
-                depth += 1
-            elif c in "]}":
-                depth -= 1
-                if depth == 0:
-                    return j + 1
-            elif c == "#" and depth > 0:
-                j = self._line_end(j)
-                continue
-            elif depth == 0 and c in "#\n":
-                break
-            j += 1
-        return len(text[:j].rstrip(" \t\r")) if depth == 0 else j
-
-
-def _escaped(text: str, k: int) -> bool:
-    backslashes = 0
-    while k - backslashes - 1 >= 0 and text[k - backslashes - 1] == "\\":
-        backslashes += 1
-    return backslashes % 2 == 1
 
 
 # ----------------------------------------------------------------------------- validation
@@ -714,7 +537,18 @@ class SchemaChecker:
             hint = f"`{key}` is not allowed in a {label} {level}"
         else:
             hint = f"`{key}` is not allowed in [{level}] for this script"
-        return SchemaError(place, "unknown key (sd-scripts: 'extra keys not allowed')", hint=hint)
+        return SchemaError(place, "unknown key (sd-scripts: 'extra keys not allowed')", hint=hint,
+                           rename_to=self._clear_rename(key, allowed))
+
+    def _clear_rename(self, key: str, allowed: dict) -> str | None:
+        """The key this one plainly means at this level: the dataset-config name of a training argument, or
+        the one close spelling (no second candidate)."""
+        if key in ARG_TO_KEY and ARG_TO_KEY[key] in allowed:
+            return ARG_TO_KEY[key]
+        if key in self.every_key:
+            return None
+        close = difflib.get_close_matches(key, [str(k) for k in allowed], n=2, cutoff=0.8)
+        return close[0] if len(close) == 1 else None
 
 
 def _merge(*tables: dict[str, tuple[str, bool]]) -> dict[str, tuple[str, bool]]:
@@ -767,7 +601,7 @@ def train_arg_names(sd_scripts: Path | None, script: Path | None) -> set[str]:
         paths.append(sd_scripts / "library" / "train_util.py")
     for path in paths:
         try:
-            names.update(re.findall(r"add_argument\(\s*\"--([A-Za-z0-9_]+)\"", path.read_text(errors="replace")))
-        except OSError:
+            names.update(re.findall(r"add_argument\(\s*\"--([A-Za-z0-9_]+)\"", files.read_source(path)))
+        except files.FileProblem:
             continue
     return names

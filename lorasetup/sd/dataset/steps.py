@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from lorasetup.sd import facts as sdfacts
 from lorasetup.sd.dataset.blueprint import (
     DatasetPlan,
     Plan,
@@ -30,11 +31,6 @@ from lorasetup.sd.trainargs import TrainArgs
 
 # Training-loop options and their argparse defaults (library/train_util.py add_training_arguments,
 # add_sd_saving_arguments; train_network.py --save_model_as).
-STEP_ARG_DEFAULTS: dict[str, Any] = {
-    "max_train_steps": 1600, "max_train_epochs": None, "gradient_accumulation_steps": 1,
-    "save_every_n_steps": None, "save_every_n_epochs": None, "save_n_epoch_ratio": None,
-    "output_name": None, "save_model_as": "safetensors", "seed": None,
-}
 SHOWN_IMAGES = 8  # images named in a bucket failure's details
 # image path -> its size; None: a size sd-scripts cannot read; absent: one only a Pillow plugin or a cache gives
 Sizes = Callable[[Iterable[str]], dict[str, tuple[int, int] | None]]
@@ -449,7 +445,9 @@ def count_dataset(dataset: DatasetPlan, shape: Shape, samples: Samples, validati
 
 def step_arg(train_args: TrainArgs | None, name: str) -> Value:
     """A training-loop option with its place; strings from the command line are read as integers."""
-    default = STEP_ARG_DEFAULTS[name]
+    setting = train_args.setting(name) if train_args is not None else None
+    default = setting.value if setting is not None and setting.source == "default" else \
+        sdfacts.TRAINING_DEFAULTS[name]  # the checkout's argparse default, else the facts table's
     if train_args is None or name not in train_args or train_args.get(name) is None:
         return Value(default, "sd-scripts' default", "default")
     raw = train_args.get(name)
@@ -485,7 +483,7 @@ def plan_steps(counts: list[DatasetCount], train_args: TrainArgs | None, num_pro
     else:
         total = steps_arg.value
         if steps_arg.source == "default":
-            notes.append("neither max_train_steps nor max_train_epochs is set: sd-scripts' default is 1600 steps")
+            notes.append(f"neither max_train_steps nor max_train_epochs is set: sd-scripts' default is {total} steps")
     per_epoch = math.ceil(math.ceil(batches / num_processes) / g)
     if total < 1:
         raise ImpossibleSteps(f"{total} training steps "
