@@ -4,7 +4,7 @@ Each row is a real `accelerate launch train_network.py` run (the command loraset
 small dataset, with the row's resolution, batch size, network_dim, gradient_checkpointing and cache_latents.
 Its peak is measured from outside: the kernel's high-water mark of the training process (wait4's ru_maxrss
 through lorasetup.sd.run.stream.run_streaming; the trainer is the tree's biggest process) and the sampled sum of
-the whole tree (lorasetup.sd.memwatch). The estimate is lorasetup.sd.memory's for the same Target, computed
+the whole tree (lorasetup.sd.run.memwatch). The estimate is lorasetup.sd.memory.estimate's for the same Target, computed
 without running anything. Runs take the bed lock one at a time (the same lock `flock /tmp/lorasetup-bed.lock`
 takes), so they never overlap with another engineer's training run.
 
@@ -32,8 +32,8 @@ from typing import Any
 
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target
-from lorasetup.sd.memwatch import MemorySampler
 from lorasetup.sd.run.command import real_command, run_env
+from lorasetup.sd.run.memwatch import MemorySampler
 from lorasetup.sd.run.stream import run_streaming
 
 LOCK = Path("/tmp/lorasetup-bed.lock")
@@ -186,7 +186,7 @@ def run(bed: Path, rows: list[Row], path: Path, rerun: bool) -> None:
 
 def estimate_row(bed: Path, row: Row) -> Any:
     """lorasetup's estimate for one row (the same path the device.memory check takes, with the CPU device)."""
-    from lorasetup.sd.memoryrun import estimate_for_target  # noqa: PLC0415 - only the table needs it
+    from lorasetup.sd.memory.inputs import estimate_for_target  # noqa: PLC0415 - only the table needs it
     work = Path(tempfile.mkdtemp(prefix="bench-memory-est-"))
     try:
         with Context(row_target(bed, row, work)) as ctx:

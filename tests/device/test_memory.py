@@ -26,9 +26,9 @@ from PIL import Image
 from lorasetup.engine.result import Result, Status
 from lorasetup.engine.target import Target
 from lorasetup.sd import stackprobe
-from lorasetup.sd.memfacts import KEY, MemoryFacts
-from lorasetup.sd.memory import GIB, Run, estimate, savings
-from lorasetup.sd.modelparts import model_parts
+from lorasetup.sd.memory.estimate import GIB, Run, estimate, savings
+from lorasetup.sd.memory.machine import KEY, MemoryFacts
+from lorasetup.sd.memory.parts import model_parts
 from lorasetup.sd.safetensors_header import DTYPE_BYTES, TensorInfo
 from tests.support.checks import gate_checks, run_checks
 
@@ -127,7 +127,7 @@ def preset_target(preset: str, root: Path, checkpoints: dict[str, Path], device:
 
 def run_memory(target: Target, answer: dict[str, Any], memory: MemoryFacts | None = None) -> dict[str, Result]:
     """device.memory and device.load_ram (and device.torch, which they need) on a recorded probe answer and the
-    recording's memory figures (what lorasetup.sd.memfacts reads on that machine)."""
+    recording's memory figures (what lorasetup.sd.memory.machine reads on that machine)."""
     figures = memory if memory is not None else MemoryFacts.parse(answer["_memory"])
     return run_checks(target, MEMORY, registry=DEVICE_CHECKS, answers={stackprobe.KEY: answer, KEY: figures})
 
@@ -322,7 +322,7 @@ def test_no_dataset_or_an_unknown_script_skips_never_crashes(tmp_path, checkpoin
 
 
 def test_training_arguments_become_estimate_settings_as_sd_scripts_reads_them():
-    from lorasetup.sd.memoryrun import run_settings
+    from lorasetup.sd.memory.inputs import run_settings
     from lorasetup.sd.trainargs import load_train_args
 
     notes: list[str] = []

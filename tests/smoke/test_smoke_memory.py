@@ -1,4 +1,4 @@
-"""The smoke run's memory proof: real processes measured from outside (lorasetup.sd.memwatch), the largest
+"""The smoke run's memory proof: real processes measured from outside (lorasetup.sd.run.memwatch), the largest
 bucket's own dataset config, and the smoke result setting measured beside estimated. nvidia-smi cannot exist
 here: where it is needed, a STAND-IN script prints its per-process answer in nvidia-smi's format."""
 
@@ -14,8 +14,8 @@ from lorasetup.checks.smoke.checks import run_smoke
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target, tomllib
 from lorasetup.sd.dataset.largest import largest_bucket, largest_bucket_config
-from lorasetup.sd.memwatch import MemorySampler, process_gpu_memory
 from lorasetup.sd.run.command import run_env
+from lorasetup.sd.run.memwatch import MemorySampler, process_gpu_memory
 from lorasetup.sd.run.stream import run_streaming
 
 MIB = 1024 ** 2
@@ -42,7 +42,7 @@ def test_the_sampler_sees_the_whole_tree_and_the_kernel_high_water_mark_agrees(t
     pid_file = tmp_path / "pid"
     sampler = MemorySampler(device="cuda", smi=str(stand_in_smi(tmp_path, pid_file, 1536)))
     outcome = run_streaming([sys.executable, "-c", TREE, str(pid_file)], timeout=60, echo=None, env=run_env(),
-                            watch_output=False, sampler=sampler)
+                            monitors=(), sampler=sampler)
     assert outcome.returncode == 0
     assert sampler.peaks.host_bytes and sampler.peaks.host_bytes >= 300 * MIB, sampler.peaks
     assert outcome.peak_rss_bytes and outcome.peak_rss_bytes >= 300 * MIB  # the child's, via wait4

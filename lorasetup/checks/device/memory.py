@@ -1,8 +1,9 @@
 """device.memory and device.load_ram: will the run fit in memory, said before it starts.
 
-The estimate (lorasetup.sd.memory, inputs from lorasetup.sd.memoryrun) against what the device offers: on CUDA
-the visible GPU's free memory now (nvidia-smi; torch's total without it), on MPS Metal's recommended working
-set (the stack probe), on the CPU the available RAM now (lorasetup.sd.memfacts reads both fresh every run).
+The estimate (lorasetup.sd.memory.estimate, inputs from lorasetup.sd.memory.inputs) against what the device
+offers: on CUDA the visible GPU's free memory now (nvidia-smi; torch's total without it), on MPS Metal's
+recommended working set (the stack probe), on the CPU the available RAM now (lorasetup.sd.memory.machine reads
+both fresh every run).
 Above the device's limit the run dies ("CUDA out of memory" at the first large bucket, "MPS backend out of
 memory", or the OS killing it); above 85% it is one background program away from that. Each figure is in
 Result.data in bytes, with every change that would lower the peak and by how much.
@@ -20,8 +21,7 @@ from lorasetup.engine.probe import ProbeError
 from lorasetup.engine.result import Result
 from lorasetup.sd import stackprobe
 from lorasetup.sd.devices import machine_offers
-from lorasetup.sd.memfacts import MemoryFacts, memory_facts
-from lorasetup.sd.memory import (
+from lorasetup.sd.memory.estimate import (
     GIB,
     MPS_HIGH_WATERMARK_RATIO,
     Estimate,
@@ -30,7 +30,8 @@ from lorasetup.sd.memory import (
     estimate,
     savings,
 )
-from lorasetup.sd.memoryrun import NotEstimated, RunFacts, run_facts
+from lorasetup.sd.memory.inputs import NotEstimated, RunFacts, run_facts
+from lorasetup.sd.memory.machine import MemoryFacts, memory_facts
 from lorasetup.sd.stackfacts import StackFacts
 
 PROBED = ("preflight", "probe")

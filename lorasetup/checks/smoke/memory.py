@@ -21,9 +21,9 @@ from lorasetup.sd import stackprobe
 from lorasetup.sd.dataset.largest import ImpossibleSteps, largest_bucket, largest_bucket_config
 from lorasetup.sd.dataset.schema import ConfigSyntaxError
 from lorasetup.sd.devices import machine_offers
-from lorasetup.sd.memory import GIB, Estimate, estimate
-from lorasetup.sd.memoryrun import NotEstimated, on_device, run_facts
-from lorasetup.sd.memwatch import MemorySampler, Peaks
+from lorasetup.sd.memory.estimate import GIB, Estimate, estimate
+from lorasetup.sd.memory.inputs import NotEstimated, on_device, run_facts
+from lorasetup.sd.run.memwatch import MemorySampler, Peaks
 from lorasetup.sd.run.stream import RunOutcome
 
 OFF_BY = 0.20  # a measured peak this far above the estimate is pointed out

@@ -27,7 +27,7 @@ from typing import IO, Protocol
 
 from lorasetup.engine.probe import kill_tree, track
 from lorasetup.engine.result import CheckFailed
-from lorasetup.sd.memwatch import NO_SAMPLER, MemorySampler
+from lorasetup.sd.run.memwatch import NO_SAMPLER, MemorySampler
 from lorasetup.sd.run.watch import Watch
 
 TICK_S = 0.25  # how often monitors are polled while the child is quiet

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorasetup.sd.memory import Component
+from lorasetup.sd.memory.estimate import Component
 from lorasetup.sd.safetensors_header import DTYPE_BYTES, FLOAT_DTYPES, HeaderError, TensorInfo, read_header
 
 PREFIXES: dict[str, dict[str, str]] = {

@@ -14,9 +14,9 @@ from lorasetup.sd import accelconfig
 from lorasetup.sd.dataset.largest import ImpossibleSteps, LargestBucket, largest_bucket
 from lorasetup.sd.dataset.schema import ConfigSyntaxError
 from lorasetup.sd.lora import network_kwargs
-from lorasetup.sd.memory import Estimate, Run, estimate
+from lorasetup.sd.memory.estimate import Estimate, Run, estimate
+from lorasetup.sd.memory.parts import FLUX_FILES, ModelParts, component, model_parts
 from lorasetup.sd.modelfamily import classify, classify_folder
-from lorasetup.sd.modelparts import FLUX_FILES, ModelParts, component, model_parts
 from lorasetup.sd.safetensors_header import Header, HeaderError, TensorInfo, read_header
 from lorasetup.sd.trainargs import TrainArgs, path_setting, train_args
 

@@ -2,7 +2,7 @@
 header says. Nothing is loaded or run.
 
 The model (each figure in bytes):
-- weights: the parameter count of each component (read from the header, lorasetup.sd.modelparts) times the
+- weights: the parameter count of each component (read from the header, lorasetup.sd.memory.parts) times the
   bytes of the dtype sd-scripts gives it on the device (train_network.py: the frozen U-Net/DiT and the text
   encoders in the mixed-precision dtype, fp8 with --fp8_base; the VAE in fp32 with --no_half_vae), minus what
   is cached and moved to the CPU (the VAE after --cache_latents, the text encoders after

@@ -1,9 +1,9 @@
 """Measure a running training process tree's memory from outside it, without changing its command.
 
 Host memory: the memory of the whole tree (the `accelerate launch` process, the trainer it starts and its
-data-loader workers), summed, sampled twice a second: proportional set sizes from /proc on Linux (forked
+data-loader workers), summed, sampled twice a second through psutil: proportional set sizes on Linux (forked
 workers share the trainer's pages, so their resident sets would count those pages again), resident sets
-from `ps` elsewhere.
+elsewhere.
 Device memory: on CUDA, `nvidia-smi --query-compute-apps=pid,used_memory` lists each process's GPU memory
 (its CUDA context plus what the caching allocator reserved), read once a second for the tree's pids. MPS
 memory cannot be read from outside the process, so none is reported there.
@@ -14,18 +14,20 @@ biggest process (wait4's ru_maxrss, lorasetup.sd.run.stream) cannot, and is repo
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
+
+import psutil
 
 HOST_INTERVAL_S = 0.5
 DEVICE_INTERVAL_S = 1.0
 SMI_QUERY = ["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
 MIB = 1024 ** 2
+LINUX = sys.platform.startswith("linux")
 
 
 @dataclass
@@ -38,65 +40,30 @@ class Peaks:
     device_source: str | None = None  # "nvidia-smi" when device memory was read
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, RSS bytes) for every process: /proc on Linux, else `ps`."""
-    if Path("/proc/self/stat").exists():
-        return _proc_table_linux()
-    try:
-        out = subprocess.run(["ps", "-axo", "pid=,ppid=,rss="], capture_output=True, text=True, timeout=5,
-                             check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    table = {}
-    for line in out.splitlines():
-        cells = line.split()
-        if len(cells) == 3 and all(c.isdigit() for c in cells):
-            table[int(cells[0])] = (int(cells[1]), int(cells[2]) * 1024)  # ps reports KiB
-    return table
-
-
-def _proc_table_linux() -> dict[int, tuple[int, int]]:
-    """pid -> (parent pid, 0): the sizes are read afterwards for the tree's processes only."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue  # the process ended meanwhile
-        table[int(entry.name)] = (int(stat[stat.rfind(")") + 2:].split()[1]), 0)  # after "pid (comm) ": state, ppid
-    return table
-
-
-def _pss(pid: int) -> int:
-    """A process's proportional set size in bytes: its private pages plus its share of pages it shares.
-    Data-loader workers are forked from the trainer and share its model pages; summing their RSS would count
-    those pages once per worker, summing PSS counts them once."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-        statm = Path(f"/proc/{pid}/statm").read_text().split()
-    except (OSError, IndexError, ValueError):
-        return 0
-    return int(statm[1]) * os.sysconf("SC_PAGE_SIZE")
+def _size(proc: psutil.Process) -> int:
+    """A process's memory in bytes: on Linux its proportional set size (private pages plus its share of pages
+    it shares; data-loader workers are forked from the trainer and share its model pages, so summing their RSS
+    would count those pages once per worker), elsewhere its resident set."""
+    info = proc.memory_full_info() if LINUX else proc.memory_info()
+    return int(getattr(info, "pss", info.rss))
 
 
 def tree_rss(root: int) -> tuple[set[int], int]:
-    """The pids of `root` and its descendants, and their summed memory in bytes (PSS on Linux, else RSS)."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    pids, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table and pid not in pids:
-            pids.add(pid)
-            todo.extend(children.get(pid, []))
-    linux = Path("/proc/self/stat").exists()
-    return pids, sum(_pss(p) if linux else table[p][1] for p in pids)
+    """The pids of `root` and its descendants, and their summed memory in bytes (PSS on Linux, else RSS);
+    no pids once `root` has exited."""
+    try:
+        parent = psutil.Process(root)
+        procs = [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return set(), 0
+    pids, total = set(), 0
+    for proc in procs:
+        try:
+            total += _size(proc)
+        except psutil.Error:
+            continue  # it ended meanwhile, or is not ours to read
+        pids.add(proc.pid)
+    return pids, total
 
 
 def process_gpu_memory(smi: str, pids: set[int]) -> int | None:
