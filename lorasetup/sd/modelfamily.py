@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from lorasetup.engine.files import FileProblem, read_json
+from lorasetup.engine.files import json_object
 
 FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL base", "sdxl-refiner": "SDXL refiner",
                  "flux": "FLUX.1", "sd3": "SD3", "lora": "a LoRA (not a base model)"}
@@ -19,15 +18,6 @@ PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2Im
 # Tensor names of the original (single-file) layouts, in the order they are tested.
 SD_UNET_ATTN_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 SD_UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
-
-
-def json_object(path: Path) -> dict[str, Any] | None:
-    """A JSON file's top-level object, or None when it is missing, unreadable or not an object."""
-    try:
-        value = read_json(path)
-    except FileProblem:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True)

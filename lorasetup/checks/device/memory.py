@@ -37,6 +37,9 @@ from lorasetup.sd.stackfacts import StackFacts
 PROBED = ("preflight", "probe")
 WARN_RATIO = 0.85
 GREEDY_ROUNDS = 6
+# How a run that does not fit dies, by device (reference/failure-modes.md G2, G3).
+DEATH = {"cuda": 'dies with "CUDA out of memory"', "mps": 'dies with "MPS backend out of memory"',
+         "cpu": 'is killed by the OS ("Killed", no traceback)'}
 
 
 @dataclass(frozen=True)
@@ -177,40 +180,48 @@ def _inputs(ctx: Context, host: bool) -> tuple[RunFacts, Capacity, Estimate] | R
     return facts, cap, estimate(facts.run)
 
 
+def _figures(facts: RunFacts, cap: Capacity, found: Estimate) -> tuple[int, dict[str, Any], list[str]]:
+    """The peak to compare (on the CPU `accelerate launch` stays alive beside the trainer), its data, its lines."""
+    run = facts.run
+    data = memory_data(found, cap, facts)
+    details = [describe(facts), *breakdown(found), f"device: {cap.label}", *facts.notes]
+    if run.device != "cpu":
+        return found.peak_bytes, data, details
+    peak = data["estimate_peak_bytes"] = found.peak_bytes + found.launcher_bytes
+    stage = "loading" if found.load_host_bytes > found.train_bytes else "training"
+    details.insert(2, f"the trainer {gib(found.peak_bytes)} (its peak: {stage}) + `accelerate launch` "
+                      f"{gib(found.launcher_bytes)}")
+    return peak, data, details
+
+
+def _verdict(run: Run, peak: int, cap: Capacity, details: list[str], data: dict[str, Any]) -> Result:
+    """ok below WARN_RATIO of what is available; else what to change, and fail where allocations fail."""
+    head = f"about {gib(peak)} needed, {gib(cap.available_bytes)} available ({100 * peak / cap.available_bytes:.0f}%)"
+    if peak <= WARN_RATIO * cap.available_bytes:
+        return Result.ok(head, details, data=data)
+    extra = peak - estimate(run).peak_bytes
+    plan, after = fitting_plan(run, int(WARN_RATIO * cap.available_bytes) - extra)
+    details += [f"saves {gib(s.saving_bytes)}: {s.change}" for s in savings(run)]
+    hint = (f"set {'; '.join(plan)} (estimate then {gib(after + extra)})" if plan else
+            "no setting lowers the estimate enough: use a device with more memory")
+    if peak > cap.limit_bytes:
+        return Result.fail(f"does not fit: {head}; the run {DEATH[run.device]} at the largest bucket", details,
+                           hint=hint, data=data)
+    if peak > cap.available_bytes:  # MPS only: past the working set, below PyTorch's limit
+        return Result.warn(f"{head}: above Metal's recommended working set, macOS swaps and training slows "
+                           "many times", details, hint=hint, data=data)
+    return Result.warn(f"tight: {head}; another program's memory can push it over", details, hint=hint, data=data)
+
+
 @check("device.memory", "the training step fits the device's memory at the largest bucket", tags=PROBED,
        requires=("device.torch",), prefetch=stackprobe.start, timeout_s=stackprobe.TIMEOUT_S + 10)
 def device_memory(ctx: Context) -> Result:
     got = _inputs(ctx, host=False)
     if isinstance(got, Result):
         return got
-    facts, cap, result = got
-    run = facts.run
-    data = memory_data(result, cap, facts)
-    details = [describe(facts), *breakdown(result), f"device: {cap.label}", *facts.notes]
-    extra = result.launcher_bytes if run.device == "cpu" else 0  # `accelerate launch` beside the trainer
-    peak = result.peak_bytes + extra
-    if extra:
-        data["estimate_peak_bytes"] = peak
-        details.insert(2, f"the trainer {gib(result.peak_bytes)} (its peak: "
-                          f"{'loading' if result.load_host_bytes > result.train_bytes else 'training'}) + "
-                          f"`accelerate launch` {gib(result.launcher_bytes)}")
-    ratio = peak / cap.available_bytes
-    head = f"about {gib(peak)} needed, {gib(cap.available_bytes)} available ({100 * ratio:.0f}%)"
-    if peak <= WARN_RATIO * cap.available_bytes:
-        return Result.ok(head, details, data=data)
-    plan, after = fitting_plan(run, int(WARN_RATIO * cap.available_bytes) - extra)
-    details += [f"saves {gib(s.saving_bytes)}: {s.change}" for s in savings(run)]
-    hint = (f"set {'; '.join(plan)} (estimate then {gib(after + extra)})" if plan else
-            "no setting lowers the estimate enough: use a device with more memory")
-    if peak > cap.limit_bytes:
-        why = {"cuda": 'dies with "CUDA out of memory"', "mps": 'dies with "MPS backend out of memory"',
-               "cpu": 'is killed by the OS ("Killed", no traceback)'}[run.device]
-        return Result.fail(f"does not fit: {head}; the run {why} at the largest bucket", details, hint=hint,
-                           data=data)
-    if peak > cap.available_bytes:  # MPS only: past the working set, below PyTorch's limit
-        return Result.warn(f"{head}: above Metal's recommended working set, macOS swaps and training slows "
-                           "many times", details, hint=hint, data=data)
-    return Result.warn(f"tight: {head}; another program's memory can push it over", details, hint=hint, data=data)
+    facts, cap, found = got
+    peak, data, details = _figures(facts, cap, found)
+    return _verdict(facts.run, peak, cap, details, data)
 
 
 @check("device.load_ram", "the checkpoint loads into RAM without the OS killing the run", tags=PROBED,

@@ -19,10 +19,10 @@ from typing import Any
 
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
-from lorasetup.engine.files import FileProblem, open_regular, read_source
+from lorasetup.engine.files import FileProblem, json_object, open_regular, read_source
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.engine.tomledit import Change, try_edit_fix
-from lorasetup.sd.modelfamily import FAMILY_LABELS, Family, classify, classify_folder, json_object
+from lorasetup.sd.modelfamily import FAMILY_LABELS, Family, classify, classify_folder
 from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
 from lorasetup.sd.trainargs import path_setting, train_args
 
