@@ -58,7 +58,10 @@ def _folder_parts(path: Path, family: str) -> ModelParts:
             continue
         tensors: dict[str, TensorInfo] = {}
         for file in files:
-            tensors.update(read_header(file).tensors)
+            try:
+                tensors.update(read_header(file).tensors)
+            except (OSError, HeaderError, CheckFailed) as exc:
+                raise NotEstimated(f"{file}: {exc} (see model.file)") from None
         parts[name] = component(tensors, "flux" if name == "transformer" else "unet" if name == "unet" else "clip")
     if "unet" not in parts and "transformer" not in parts:
         raise NotEstimated(f"{path} has no .safetensors weights in unet/ or transformer/ (.bin files are not read)")
@@ -80,7 +83,7 @@ def base_model_parts(ctx: Context, args: TrainArgs) -> ModelParts:
         raise NotEstimated(f"{path.name} is not a .safetensors file: its header is not read (see model.file)")
     try:
         header = _header(ctx, path)
-    except (OSError, HeaderError) as exc:
+    except (OSError, HeaderError, CheckFailed) as exc:  # a pipe, a device, a damaged or truncated header
         raise NotEstimated(f"{path.name}: {exc} (see model.file)") from None
     found = classify({name: info.shape for name, info in header.tensors.items()})
     if found.name not in ("sd1", "sd2", "sdxl", "flux"):

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from lorasetup.engine.errors import CheckFailed
 from lorasetup.sd.memory.estimate import Component
 from lorasetup.sd.safetensors_header import DTYPE_BYTES, FLOAT_DTYPES, HeaderError, TensorInfo, read_header
 
@@ -110,7 +111,7 @@ def _flux_file(path: Path | None, kind: str, params: int, lora_io: int) -> tuple
         return usual, None
     try:
         header = read_header(path)
-    except (OSError, HeaderError) as exc:
+    except (OSError, HeaderError, CheckFailed) as exc:
         return usual, f"{path.name}: {exc}; counted at its usual size"
     return component(header.tensors, kind), None
 
