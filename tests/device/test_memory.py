@@ -11,9 +11,7 @@ are holes, and nothing but the header is ever read. The run settings are those o
 from __future__ import annotations
 
 import copy
-import gzip
 import json
-import math
 import struct
 import sys
 from dataclasses import replace
@@ -29,7 +27,8 @@ from lorasetup.sd import stackprobe
 from lorasetup.sd.memory.estimate import GIB, Run, estimate, savings
 from lorasetup.sd.memory.machine import KEY, MemoryFacts
 from lorasetup.sd.memory.parts import model_parts
-from lorasetup.sd.safetensors_header import DTYPE_BYTES, TensorInfo
+from lorasetup.sd.safetensors_header import TensorInfo
+from tests.support.checkpoints import sparse_checkpoint, tensors
 from tests.support.checks import gate_checks, run_checks
 
 DATA = Path(__file__).parents[1] / "data"
@@ -68,29 +67,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "--cache_text_encoder_outputs", "--cache_text_encoder_outputs_to_disk", "--sdpa",
                       "--t5xxl_max_token_length=512"]},
 }
-
-
-def header(name: str) -> dict[str, Any]:
-    with gzip.open(DATA / "memory" / f"{name}.header.json.gz", "rt") as fh:
-        return json.load(fh)
-
-
-def tensors(name: str) -> dict[str, TensorInfo]:
-    return {k: TensorInfo(k, v["dtype"], tuple(v["shape"]), 0, 0) for k, v in header(name).items()}
-
-
-def sparse_checkpoint(path: Path, name: str) -> Path:
-    """A .safetensors file with the recorded header and holes where the weights would be."""
-    entries, offset = {}, 0
-    for key, value in header(name).items():
-        size = DTYPE_BYTES[value["dtype"]] * math.prod(value["shape"])
-        entries[key] = {**value, "data_offsets": [offset, offset + size]}
-        offset += size
-    raw = json.dumps(entries).encode()
-    with path.open("wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)) + raw)
-        fh.truncate(8 + len(raw) + offset)
-    return path
 
 
 def dataset(root: Path, sizes: list[tuple[int, int]], settings: dict[str, Any]) -> Path:
@@ -258,7 +234,7 @@ def test_presets_on_recorded_machines(preset, recording, device, memory, load, t
         assert all(s["saving_bytes"] > 0 for s in data["savings"])
 
 
-def test_a_failing_run_is_told_a_set_of_changes_that_fits(tmp_path, checkpoints):
+def test_a_failing_run_on_a_recorded_cuda_12gb_is_told_a_set_of_changes_that_fits(tmp_path, checkpoints):
     results = run_memory(preset_target("sdxl", tmp_path, checkpoints, "cuda"), probe("synthesized-cuda-12gb"))
     got = results["device.memory"]
     assert got.status is Status.FAIL and "CUDA out of memory" in got.summary
@@ -268,14 +244,14 @@ def test_a_failing_run_is_told_a_set_of_changes_that_fits(tmp_path, checkpoints)
     assert any(line.startswith("saves ") for line in got.details)
 
 
-def test_the_largest_bucket_is_what_the_dataset_really_produces(tmp_path, checkpoints):
+def test_the_largest_bucket_is_what_the_dataset_really_produces_recorded_cuda(tmp_path, checkpoints):
     """SDXL preset: 1024x1024 and 832x1216 images; batch 5; the activations are sized at the bigger bucket."""
     got = run_memory(preset_target("sdxl", tmp_path, checkpoints, "cuda"), probe("synthesized-cuda-24gb"))
     bucket = got["device.memory"].data["bucket"]
     assert (bucket["width"], bucket["height"], bucket["batch_size"]) == (1024, 1024, 5)
 
 
-def test_a_lora_file_as_base_model_skips_with_the_reason(tmp_path):
+def test_a_lora_file_as_base_model_skips_with_the_reason_recorded_cuda(tmp_path):
     lora = tmp_path / "lora.safetensors"
     raw = json.dumps({"lora_unet_x.lora_down.weight": {"dtype": "F16", "shape": [4, 8], "data_offsets": [0, 64]}})
     lora.write_bytes(struct.pack("<Q", len(raw)) + raw.encode() + b"\0" * 64)
@@ -286,14 +262,14 @@ def test_a_lora_file_as_base_model_skips_with_the_reason(tmp_path):
     assert got.status is Status.SKIP and "the estimate models SD1.x" in got.summary, got.summary
 
 
-def test_without_memory_figures_the_checks_skip_with_the_reason(tmp_path, checkpoints):
+def test_without_memory_figures_the_checks_skip_with_the_reason_recorded_cpu(tmp_path, checkpoints):
     unknown = MemoryFacts(notes=("psutil is not installed: available RAM unknown",))
     results = run_memory(preset_target("sd15", tmp_path, checkpoints, "cpu"), probe("synthesized-cpu-16gb"), unknown)
     for check_id in MEMORY:
         assert results[check_id].status is Status.SKIP and "psutil is not installed" in results[check_id].summary
 
 
-def test_cuda_without_nvidia_smi_figures_uses_torchs_total(tmp_path, checkpoints):
+def test_recorded_cuda_without_nvidia_smi_figures_uses_torchs_total(tmp_path, checkpoints):
     answer = probe("synthesized-cuda-24gb")
     no_gpus = replace(MemoryFacts.parse(answer["_memory"]), gpus=())
     got = run_memory(preset_target("sd15", tmp_path, checkpoints, "cuda"), answer, no_gpus)["device.memory"]
@@ -301,7 +277,7 @@ def test_cuda_without_nvidia_smi_figures_uses_torchs_total(tmp_path, checkpoints
     assert any("free memory unknown without nvidia-smi" in d for d in got.details)
 
 
-def test_cuda_visible_devices_picks_the_gpus_the_run_sees(tmp_path, checkpoints, monkeypatch):
+def test_cuda_visible_devices_picks_the_gpus_the_run_sees_recorded_two_gpus(tmp_path, checkpoints, monkeypatch):
     answer = copy.deepcopy(probe("synthesized-cuda-24gb"))
     two = MemoryFacts.parse({**answer["_memory"], "gpus": [
         {"index": 0, "name": "busy", "total": 25757220864, "free": 2 * GIB},
@@ -311,7 +287,7 @@ def test_cuda_visible_devices_picks_the_gpus_the_run_sees(tmp_path, checkpoints,
     assert got.data["available_bytes"] == 24 * GIB and got.status is Status.OK
 
 
-def test_no_dataset_or_an_unknown_script_skips_never_crashes(tmp_path, checkpoints):
+def test_no_dataset_or_an_unknown_script_skips_never_crashes_recorded_cuda(tmp_path, checkpoints):
     target = Target(python=Path(sys.executable), device="cuda", base_model=checkpoints["sd15"],
                     train_args=["--network_module=networks.lora"])
     got = run_memory(target, probe("synthesized-cuda-12gb"))["device.memory"]
@@ -336,7 +312,7 @@ def test_training_arguments_become_estimate_settings_as_sd_scripts_reads_them():
     assert any("network_dim = 'abc' is not a number" in note for note in notes)
 
 
-def test_a_damaged_base_model_skips_with_the_reason(tmp_path):
+def test_a_damaged_base_model_skips_with_the_reason_recorded_cuda(tmp_path):
     broken = tmp_path / "model.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     config = dataset(tmp_path / "d", [(512, 512)], {"resolution": 512, "batch_size": 1})

@@ -17,6 +17,7 @@ from lorasetup.sd.dataset.largest import largest_bucket, largest_bucket_config
 from lorasetup.sd.run.command import run_env
 from lorasetup.sd.run.memwatch import MemorySampler, process_gpu_memory
 from lorasetup.sd.run.stream import run_streaming
+from tests.support.checkpoints import sparse_checkpoint
 
 MIB = 1024 ** 2
 # A parent that starts a child holding 300 MiB of touched memory for 2 s (the tree's biggest process).
@@ -38,7 +39,7 @@ def stand_in_smi(tmp_path: Path, pid_file: Path, used_mib: int) -> Path:
     return script
 
 
-def test_the_sampler_sees_the_whole_tree_and_the_kernel_high_water_mark_agrees(tmp_path):
+def test_the_sampler_sees_the_whole_tree_the_kernel_high_water_mark_agrees_and_a_stand_in_nvidia_smi_is_read(tmp_path):
     pid_file = tmp_path / "pid"
     sampler = MemorySampler(device="cuda", smi=str(stand_in_smi(tmp_path, pid_file, 1536)))
     outcome = run_streaming([sys.executable, "-c", TREE, str(pid_file)], timeout=60, echo=None, env=run_env(),
@@ -50,7 +51,7 @@ def test_the_sampler_sees_the_whole_tree_and_the_kernel_high_water_mark_agrees(t
     assert sampler.peaks.device_source == "nvidia-smi"
 
 
-def test_process_gpu_memory_counts_only_the_given_pids_and_survives_a_failing_nvidia_smi(tmp_path):
+def test_process_gpu_memory_counts_only_the_given_pids_and_survives_a_failing_stand_in_nvidia_smi(tmp_path):
     pid_file = tmp_path / "pid"
     pid_file.write_text(str(os.getpid()))
     smi = stand_in_smi(tmp_path, pid_file, 700)
@@ -146,3 +147,20 @@ def test_smoke_trains_at_the_largest_bucket_and_reports_memory_beside_the_estima
     assert memory["estimated_peak_bytes"] is None  # the fixture tree has no base model to estimate
     assert result.details[0].startswith("every step runs at the largest bucket (2 x 96x96)")
     assert result.details[1].startswith("peak memory: ") and any("no estimate" in d for d in result.details)
+
+
+def test_smoke_sets_measured_beside_the_estimate_of_a_sparse_sd15_checkpoint(setup, tmp_path):
+    """The same run with a base model whose header is a real SD1.5 one (weights are holes: the fixture trainer
+    never loads them): the result carries the estimate beside the measured peaks, in bytes."""
+    target, _, _ = setup
+    target.dataset_config = bucketed_dataset(tmp_path / "data")
+    target.base_model = sparse_checkpoint(tmp_path / "sd15.safetensors", "sd15")
+    target.device = "cpu"
+    with Context(target) as ctx:
+        result = run_smoke(ctx, echo=None)
+    memory = result.data["memory"]
+    assert result.status.value == "ok", (result.summary, result.details)
+    assert memory["estimated_device"] == "cpu" and memory["estimated_peak_bytes"] > 4 * 1024 ** 3
+    assert memory["estimated_load_bytes"] > 0 and memory["measured_trainer_peak_bytes"] > 50 * MIB
+    line = result.details[1]
+    assert "trainer " in line and "(kernel high-water mark)" in line and "estimated " in line, line
