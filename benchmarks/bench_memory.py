@@ -30,6 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from lorasetup.engine.context import Context
 from lorasetup.engine.target import Target
 from lorasetup.sd.run.command import real_command, run_env
@@ -113,16 +115,6 @@ batch_size = {row.batch}
                   train_args=args)
 
 
-def available_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
 def measure(bed: Path, row: Row, log_dir: Path) -> dict[str, Any]:
     """Run one row under the bed lock and return its measured figures."""
     work = Path(tempfile.mkdtemp(prefix=f"bench-memory-{row.key}-"))
@@ -132,7 +124,7 @@ def measure(bed: Path, row: Row, log_dir: Path) -> dict[str, Any]:
         env = {**run_env(), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
         with LOCK.open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            free_before = available_bytes()
+            free_before = psutil.virtual_memory().available
             sampler = MemorySampler(device="cpu")
             with (log_dir / f"{row.key}.log").open("w") as log:
                 log.write("$ " + " ".join(argv) + "\n")

@@ -137,9 +137,14 @@ def fitting_plan(run: Run, budget: int) -> tuple[list[str], int]:
     return chosen, estimate(current).peak_bytes
 
 
+def size(value: float) -> str:
+    """GiB from 1 GiB up, MiB below (a LoRA's few MiB are not "0.0 GiB")."""
+    return gib(value) if value >= GIB else f"{value / 2 ** 20:.0f} MiB"
+
+
 def breakdown(found: Estimate) -> list[str]:
     parts = sorted(found.parts.items(), key=lambda kv: -kv[1])
-    return ["estimate: " + ", ".join(f"{name.removesuffix('_bytes').replace('_', ' ')} {gib(value)}"
+    return ["estimate: " + ", ".join(f"{name.removesuffix('_bytes').replace('_', ' ')} {size(value)}"
                                      for name, value in parts if value)]
 
 
