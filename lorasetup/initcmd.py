@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from lorasetup.checks import all_checks, by_id
-from lorasetup.checks.model.checks import FAMILY_LABELS
 from lorasetup.engine.context import Context
 from lorasetup.engine.fileedit import backup
 from lorasetup.engine.files import resolved
@@ -42,6 +41,7 @@ from lorasetup.sd.dataset.plan import compute_steps
 from lorasetup.sd.dataset.schema import ConfigSyntaxError
 from lorasetup.sd.dataset.steps import ImpossibleSteps, StepPlan
 from lorasetup.sd.facts import TRAINING_DEFAULTS
+from lorasetup.sd.modelfamily import FAMILY_LABELS
 
 DATASET_NAME = "dataset.toml"
 CONFIG_NAME = "lorasetup.toml"

@@ -12,14 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.checks.model.checks import (
-    FAMILY_LABELS,
-    FAMILY_SCRIPT,
-    PICKLE_SUFFIXES,
-    Family,
-    classify,
-    classify_folder,
-)
+from lorasetup.checks.model.checks import FAMILY_SCRIPT, PICKLE_SUFFIXES
 from lorasetup.engine import tomltext
 from lorasetup.engine.context import Context
 from lorasetup.engine.files import resolved
@@ -28,6 +21,7 @@ from lorasetup.engine.target import Target, discover_root, venv_python
 from lorasetup.sd import stackprobe
 from lorasetup.sd.dataset.layout import Finding
 from lorasetup.sd.devices import machine_offers
+from lorasetup.sd.modelfamily import FAMILY_LABELS, Family, classify, classify_folder
 from lorasetup.sd.run.command import option_names, strip_options
 from lorasetup.sd.safetensors_header import HeaderError, read_header
 

@@ -268,3 +268,13 @@ def read_toml(path: Path | str, limit: int = TEXT_LIMIT) -> dict[str, Any]:
 
 def read_json(path: Path | str, limit: int = TEXT_LIMIT) -> Any:
     return parse_json(path, read_text(path, limit))
+
+
+def json_object(path: Path | str) -> dict[str, Any] | None:
+    """A JSON file's top-level object, or None when it is missing, unreadable or not an object (for optional
+    files: a diffusers folder's configs, another process's answer)."""
+    try:
+        value = read_json(path)
+    except FileProblem:
+        return None
+    return value if isinstance(value, dict) else None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorasetup.engine.files import FileProblem, read_json, read_source
+from lorasetup.engine.files import FileProblem, json_object, read_source
 from lorasetup.engine.probe import kill_tree, track
 from lorasetup.engine.target import Target
 from lorasetup.sd.run.command import launcher, run_env
@@ -182,16 +182,8 @@ class Outcome:
     errors: list[dict[str, Any]]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = read_json(path)
-    except FileProblem:
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _collect(out: Path, pattern: str) -> list[dict[str, Any]]:
-    found = (_read_json(p) for p in sorted(out.glob(pattern)))
+    found = (json_object(p) for p in sorted(out.glob(pattern)))
     return [f for f in found if f is not None]
 
 
@@ -213,7 +205,7 @@ def run_rendezvous(target: Target, params: dict[str, Any], timeout: float) -> Ou
             output, _ = proc.communicate()
             timed_out = True
         forget()
-        gathered = _read_json(out / "gathered.json")
+        gathered = json_object(out / "gathered.json")
         return Outcome(None if timed_out else proc.returncode, timed_out, time.monotonic() - start, output or "",
                        (gathered or {}).get("ranks"), _collect(out, "rank-*.started.json"),
                        [r for r in _collect(out, "rank-*.json") if "rank" in r], _collect(out, "rank-*.error.json"))

@@ -579,4 +579,6 @@ def features(ctx: Context) -> Result:
     return Result.ok(f"optimizer {optimizer_name(ctx)[0]}, attention and precision settings fit {device}", details)
 
 
-from lorasetup.checks.device import distributed as _distributed  # noqa: E402,F401 - registers device.distributed
+# These modules register device.distributed, device.memory and device.load_ram after the checks above.
+from lorasetup.checks.device import distributed as _distributed  # noqa: E402,F401
+from lorasetup.checks.device import memory as _memory  # noqa: E402,F401

@@ -19,17 +19,16 @@ from typing import Any
 
 from lorasetup.checks import check
 from lorasetup.engine.context import Context
-from lorasetup.engine.files import FileProblem, open_regular, read_json, read_source
+from lorasetup.engine.files import FileProblem, json_object, open_regular, read_source
 from lorasetup.engine.result import Fix, FixError, Result
 from lorasetup.engine.tomledit import Change, try_edit_fix
+from lorasetup.sd.modelfamily import FAMILY_LABELS, Family, classify, classify_folder
 from lorasetup.sd.safetensors_header import Header, HeaderError, read_header, sniff
 from lorasetup.sd.trainargs import path_setting, train_args
 
 BASE_MODEL_ARG = "pretrained_model_name_or_path"
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-FAMILY_LABELS = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL base", "sdxl-refiner": "SDXL refiner",
-                 "flux": "FLUX.1", "sd3": "SD3", "lora": "a LoRA (not a base model)"}
 # The entry script that trains each family (sd-scripts names its scripts by family prefix).
 FAMILY_SCRIPT = {"sd1": "train_network.py", "sd2": "train_network.py", "sdxl": "sdxl_train_network.py",
                  "flux": "flux_train_network.py", "sd3": "sd3_train_network.py"}
@@ -37,12 +36,6 @@ FAMILY_SCRIPT = {"sd1": "train_network.py", "sd2": "train_network.py", "sdxl": "
 SD_SCRIPTS = ("train_network.py", "train_db.py", "fine_tune.py", "train_textual_inversion.py",
               "train_textual_inversion_XTI.py", "train_controlnet.py", "train_control_net.py")
 SCRIPT_PREFIXES = (("sdxl_", {"sdxl"}), ("flux_", {"flux"}), ("sd3_", {"sd3"}))
-# diffusers pipeline class (model_index.json `_class_name`) -> family
-PIPELINE_FAMILY = {"StableDiffusionXLPipeline": "sdxl", "StableDiffusionXLImg2ImgPipeline": "sdxl-refiner",
-                   "FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
-# Tensor names of the original (single-file) layouts, in the order they are tested.
-SD_UNET_ATTN_K = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-SD_UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
                 "pytorch_model.bin", "diffusion_pytorch_model.safetensors.index.json",
                 "model.safetensors.index.json")
@@ -116,7 +109,7 @@ def model_file(ctx: Context) -> Result:
 
 def _diffusers_folder(ctx: Context, path: Path) -> Result:
     """A diffusers folder: model_index.json and, for each component it lists, a config and weights."""
-    index = _read_json(path / "model_index.json")
+    index = json_object(path / "model_index.json")
     if index is None:
         return Result.fail(f"{path} is a folder without model_index.json: not a diffusers model",
                            hint=f"point {BASE_MODEL_ARG} at the .safetensors file, or at the diffusers folder itself")
@@ -149,63 +142,6 @@ def _component_problems(ctx: Context, part: Path) -> list[str]:
             except HeaderError as exc:
                 problems.append(f"{name}/{weight.name}: {exc}")
     return problems
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        value = read_json(path)
-    except FileProblem:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-@dataclass(frozen=True)
-class Family:
-    name: str | None  # a FAMILY_LABELS key, or None when the names say nothing known
-    evidence: str
-    v_prediction: bool | None = None  # known only for diffusers folders
-    in_channels: int | None = None
-
-
-def classify(shapes: Mapping[str, tuple[int, ...]]) -> Family:
-    """The model family from the tensor names (and two shapes) of a single-file checkpoint."""
-    names = list(shapes)
-
-    def has(fragment: str, prefix: bool = True) -> str | None:
-        return next((n for n in names if (n.startswith(fragment) if prefix else fragment in n)), None)
-
-    conv_in = shapes.get(SD_UNET_CONV_IN)
-    channels = conv_in[1] if conv_in and len(conv_in) == 4 else None
-    for fragment, family, prefix in (("lora_", "lora", True), (".lora_down.", "lora", False),
-                                     ("conditioner.embedders.1.model.", "sdxl", True),
-                                     ("conditioner.embedders.0.model.", "sdxl-refiner", True),
-                                     ("double_blocks.", "flux", False), ("joint_blocks.", "sd3", False),
-                                     ("cond_stage_model.model.", "sd2", True),
-                                     ("cond_stage_model.transformer.", "sd1", True)):
-        found = has(fragment, prefix)
-        if found:
-            return Family(family, found, in_channels=channels)
-    attn_k = shapes.get(SD_UNET_ATTN_K)
-    if attn_k and len(attn_k) == 2 and attn_k[1] in (768, 1024):  # cross-attention width: CLIP-L 768, OpenCLIP-H 1024
-        return Family("sd1" if attn_k[1] == 768 else "sd2", f"{SD_UNET_ATTN_K} {list(attn_k)} (U-Net only)",
-                      in_channels=channels)
-    return Family(None, f"{len(names)} tensors, none with a known family prefix")
-
-
-def classify_folder(path: Path) -> Family:
-    """The family of a diffusers folder from model_index.json and the component configs."""
-    index = _read_json(path / "model_index.json") or {}
-    cls = str(index.get("_class_name", ""))
-    scheduler = _read_json(path / "scheduler" / "scheduler_config.json") or {}
-    v_pred = scheduler.get("prediction_type") == "v_prediction" if scheduler else None
-    unet = _read_json(path / "unet" / "config.json") or {}
-    channels = unet.get("in_channels") if isinstance(unet.get("in_channels"), int) else None
-    if cls in PIPELINE_FAMILY:
-        return Family(PIPELINE_FAMILY[cls], f"model_index.json _class_name {cls}", v_pred, channels)
-    width = unet.get("cross_attention_dim")
-    if cls.startswith("StableDiffusion") and width in (768, 1024):
-        return Family("sd1" if width == 768 else "sd2", f"{cls}, unet cross_attention_dim {width}", v_pred, channels)
-    return Family(None, f"model_index.json _class_name {cls or '?'}")
 
 
 def script_families(script: str) -> set[str] | None:
@@ -433,7 +369,7 @@ def tokenizer_problem(folder: Path, cls: str, max_token_length: Any) -> str | No
     if not any(all((folder / f).is_file() for f in files) for files in alternatives):
         return f"{folder} lacks {' or '.join(' + '.join(files) for files in alternatives)}"
     if cls == "CLIPTokenizer" and max_token_length in (None, ""):
-        config = _read_json(folder / "tokenizer_config.json") or {}
+        config = json_object(folder / "tokenizer_config.json") or {}
         if not isinstance(config.get("model_max_length"), int) or config["model_max_length"] > 10_000:
             # library/strategy_sd.py: max_length = tokenizer.model_max_length when --max_token_length is unset
             return (f"{folder}/tokenizer_config.json has no model_max_length (77): sd-scripts then pads every "

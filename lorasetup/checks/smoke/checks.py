@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from lorasetup.checks import check
+from lorasetup.checks.smoke import memory
 from lorasetup.engine.context import Context
 from lorasetup.engine.result import Result
 from lorasetup.engine.target import Target
@@ -76,7 +77,7 @@ def _report(ctx: Context, plan: SmokePlan, outcome: RunOutcome) -> tuple[dict[st
     if per_step is not None:
         figures.append(f"{per_step:.2f} s/step")
     if outcome.peak_rss_bytes:
-        figures.append(f"peak RAM {outcome.peak_rss_bytes / 2**30:.2f} GiB (GPU memory not measured)")
+        figures.append(f"peak RAM {outcome.peak_rss_bytes / 2**30:.2f} GiB")
     if figures:
         lines.append(", ".join(figures))
     if eta is not None:
@@ -163,11 +164,17 @@ def run_smoke(ctx: Context, echo: IO[str] | None, keep: bool = False) -> Result:
     try:
         args = train_args(ctx)
         plan = smoke_plan(ctx.target, args.config_file, bool(args.get("logging_dir")), temp, ctx.target.smoke_steps)
+        extra, bucket_line, bucket_data = memory.largest_bucket_args(ctx, temp)
+        plan.argv += extra
+        found, note = memory.estimated(ctx)
         if echo is not None:
             echo.write(f"lorasetup smoke: {shlex.join(plan.argv)}\n")
             echo.flush()
-        outcome = run_streaming(plan.argv, timeout=ctx.target.smoke_timeout, echo=echo, env=run_env())
+        sampler = memory.sampler(ctx)
+        outcome = run_streaming(plan.argv, timeout=ctx.target.smoke_timeout, echo=echo, env=run_env(),
+                                sampler=sampler)
         result = judge(ctx, plan, outcome)
+        memory.add_memory(result, outcome, sampler.peaks, found, note, bucket_line, bucket_data)
     finally:
         if not keep:
             shutil.rmtree(temp, ignore_errors=True)

@@ -27,6 +27,7 @@ from typing import IO, Protocol
 
 from lorasetup.engine.probe import kill_tree, track
 from lorasetup.engine.result import CheckFailed
+from lorasetup.sd.run.memwatch import NO_SAMPLER, MemorySampler
 from lorasetup.sd.run.watch import Watch
 
 TICK_S = 0.25  # how often monitors are polled while the child is quiet
@@ -226,10 +227,11 @@ def _pump(child: _Child, take: Callable[[str], None], watch: Watch, monitors: Se
 
 def run_streaming(argv: list[str], *, timeout: float | None, echo: IO[str] | None, cwd: Path | None = None,
                   env: dict[str, str] | None = None, watch: Watch | None = None,
-                  monitors: Sequence[Monitor] | None = None, signals: bool = False) -> RunOutcome:
+                  monitors: Sequence[Monitor] | None = None, signals: bool = False,
+                  sampler: MemorySampler = NO_SAMPLER) -> RunOutcome:
     """Run `argv`, echo its merged output live to `echo`, parse it into `watch`, and stop the whole process
     group when a monitor says so (default: the output's own stops), at `timeout`, or, with `signals`, at
-    SIGINT/SIGTERM."""
+    SIGINT/SIGTERM. A `sampler` watches the process tree's memory from its start until it has exited."""
     start = time.monotonic()
     watch = watch or Watch(start)
     deadline = start + timeout if timeout is not None else math.inf
@@ -242,6 +244,7 @@ def run_streaming(argv: list[str], *, timeout: float | None, echo: IO[str] | Non
         watch.feed(text, time.monotonic())
 
     child = _Child(argv, cwd, env)
+    sampler.start(child.proc.pid)
     try:
         with stop_signals(signals) as signalled:
             stop = _pump(child, take, watch, checks, deadline, signalled)
@@ -253,6 +256,8 @@ def run_streaming(argv: list[str], *, timeout: float | None, echo: IO[str] | Non
     except BaseException:
         child.stop()
         raise
+    finally:
+        sampler.stop()
     child.close(take)
     watch.finish(time.monotonic())
     return RunOutcome(child.proc.returncode, stop.reason if stop else None, time.monotonic() - start, peak, watch,
