@@ -82,6 +82,9 @@ def test_good_run_exits_0_with_every_checkpoint_verified_and_a_report(make_plan,
     assert sorted(int(n) for n in data["loss"]["per_step"]) == list(range(1, 13))
     assert [c["verdict"] for c in data["checkpoints"]] == ["ok"] * 4 and data["resume_command"] is None
     assert data["checkpoints"][0]["report"]["metadata"]["ss_steps"] == "4"
+    memory = data["memory"]  # measured from outside: the kernel's high-water mark and the sampled process tree
+    assert memory["trainer_peak_bytes"] > 10 * 2**20 and memory["tree_peak_bytes"] > 10 * 2**20
+    assert lines[5].startswith("memory     peak trainer ") and "process tree " in lines[5]
 
 
 def test_nan_stops_at_the_first_nonfinite_step_and_the_printed_command_resumes(make_plan, tmp_path):

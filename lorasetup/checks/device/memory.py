@@ -32,6 +32,7 @@ from lorasetup.sd.memory.estimate import (
 )
 from lorasetup.sd.memory.inputs import NotEstimated, RunFacts, run_facts
 from lorasetup.sd.memory.machine import MemoryFacts, memory_facts
+from lorasetup.sd.run.units import size
 from lorasetup.sd.stackfacts import StackFacts
 
 PROBED = ("preflight", "probe")
@@ -135,11 +136,6 @@ def fitting_plan(run: Run, budget: int) -> tuple[list[str], int]:
         _, change, current = max(options, key=lambda o: o[0])
         chosen.append(change)
     return chosen, estimate(current).peak_bytes
-
-
-def size(value: float) -> str:
-    """GiB from 1 GiB up, MiB below (a LoRA's few MiB are not "0.0 GiB")."""
-    return gib(value) if value >= GIB else f"{value / 2 ** 20:.0f} MiB"
 
 
 def breakdown(found: Estimate) -> list[str]:

@@ -21,10 +21,11 @@ from lorasetup.sd import stackprobe
 from lorasetup.sd.dataset.largest import ImpossibleSteps, largest_bucket, largest_bucket_config
 from lorasetup.sd.dataset.schema import ConfigSyntaxError
 from lorasetup.sd.devices import machine_offers
-from lorasetup.sd.memory.estimate import GIB, Estimate, estimate
+from lorasetup.sd.memory.estimate import Estimate, estimate
 from lorasetup.sd.memory.inputs import NotEstimated, on_device, run_facts
 from lorasetup.sd.run.memwatch import MemorySampler, Peaks
 from lorasetup.sd.run.stream import RunOutcome
+from lorasetup.sd.run.units import size
 
 OFF_BY = 0.20  # a measured peak this far above the estimate is pointed out
 
@@ -74,8 +75,8 @@ def estimated(ctx: Context) -> tuple[Estimate | None, str | None]:
     return estimate(on_device(facts, where).run), None
 
 
-def _gib(value: int | None) -> str:
-    return f"{value / GIB:.2f} GiB" if value else "n/a"
+def _size(value: int | None) -> str:
+    return size(value) if value else "n/a"
 
 
 def memory_figures(outcome: RunOutcome, peaks: Peaks, found: Estimate | None) -> dict[str, Any]:
@@ -93,12 +94,12 @@ def memory_line(figures: dict[str, Any]) -> str:
     measured = (figures["measured_device_peak_bytes"] if device_name == "cuda"
                 else figures["measured_trainer_peak_bytes"])
     if device_name == "cuda":
-        seen = f"GPU {_gib(measured)} (nvidia-smi)" if measured else "GPU not measured (no nvidia-smi answer)"
+        seen = f"GPU {_size(measured)} (nvidia-smi)" if measured else "GPU not measured (no nvidia-smi answer)"
     else:
-        seen = f"trainer {_gib(measured)} RAM (kernel high-water mark)"
+        seen = f"trainer {_size(measured)} RAM (kernel high-water mark)"
     gpu_note = ", GPU memory cannot be read from outside on MPS" if device_name == "mps" else ""
-    line = (f"peak memory: {seen}, process tree {_gib(figures['measured_tree_peak_bytes'])}{gpu_note}; "
-            f"estimated {_gib(figures['estimated_peak_bytes'])}")
+    line = (f"peak memory: {seen}, process tree {_size(figures['measured_tree_peak_bytes'])}{gpu_note}; "
+            f"estimated {_size(figures['estimated_peak_bytes'])}")
     estimate = figures["estimated_peak_bytes"]
     if measured and estimate and measured > estimate * (1 + OFF_BY):
         line += f" (measured {100 * (measured / estimate - 1):.0f}% above the estimate)"

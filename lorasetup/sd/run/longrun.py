@@ -15,6 +15,7 @@ from typing import Any
 from lorasetup.sd.run.checkpoints import Checkpoint, CheckpointTracker, StateDir, last_good, state_dirs
 from lorasetup.sd.run.console import Console
 from lorasetup.sd.run.guards import DiskGuard, StallGuard
+from lorasetup.sd.run.memwatch import MemorySampler, Peaks
 from lorasetup.sd.run.plan import RunPlan
 from lorasetup.sd.run.stream import Monitor, OutputStops, RunOutcome, run_streaming
 from lorasetup.sd.run.watch import Watch
@@ -56,6 +57,7 @@ class LongRun:
     smoke: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     watch_cpu_s: float | None = None  # lorasetup's own CPU time while it watched (all its threads): the cost
+    memory: Peaks = field(default_factory=Peaks)  # the process tree's sampled peaks (host, and GPU on CUDA)
 
     @property
     def watch(self) -> Watch:
@@ -110,9 +112,10 @@ def run_long(plan: RunPlan, options: TrainOptions, console: Console, env: dict[s
         StallGuard(options.stall_timeout_s, load_timeout(options, smoke)),
         DiskGuard(plan.output_dir, saves, tracker, console.note, lora_bytes, plan.save_state, plan.state_on_end),
         tracker, console]
+    sampler = MemorySampler()
     outcome = run_streaming(plan.argv, timeout=None, echo=None, env=env, watch=watch, monitors=monitors,
-                            signals=True)
+                            signals=True, sampler=sampler)
     checkpoints = tracker.finish(watch)
     console.close(watch, time.monotonic())
     return LongRun(plan, outcome, checkpoints, state_dirs(plan.output_dir, since=started_at - 1), started_at, smoke,
-                   console.notes, time.process_time() - cpu)
+                   console.notes, time.process_time() - cpu, sampler.peaks)

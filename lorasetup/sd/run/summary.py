@@ -82,6 +82,16 @@ def time_line(run: LongRun) -> str:
     return line
 
 
+def memory_line(run: LongRun) -> str | None:
+    """The run's measured peaks: the trainer's kernel high-water mark, the process tree, GPU memory (CUDA)."""
+    trainer, peaks = run.outcome.peak_rss_bytes, run.memory
+    figures = [f"trainer {size(trainer)} RAM" if trainer else "",
+               f"process tree {size(peaks.host_bytes)} RAM" if peaks.host_bytes else "",
+               f"GPU {size(peaks.device_bytes)} ({peaks.device_source})" if peaks.device_bytes else ""]
+    shown = [f for f in figures if f]
+    return f"memory     peak {', '.join(shown)}" if shown else None
+
+
 def checkpoint_table(checkpoints: list[Checkpoint], metadata: bool = False) -> list[str]:
     """Step, file, size and verdict of each checkpoint (and its training metadata in one line)."""
     if not checkpoints:
@@ -163,7 +173,8 @@ def summary_lines(run: LongRun) -> list[str]:
     lines += [hint] if hint else []
     lines.append(f"steps      {run.watch.steps_done} of {run.planned or '?'} planned"
                  f"{f' ({run.plan.total_from})' if run.plan.total_steps else ''}")
-    lines += loss_lines(run) + [time_line(run)] + checkpoint_table(run.checkpoints)
+    memory = memory_line(run)
+    lines += loss_lines(run) + [time_line(run)] + ([memory] if memory else []) + checkpoint_table(run.checkpoints)
     if not run.plan.verifiable:
         lines.append(f"not verified: {run.plan.final_file} is a pickle (never opened): --save_model_as=safetensors")
     good = run.last_good()
@@ -198,6 +209,8 @@ def report(run: LongRun, target: dict[str, Any]) -> dict[str, Any]:
                    "watch_cpu_s": round(run.watch_cpu_s, 3) if run.watch_cpu_s is not None else None,
                    "smoke_eta_s": run.smoke.get("eta_s") if run.smoke else None},
         "peak_rss_bytes": out.peak_rss_bytes,
+        "memory": {"trainer_peak_bytes": out.peak_rss_bytes, "tree_peak_bytes": run.memory.host_bytes,
+                   "device_peak_bytes": run.memory.device_bytes, "device_source": run.memory.device_source},
         "checkpoints": [c.to_dict() for c in run.checkpoints],
         "last_good_checkpoint": str(good.path) if good else None,
         "states": [{"path": str(s.path), "step": s.step, "size_bytes": s.size} for s in run.states],
