@@ -182,27 +182,28 @@ def _inputs(ctx: Context, host: bool) -> tuple[RunFacts, Capacity, Estimate] | R
 
 
 def _figures(facts: RunFacts, cap: Capacity, found: Estimate) -> tuple[int, dict[str, Any], list[str]]:
-    """The peak to compare (on the CPU `accelerate launch` stays alive beside the trainer), its data, its lines."""
+    """What the device holds beside the estimate (on the CPU `accelerate launch` stays alive beside the
+    trainer), the data and the lines."""
     run = facts.run
     data = memory_data(found, cap, facts)
     details = [describe(facts), *breakdown(found), f"device: {cap.label}", *facts.notes]
     if run.device != "cpu":
-        return found.peak_bytes, data, details
-    peak = data["estimate_peak_bytes"] = found.peak_bytes + found.launcher_bytes
+        return 0, data, details
+    data["estimate_peak_bytes"] = found.peak_bytes + found.launcher_bytes
     stage = "loading" if found.load_host_bytes > found.train_bytes else "training"
     details.insert(2, f"the trainer {gib(found.peak_bytes)} (its peak: {stage}) + `accelerate launch` "
                       f"{gib(found.launcher_bytes)}")
-    return peak, data, details
+    return found.launcher_bytes, data, details
 
 
-def _verdict(run: Run, peak: int, cap: Capacity, details: list[str], data: dict[str, Any]) -> Result:
-    """ok below WARN_RATIO of what is available; else what to change, and fail where allocations fail."""
+def _verdict(run: Run, peak: int, extra: int, cap: Capacity, details: list[str], data: dict[str, Any]) -> Result:
+    """ok below WARN_RATIO of what is available; else what to change, and fail where allocations fail. `peak`
+    includes `extra`, what the device holds beside the trainer."""
     head = f"about {gib(peak)} needed, {gib(cap.available_bytes)} available ({100 * peak / cap.available_bytes:.0f}%)"
     if peak <= WARN_RATIO * cap.available_bytes:
         return Result.ok(head, details, data=data)
-    extra = peak - estimate(run).peak_bytes
     plan, after = fitting_plan(run, int(WARN_RATIO * cap.available_bytes) - extra)
-    details += [f"saves {gib(s.saving_bytes)}: {s.change}" for s in savings(run)]
+    details += [f"saves {gib(s['saving_bytes'])}: {s['change']}" for s in data["savings"]]
     hint = (f"set {'; '.join(plan)} (estimate then {gib(after + extra)})" if plan else
             "no setting lowers the estimate enough: use a device with more memory")
     if peak > cap.limit_bytes:
@@ -221,8 +222,8 @@ def device_memory(ctx: Context) -> Result:
     if isinstance(got, Result):
         return got
     facts, cap, found = got
-    peak, data, details = _figures(facts, cap, found)
-    return _verdict(facts.run, peak, cap, details, data)
+    extra, data, details = _figures(facts, cap, found)
+    return _verdict(facts.run, found.peak_bytes + extra, extra, cap, details, data)
 
 
 @check("device.load_ram", "the checkpoint loads into RAM without the OS killing the run", tags=PROBED,
