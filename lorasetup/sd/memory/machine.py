@@ -50,36 +50,36 @@ class MemoryFacts:
         return cls(host.get("total"), host.get("available"), gpus)
 
 
-def host_memory() -> tuple[int | None, int | None, str | None]:
-    """(total, available, why not) of the host's RAM."""
-    try:
-        import psutil  # noqa: PLC0415 - only the memory checks need it
-    except ImportError:
-        return None, None, "psutil is not installed: available RAM unknown"
+def host_memory() -> tuple[int, int]:
+    """(total, available) of the host's RAM."""
+    import psutil  # noqa: PLC0415 - imported when memory is read, not at every lorasetup start (~15 ms)
     memory = psutil.virtual_memory()
-    return int(memory.total), int(memory.available), None
+    return int(memory.total), int(memory.available)
+
+
+def smi_rows(smi: str, query: list[str], timeout: float) -> tuple[list[list[str]], str | None]:
+    """nvidia-smi's CSV answer to `query`, one list of stripped cells a line; or no rows and why."""
+    try:
+        proc = subprocess.run([smi, *query], capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return [], f"nvidia-smi did not answer: {exc}"
+    if proc.returncode != 0:
+        return [], f"nvidia-smi failed: {(proc.stderr or proc.stdout).strip()[:200]}"
+    return [[c.strip() for c in line.split(",")] for line in proc.stdout.splitlines()], None
 
 
 def gpu_memory(smi: str) -> tuple[tuple[GpuMemory, ...], str | None]:
     """Every GPU nvidia-smi lists, with its total and free memory; or why none."""
-    try:
-        proc = subprocess.run([smi, *SMI_QUERY], capture_output=True, text=True, timeout=15, check=False)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return (), f"nvidia-smi did not answer: {exc}"
-    if proc.returncode != 0:
-        return (), f"nvidia-smi failed: {(proc.stderr or proc.stdout).strip()[:200]}"
-    gpus = []
-    for line in proc.stdout.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) == 4 and cells[0].isdigit() and cells[2].isdigit() and cells[3].isdigit():
-            gpus.append(GpuMemory(int(cells[0]), cells[1], int(cells[2]) * MIB, int(cells[3]) * MIB))
-    return tuple(gpus), None
+    rows, why = smi_rows(smi, SMI_QUERY, 15)
+    gpus = [GpuMemory(int(c[0]), c[1], int(c[2]) * MIB, int(c[3]) * MIB) for c in rows
+            if len(c) == 4 and c[0].isdigit() and c[2].isdigit() and c[3].isdigit()]
+    return tuple(gpus), why
 
 
 def read(smi: str | None) -> MemoryFacts:
-    total, available, why = host_memory()
-    gpus, smi_why = gpu_memory(smi) if smi else ((), None)
-    return MemoryFacts(total, available, gpus, tuple(n for n in (why, smi_why) if n))
+    total, available = host_memory()
+    gpus, why = gpu_memory(smi) if smi else ((), None)
+    return MemoryFacts(total, available, gpus, (why,) if why else ())
 
 
 def memory_facts(ctx: Context) -> MemoryFacts:

@@ -15,13 +15,16 @@ biggest process (wait4's ru_maxrss, lorasetup.sd.run.stream) cannot, and is repo
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import psutil
+from lorasetup.sd.memory.machine import smi_rows
+
+if TYPE_CHECKING:
+    import psutil
 
 HOST_INTERVAL_S = 0.5
 DEVICE_INTERVAL_S = 1.0
@@ -51,6 +54,7 @@ def _size(proc: psutil.Process) -> int:
 def tree_rss(root: int) -> tuple[set[int], int]:
     """The pids of `root` and its descendants, and their summed memory in bytes (PSS on Linux, else RSS);
     no pids once `root` has exited."""
+    import psutil  # noqa: PLC0415 - imported when a run is sampled, not at every lorasetup start (~15 ms)
     try:
         parent = psutil.Process(root)
         procs = [parent, *parent.children(recursive=True)]
@@ -68,18 +72,11 @@ def tree_rss(root: int) -> tuple[set[int], int]:
 
 def process_gpu_memory(smi: str, pids: set[int]) -> int | None:
     """The GPU memory of `pids` in bytes from nvidia-smi's per-process list; None when it cannot answer."""
-    try:
-        proc = subprocess.run([smi, *SMI_QUERY], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
+    rows, why = smi_rows(smi, SMI_QUERY, 10)
+    if why:
         return None
-    if proc.returncode != 0:
-        return None
-    total = 0
-    for line in proc.stdout.splitlines():
-        cells = [c.strip() for c in line.split(",")]
-        if len(cells) == 2 and cells[0].isdigit() and int(cells[0]) in pids and cells[1].isdigit():
-            total += int(cells[1]) * MIB
-    return total
+    return sum(int(c[1]) * MIB for c in rows if len(c) == 2 and c[0].isdigit() and int(c[0]) in pids
+               and c[1].isdigit())
 
 
 class MemorySampler:
