@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from lorasetup.engine.target import Target
 from lorasetup.sd import warm
+from tests.support.deps_fixtures import make_venv, package_source, run
 
 PROGRAM = Path(warm.__file__)  # any file stands for the probe program here
 
@@ -23,35 +23,25 @@ PROGRAM = Path(warm.__file__)  # any file stands for the probe program here
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny real wheel, built offline with the dev venv's setuptools."""
-    src = tmp_path_factory.mktemp("src") / "warmprobe_extra"
-    (src / "warmprobe_extra").mkdir(parents=True)
-    (src / "warmprobe_extra" / "__init__.py").write_text("")
-    (src / "pyproject.toml").write_text(textwrap.dedent("""\
-        [build-system]
-        requires = ["setuptools"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "warmprobe-extra"
-        version = "1.0"
-        """))
-    wheels = src.parent / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
-                    "-w", str(wheels), str(src)], check=True, capture_output=True)
-    return wheels
+    root = tmp_path_factory.mktemp("src")
+    src = package_source(root / "warmprobe_extra", "warmprobe-extra", "warmprobe_extra", "1.0")
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", root / "wheels", src])
+    return root / "wheels"
 
 
 @pytest.fixture
 def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Target:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    python = make_venv(tmp_path / "venv", with_pip=False)
     sd = tmp_path / "sd-scripts"
     (sd / "library").mkdir(parents=True)
     (sd / "train_network.py").write_text("import library.train_util\n")
     (sd / "library" / "train_util.py").write_text("X = 1\n")
     config = tmp_path / "accelerate.yaml"
     config.write_text('{"distributed_type": "NO", "use_cpu": true}\n')
-    return Target(kohya_root=sd, python=tmp_path / "venv" / "bin" / "python", accelerate_config=config)
+    return Target(kohya_root=sd, python=python, accelerate_config=config)
 
 
 def ask(target: Target, answer: dict | None = None, fresh: bool = False) -> tuple[dict, list[str]]:

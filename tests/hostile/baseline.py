@@ -13,15 +13,17 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from lorasetup import cli
 
+T = TypeVar("T")
 ANSWER_WITHIN_S = 5.0  # every case answers within this, in-process or through the CLI
 TRAIN_NETWORK = '''\
 import argparse
@@ -170,17 +172,32 @@ def doctor_in_process(setup: Setup, only: list[str], within_s: float = ANSWER_WI
     instead of hanging the suite (the run's own --timeout also bounds the checks)."""
     argv = ["doctor", "--json", "--timeout", str(within_s), *setup.flags(), "--only", *only]
     out, err = io.StringIO(), io.StringIO()
-    box: list[int] = []
+
+    def run() -> int:
+        with redirect_stdout(out), redirect_stderr(err):
+            return cli.main(argv)
+    start = time.monotonic()
+    code = within(within_s * 2, run, f"lorasetup doctor {' '.join(argv)}")
+    return _answer(code, out.getvalue(), err.getvalue(), time.monotonic() - start)
+
+
+def within(seconds: float, call: Callable[[], T], what: str) -> T:
+    """`call()` in a daemon thread: its answer (or what it raised), or a failure naming `what` when it has
+    none after `seconds`, instead of a hung suite."""
+    box: dict[str, Any] = {}
 
     def run() -> None:
-        with redirect_stdout(out), redirect_stderr(err):
-            box.append(cli.main(argv))
-    start = time.monotonic()
+        try:
+            box["answer"] = call()
+        except BaseException as exc:  # noqa: BLE001 - raised again below, in the test's thread
+            box["raised"] = exc
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    worker.join(within_s * 2)
-    assert box, f"lorasetup doctor {' '.join(argv)} did not answer in {within_s * 2} s"
-    return _answer(box[0], out.getvalue(), err.getvalue(), time.monotonic() - start)
+    worker.join(seconds)
+    assert box, f"{what} did not answer in {seconds} s"
+    if "raised" in box:
+        raise box["raised"]
+    return box["answer"]
 
 
 def doctor_cli(setup: Setup, only: list[str], prefix: list[str] | None = None) -> Answer:

@@ -5,7 +5,6 @@ why there is none (NotEstimated / a line), never another exception and never a h
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from lorasetup import cli
 from lorasetup.checks.smoke import memory as smoke_memory
 from lorasetup.engine.context import Context
 from lorasetup.sd.memory.inputs import NotEstimated, RunFacts, run_facts
-from tests.hostile.baseline import ANSWER_WITHIN_S, build
+from tests.hostile.baseline import ANSWER_WITHIN_S, build, within
 from tests.hostile.cases import CASES, Case
 
 IN_PROCESS = [c for c in CASES if not c.as_user]
@@ -33,24 +32,6 @@ def memory_inputs(flags: list[str], temp: Path) -> tuple[Any, Any]:
         return facts, smoke_memory.largest_bucket_args(ctx, temp)
 
 
-def within(seconds: float, call: Any) -> Any:
-    """`call()` in a daemon thread: its answer, or a failure when it has none after `seconds`."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["answer"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test below
-            box["raised"] = exc
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    assert not worker.is_alive(), f"no answer after {seconds:.0f} s"
-    if "raised" in box:
-        raise box["raised"]
-    return box["answer"]
-
-
 @pytest.mark.parametrize("case", IN_PROCESS, ids=[c.name for c in IN_PROCESS])
 def test_memory_inputs_answer_every_hostile_case(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                  ) -> None:
@@ -60,7 +41,8 @@ def test_memory_inputs_answer_every_hostile_case(case: Case, tmp_path: Path, mon
     for key, value in expect.env.items():
         monkeypatch.setenv(key, value)
     (tmp_path / "smoke").mkdir()
-    facts, (bucket_args, line, _) = within(ANSWER_WITHIN_S, lambda: memory_inputs(setup.flags(), tmp_path / "smoke"))
+    facts, (bucket_args, line, _) = within(ANSWER_WITHIN_S, lambda: memory_inputs(setup.flags(), tmp_path / "smoke"),
+                                           "the memory inputs")
     assert isinstance(facts, (RunFacts, NotEstimated))
     assert str(facts) if isinstance(facts, NotEstimated) else facts.run.width > 0
     assert line and all(a.startswith("--dataset_config=") for a in bucket_args)
