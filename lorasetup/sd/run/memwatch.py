@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lorasetup.sd.memory.machine import smi_rows
+from lorasetup.sd.memory.machine import MIB, smi_rows
 
 if TYPE_CHECKING:
     import psutil
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 HOST_INTERVAL_S = 0.5
 DEVICE_INTERVAL_S = 1.0
 SMI_QUERY = ["--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"]
-MIB = 1024 ** 2
 LINUX = sys.platform.startswith("linux")
 
 
